@@ -1,0 +1,347 @@
+"""`python -m apps.clip4clip {index,search,train,evaluate,synth}`: text-to-video retrieval with CLIP.
+
+    python -m apps.clip4clip synth data/videos_demo
+    python -m apps.clip4clip train --videos data/videos_demo/videos --captions data/videos_demo/captions.json \\
+        --head seqTransf --out runs/c4c --checkpoint runs/demo/train
+    python -m apps.clip4clip index data/videos_demo/videos --out runs/c4c_index --checkpoint runs/demo/train \\
+        --head-checkpoint runs/c4c
+    python -m apps.clip4clip search runs/c4c_index "a red square moves left, then a blue circle moves up" --html hits.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from apps.clip4clip.video import FrameSampling
+
+# User errors become one line on stderr and exit status 2; anything else is a bug and keeps its traceback.
+EXIT_USER_ERROR = 2
+# Same as heads.HEAD_NAMES (a test checks), spelled here so `--help` does not wait for torch to import.
+HEAD_NAMES = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
+
+
+def _add_clip_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("CLIP (default: the checkpoint `make demo` trains)")
+    group.add_argument("--checkpoint", type=Path, help="checkpoint file or training run directory")
+    group.add_argument("--model", help="open_clip model name, e.g. ViT-B-32 or clip-small")
+    group.add_argument("--pretrained", help="open_clip weights tag or weights file for --model")
+    group.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
+
+
+def _add_sampling_args(
+    parser: argparse.ArgumentParser, max_frames: int = 12, fps: float | None = 1.0
+) -> None:
+    group = parser.add_argument_group("frame sampling")
+    group.add_argument(
+        "--max-frames", type=int, default=max_frames, help=f"frames kept per video (default {max_frames})"
+    )
+    group.add_argument(
+        "--fps",
+        type=float,
+        default=fps,
+        help=f"pre-sample at this rate before uniform selection; 0 = every frame (default {fps})",
+    )
+    group.add_argument(
+        "--cache-dir", type=Path, help="frame-feature cache (default: inside the output folder)"
+    )
+
+
+def _sampling(ns: argparse.Namespace) -> FrameSampling:
+    return FrameSampling(max_frames=ns.max_frames, fps=ns.fps or None)
+
+
+def _load_clip(
+    ns: argparse.Namespace,
+    default_checkpoint: str | None = None,
+    default_model: str | None = None,
+    default_pretrained: str | None = None,
+):
+    from apps.clip import load_app_clip
+
+    checkpoint, model, pretrained = ns.checkpoint, ns.model, ns.pretrained
+    if checkpoint is None and model is None:
+        checkpoint, model, pretrained = default_checkpoint, default_model, default_pretrained
+    return load_app_clip(checkpoint=checkpoint, model=model, pretrained=pretrained, device=ns.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.clip4clip",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="embed every readable video under a folder into an index")
+    p.add_argument("video_dir", type=Path, help="folder searched recursively for videos")
+    p.add_argument("--out", type=Path, required=True, help="index folder (created; re-running updates it)")
+    p.add_argument(
+        "--head",
+        choices=HEAD_NAMES,
+        default="meanP",
+        help="head without weights (meanP) when no --head-checkpoint",
+    )
+    p.add_argument("--head-checkpoint", type=Path, help="head.pt or run folder written by `train`")
+    _add_clip_args(p)
+    _add_sampling_args(p)
+
+    p = sub.add_parser("search", help="rank the indexed videos for a text query")
+    p.add_argument("index_dir", type=Path)
+    p.add_argument("query", help="what the video shows, in words")
+    p.add_argument("-k", type=int, default=5, help="number of results (default 5)")
+    p.add_argument("--html", type=Path, help="also write an HTML page with a thumbnail strip per result")
+    _add_clip_args(p)
+
+    p = sub.add_parser("train", help="train a similarity head on video-caption pairs")
+    p.add_argument(
+        "--videos", type=Path, required=True, help="folder of videos named by their caption-file id"
+    )
+    p.add_argument("--captions", type=Path, required=True, help="MSR-VTT style captions (JSON or CSV)")
+    p.add_argument("--head", choices=HEAD_NAMES, default="seqTransf")
+    p.add_argument(
+        "--out", type=Path, required=True, help="run folder: head.pt, log.jsonl, loss.png, metrics.json"
+    )
+    p.add_argument(
+        "--layers", type=int, default=4, help="transformer blocks of seqTransf/tightTransf (default 4)"
+    )
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr-head", type=float, default=1e-4, help="learning rate of the head's new modules")
+    p.add_argument(
+        "--lr-clip", type=float, default=1e-7, help="learning rate of the CLIP text encoder (0 freezes it)"
+    )
+    p.add_argument(
+        "--split", default="train", help="split of the caption file to train on; 'all' for every video"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    _add_clip_args(p)
+    _add_sampling_args(p)
+
+    p = sub.add_parser("evaluate", help="R@1/5/10, MdR, MnR both ways for a head (or meanP zero-shot)")
+    p.add_argument("--videos", type=Path, required=True)
+    p.add_argument("--captions", type=Path, required=True)
+    p.add_argument("--head-checkpoint", type=Path, help="head.pt or run folder; without it meanP zero-shot")
+    p.add_argument("--split", default="test", help="split to evaluate on; 'all' for every video")
+    p.add_argument(
+        "--kinds", default="", help="comma-separated caption kinds to report separately (e.g. order,free)"
+    )
+    p.add_argument("--dual-softmax", action="store_true", help="re-rank with dual softmax over all queries")
+    p.add_argument("--ties", choices=("pessimistic", "optimistic", "average"), default="pessimistic")
+    p.add_argument("--json", type=Path, help="also write the metrics as JSON here")
+    _add_clip_args(p)
+    _add_sampling_args(p)
+
+    p = sub.add_parser("synth", help="write the synthetic moving-shapes video set (mp4 + captions.json)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--n-train", type=int, default=240)
+    p.add_argument("--n-test-pairs", type=int, default=20, help="held-out videos come in order-swapped pairs")
+    p.add_argument("--size", type=int, default=64, help="frame side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        "demo", help="synthetic set -> train meanP and seqTransf -> index -> search; report.md"
+    )
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--n-train", type=int, default=480)
+    p.add_argument("--epochs", type=int, default=60)
+    _add_clip_args(p)
+    return parser
+
+
+def run_demo(ns: argparse.Namespace) -> int:
+    from apps.clip4clip.demo import VideoDemoConfig, run_video_demo
+
+    summary = run_video_demo(ns.out, _load_clip(ns), VideoDemoConfig(n_train=ns.n_train, epochs=ns.epochs))
+    print((ns.out / "report.md").read_text())
+    print(f"top-5 search hit rate on held-out captions: {summary['search_top5']['all']:.1f} %")
+    return 0
+
+
+def run_index(ns: argparse.Namespace) -> int:
+    from apps.clip4clip.index import IndexOptions, build_index
+
+    if ns.checkpoint is None and ns.model is not None and ns.pretrained is None:
+        raise ValueError(
+            f"--model {ns.model} without --pretrained is randomly initialised: a search could never "
+            "load the same weights again. Pass --checkpoint PATH, or --pretrained TAG"
+        )
+    clip = _load_clip(ns)
+    options = IndexOptions(_sampling(ns), ns.head, ns.head_checkpoint, ns.cache_dir)
+    report = build_index(ns.video_dir, ns.out, clip, options)
+    for reject in report.rejected:
+        print(f"skipped {reject.path}: {reject.reason}", file=sys.stderr)
+    print(
+        f"index {report.index_dir}: {report.total} videos ({len(report.added)} added, {len(report.unchanged)} "
+        f"unchanged, {len(report.removed)} removed, {len(report.rejected)} skipped); faiss: {report.faiss_type}"
+    )
+    return 0
+
+
+def run_search(ns: argparse.Namespace) -> int:
+    from apps.clip4clip.search import (
+        EmptyQueryError,
+        format_hits,
+        open_index,
+        read_index_meta,
+        search,
+        write_html,
+    )
+
+    if not ns.query.strip():
+        raise EmptyQueryError(
+            'empty query: give a few words describing the video, e.g. "a red circle moves left"'
+        )
+    meta = read_index_meta(ns.index_dir)
+    recorded = meta["clip"]
+    default_model = default_pretrained = None
+    if recorded["checkpoint"] is None:
+        name, _, tag = recorded["identity"].partition(":")
+        if tag in ("", "random") and ns.checkpoint is None and ns.model is None:
+            raise ValueError(
+                f"index {ns.index_dir} was built with a randomly initialised {name}: pass the same "
+                "weights with --checkpoint, or rebuild the index from a checkpoint"
+            )
+        default_model, default_pretrained = name, tag
+    clip = _load_clip(ns, recorded["checkpoint"], default_model, default_pretrained)
+    index = open_index(ns.index_dir, clip)
+    hits = search(index, ns.query, ns.k)
+    print(format_hits(ns.query, hits))
+    if ns.html:
+        print(f"wrote {write_html(ns.html, ns.query, hits, ns.index_dir)}")
+    return 0
+
+
+def run_train(ns: argparse.Namespace) -> int:
+    from apps.clip4clip.heads import HeadConfig
+    from apps.clip4clip.train import (
+        TrainConfig,
+        evaluate_head,
+        load_video_captions,
+        metrics_report,
+        train_head,
+    )
+    from curation.shards import atomic_write_json
+
+    clip = _load_clip(ns)
+    sampling = _sampling(ns)
+    config = TrainConfig(
+        head=HeadConfig(ns.head, sampling.max_frames, ns.layers),
+        sampling=sampling,
+        epochs=ns.epochs,
+        batch_size=ns.batch_size,
+        lr_head=ns.lr_head,
+        lr_clip=ns.lr_clip,
+        seed=ns.seed,
+        split=None if ns.split == "all" else ns.split,
+    )
+    cache = ns.cache_dir or ns.out / "frame_cache"
+    data = load_video_captions(
+        ns.videos, ns.captions, clip.model, clip.preprocess, sampling, config.split, cache
+    )
+    _report_skipped(data)
+    trained = train_head(clip, data, config, ns.out)
+    results = evaluate_head(trained.clip, trained.head, data)
+    print(metrics_report(results, f"{ns.head} (training videos)"))
+    atomic_write_json(
+        ns.out / "metrics.json", {k: {d: m.as_dict() for d, m in v.items()} for k, v in results.items()}
+    )
+    print(f"wrote {ns.out / 'head.pt'} and {ns.out / 'loss.png'}")
+    return 0
+
+
+def _report_skipped(data) -> None:
+    for reject in data.rejected:
+        print(f"skipped {reject.path}: {reject.reason}", file=sys.stderr)
+    if data.missing:
+        print(f"{len(data.missing)} caption video ids have no file (e.g. {data.missing[0]})", file=sys.stderr)
+
+
+def run_evaluate(ns: argparse.Namespace) -> int:
+    from apps.clip4clip.heads import HeadConfig, build_head
+    from apps.clip4clip.train import evaluate_head, load_head, load_video_captions, metrics_report
+
+    clip = _load_clip(ns)
+    sampling = _sampling(ns)
+    if ns.head_checkpoint is not None:
+        head, trained_sampling, _ = load_head(ns.head_checkpoint, clip)
+        sampling = FrameSampling(trained_sampling.max_frames, ns.fps or None, trained_sampling.short_side)
+    else:
+        head = build_head(HeadConfig("meanP", sampling.max_frames), clip.embed_dim)
+    # Reuse the training run's cache when evaluating its head; never write into the user's video folder.
+    run_dir = (
+        ns.head_checkpoint
+        if ns.head_checkpoint and ns.head_checkpoint.is_dir()
+        else (ns.head_checkpoint.parent if ns.head_checkpoint else None)
+    )
+    cache = ns.cache_dir or (run_dir / "frame_cache" if run_dir else None)
+    data = load_video_captions(
+        ns.videos,
+        ns.captions,
+        clip.model,
+        clip.preprocess,
+        sampling,
+        None if ns.split == "all" else ns.split,
+        cache,
+    )
+    _report_skipped(data)
+    kinds = tuple(k for k in ns.kinds.split(",") if k) or (None,)
+    results = evaluate_head(clip, head, data, kinds, ns.dual_softmax, ns.ties)
+    print(metrics_report(results, head.config.name + (" + dual softmax" if ns.dual_softmax else "")))
+    if ns.json:
+        ns.json.write_text(
+            json.dumps({k: {d: m.as_dict() for d, m in v.items()} for k, v in results.items()}, indent=2)
+        )
+    return 0
+
+
+def run_synth(ns: argparse.Namespace) -> int:
+    from apps.clip4clip.synth import SynthConfig, generate_synthetic_set
+
+    made = generate_synthetic_set(
+        ns.out, SynthConfig(n_train=ns.n_train, n_test_pairs=ns.n_test_pairs, size=ns.size, seed=ns.seed)
+    )
+    print(
+        f"wrote {len(made.train_ids)} training and {len(made.test_ids)} held-out videos to {made.videos_dir}; "
+        f"captions: {made.captions_path}"
+    )
+    return 0
+
+
+COMMANDS = {
+    "index": run_index,
+    "search": run_search,
+    "train": run_train,
+    "evaluate": run_evaluate,
+    "synth": run_synth,
+    "demo": run_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    from apps.clip import ClipLoadError
+    from apps.clip4clip.captions import CaptionFileError
+    from apps.clip4clip.index import IndexError_
+    from apps.clip4clip.search import EmptyQueryError
+    from apps.clip4clip.train import HeadCheckpointError
+
+    user_errors = (
+        ClipLoadError,
+        CaptionFileError,
+        IndexError_,
+        EmptyQueryError,
+        HeadCheckpointError,
+        FileNotFoundError,
+        ValueError,
+    )
+    try:
+        return COMMANDS[ns.command](ns)
+    except user_errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Synthetic video-caption set: coloured shapes moving one after the other, as real H.264 mp4 files.
+
+Each video shows two events in turn, e.g. a red square moving left, then a blue circle moving up.
+The shapes, colours and backgrounds are those of `curation.shapes`, so a CLIP trained on that world
+recognises the frames. Every video gets captions of two kinds:
+
+- "order": names the events in the order they happen ("a red square moves left, then a blue
+  circle moves up"). Swapping the events, or reversing a motion, gives a video with exactly the
+  same set of frames in another order: a mean of frame features (meanP) cannot tell them apart,
+  a temporal head (seqTransf) can;
+- "free": names the shapes only ("a blue circle and a red square"), no order or motion.
+
+Held-out videos come in pairs that differ only in the order of their two events, and their shape
+pairs never occur in training, so the test measures order, not memorised combinations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from apps.clip4clip.captions import Caption, write_captions
+
+# `_shape_outline` draws exactly the outlines the shape pictures use; reused so the demo CLIP knows them.
+from curation.shapes import _BACKGROUND_TINTS, CLASSES, COLOR_RGB, _shape_outline, split_class
+
+MOTIONS: dict[str, tuple[float, float]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+ORDER_TEMPLATES = [
+    "{a} moves {da}, then {b} moves {db}",
+    "first {a} moves {da}, then {b} moves {db}",
+    "{a} moving {da} followed by {b} moving {db}",
+]
+FREE_TEMPLATES = ["{x} and {y}", "a video with {x} and {y}"]
+
+
+@dataclass(frozen=True)
+class Event:
+    shape_class: str  # "red square"
+    motion: str  # a key of MOTIONS
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    n_train: int = 240  # rounded up to an even number: training videos come in order-swapped pairs
+    n_test_pairs: int = 20  # held-out videos come in order-swapped pairs: 2 * n_test_pairs videos
+    size: int = 64  # frame side in pixels
+    fps: int = 8
+    event_seconds: float = 1.5
+    seed: int = 0
+    classes: tuple[str, ...] = field(default_factory=lambda: tuple(CLASSES))
+    motions: tuple[str, ...] = tuple(MOTIONS)  # a subset makes a smaller world (fast tests)
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    videos_dir: Path
+    captions_path: Path
+    train_ids: list[str]
+    test_ids: list[str]
+
+
+def with_article(shape_class: str) -> str:
+    """ "orange circle" -> "an orange circle"."""
+    return ("an " if shape_class[0] in "aeiou" else "a ") + shape_class
+
+
+def order_caption(events: tuple[Event, Event], template: str) -> str:
+    a, b = events
+    return template.format(
+        a=with_article(a.shape_class), da=a.motion, b=with_article(b.shape_class), db=b.motion
+    )
+
+
+def render_segments(
+    events: tuple[Event, ...], config: SynthConfig, rng: np.random.Generator
+) -> list[list[np.ndarray]]:
+    """RGB frames of each event on one background: the event's shape crosses the frame along its motion."""
+    size = config.size
+    per_event = max(2, int(round(config.event_seconds * config.fps)))
+    supersample = 3
+    big = size * supersample
+    tint = np.array(_BACKGROUND_TINTS[rng.integers(len(_BACKGROUND_TINTS))], dtype=np.float32)
+    background = np.clip(tint + rng.uniform(-10, 10, size=3), 0, 255).astype(np.uint8)
+    segments = []
+    for event in events:
+        frames = []
+        color, shape = split_class(event.shape_class)
+        fill = tuple(int(v) for v in np.clip(np.array(COLOR_RGB[color]) + rng.uniform(-15, 15, 3), 0, 255))
+        radius = big * rng.uniform(0.22, 0.3)
+        rotation = rng.uniform(-math.pi, math.pi) if shape not in ("heart",) else rng.uniform(-0.4, 0.4)
+        outline = _shape_outline(shape, radius, rotation)
+        dx, dy = MOTIONS[event.motion]
+        margin = radius * 1.1
+        # Travel from one side to the other; the cross axis stays near the centre with some jitter.
+        across = rng.uniform(big * 0.4, big * 0.6)
+        for step in range(per_event):
+            t = step / (per_event - 1)
+            along = margin + (big - 2 * margin) * (t if (dx + dy) > 0 else 1 - t)
+            cx, cy = (along, across) if dx else (across, along)
+            canvas = Image.new("RGB", (big, big), tuple(int(v) for v in background))
+            draw = ImageDraw.Draw(canvas)
+            if outline is None:
+                draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
+            else:
+                draw.polygon([(cx + x, cy + y) for x, y in outline], fill=fill)
+            frames.append(np.asarray(canvas.resize((size, size), Image.Resampling.LANCZOS)))
+        segments.append(frames)
+    return segments
+
+
+def write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> Path:
+    """Encode RGB frames as H.264 mp4 with PyAV."""
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _random_event(rng: np.random.Generator, config: SynthConfig, exclude: str | None = None) -> Event:
+    choices = [c for c in config.classes if c != exclude]
+    return Event(choices[rng.integers(len(choices))], config.motions[rng.integers(len(config.motions))])
+
+
+def _captions_for(video_id: str, events: tuple[Event, Event], rng: np.random.Generator) -> list[Caption]:
+    captions = [Caption(video_id, order_caption(events, t), "order") for t in ORDER_TEMPLATES]
+    x, y = (with_article(events[0].shape_class), with_article(events[1].shape_class))
+    if rng.random() < 0.5:  # free captions name the shapes in either order: they carry no order
+        x, y = y, x
+    captions += [Caption(video_id, t.format(x=x, y=y), "free") for t in FREE_TEMPLATES]
+    return captions
+
+
+def generate_synthetic_set(out_dir: str | Path, config: SynthConfig = SynthConfig()) -> SyntheticSet:
+    """Write `videos/*.mp4` and `captions.json` (MSR-VTT style, with splits) under `out_dir`."""
+    if len(config.classes) < 2:
+        raise ValueError("the synthetic set needs at least 2 shape classes")
+    unknown = [m for m in config.motions if m not in MOTIONS]
+    if unknown or not config.motions:
+        raise ValueError(f"motions {unknown or '()'}: use some of {list(MOTIONS)}")
+    out = Path(out_dir)
+    videos_dir = out / "videos"
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(config.seed)
+
+    # Held-out shape pairs first, so training never shows the same two shapes together.
+    test_plan: list[tuple[str, tuple[Event, Event]]] = []
+    held_out: set[frozenset[str]] = set()
+    for pair in range(config.n_test_pairs):
+        first = _random_event(rng, config)
+        second = _random_event(rng, config, exclude=first.shape_class)
+        held_out.add(frozenset((first.shape_class, second.shape_class)))
+        test_plan.append((f"test{pair:04d}a", (first, second)))
+        test_plan.append((f"test{pair:04d}b", (second, first)))
+    # In a small world (few classes) held-out shape pairs cannot all be kept out of training.
+    n_pairs = len(config.classes) * (len(config.classes) - 1) // 2
+    exclusive = len(held_out) <= n_pairs // 2
+    # Training videos come in order-swapped pairs too: each pair is a group, and the trainer puts a
+    # group in one batch, so the contrastive loss sees hard negatives that differ only in order.
+    train_plan: list[tuple[str, tuple[Event, Event]]] = []
+    while len(train_plan) < config.n_train:
+        first = _random_event(rng, config)
+        second = _random_event(rng, config, exclude=first.shape_class)
+        if frozenset((first.shape_class, second.shape_class)) in held_out and exclusive:
+            continue
+        pair = len(train_plan) // 2
+        train_plan.append((f"train{pair:05d}a", (first, second)))
+        train_plan.append((f"train{pair:05d}b", (second, first)))
+
+    captions: list[Caption] = []
+    splits: dict[str, str] = {}
+    groups: dict[str, str] = {}
+    bar = tqdm(total=len(train_plan) + len(test_plan), desc="synthetic videos", unit="video", leave=False)
+    for split, plan in (("train", train_plan), ("test", test_plan)):
+        for (id_a, events), (id_b, swapped) in zip(plan[0::2], plan[1::2]):
+            # One rendering, two orders: the pair differs in nothing but the order of its events.
+            first, second = render_segments(events, config, rng)
+            write_mp4(videos_dir / f"{id_a}.mp4", first + second, config.fps)
+            write_mp4(videos_dir / f"{id_b}.mp4", second + first, config.fps)
+            captions += _captions_for(id_a, events, rng) + _captions_for(id_b, swapped, rng)
+            splits[id_a] = splits[id_b] = split
+            groups[id_a] = groups[id_b] = id_a[:-1]
+            bar.update(2)
+    bar.close()
+    captions_path = write_captions(out / "captions.json", captions, splits, groups)
+    return SyntheticSet(videos_dir, captions_path, [v for v, _ in train_plan], [v for v, _ in test_plan])

@@ -1,0 +1,230 @@
+"""Are the sketches recognisable? Sketch each test picture, then ask the same CLIP which source each sketch
+is closest to, and compare each sketch's loss with random strokes'. Writes a contact sheet too.
+
+    python -m apps.clipasso.evaluate                     # the demo model, 16 strokes, contact sheet 8/16/32
+    python -m apps.clipasso.evaluate --checkpoint runs/demo/train --strokes 16 --sheet-strokes 8 16 32
+
+Test pictures: skimage's astronaut, chelsea, coffee, rocket and horse, and generated coloured shapes
+(curation/shapes.py, the demo model's world). Pass criterion (issue 7): own source closest for >= 80 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from apps.clip import ClipLoadError
+from apps.clipasso.augment import AugmentConfig, apply_views, sample_views
+from apps.clipasso.losses import ClipImageEncoder, sketch_losses, total_loss
+from apps.clipasso.optimize import SketchConfig, optimisation_canvas, sketch_picture, to_model_input
+from apps.clipasso.picture import Picture, load_picture
+from apps.clipasso.render import black_strokes, render
+from apps.clipasso.run import ModelChoice
+from training.model import LoadedCLIP
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "horse")
+SHAPES = ("red circle", "blue square", "green triangle", "yellow star", "purple heart")
+
+
+def evaluation_pictures(
+    folder: Path, photos: tuple[str, ...] = PHOTOS, shapes: tuple[str, ...] = SHAPES
+) -> list[Path]:
+    """Write the test pictures as PNG files into `folder` and return their paths."""
+    import skimage.data
+
+    from curation.shapes import render_shape_image
+
+    paths = []
+    for name in photos:
+        array = getattr(skimage.data, name)()
+        image = Image.fromarray(array if array.dtype == np.uint8 else (array * 255).astype(np.uint8))
+        paths.append(folder / f"{name}.png")
+        image.convert("RGB").save(paths[-1])
+    for i, cls in enumerate(shapes):
+        paths.append(folder / f"{cls.replace(' ', '_')}.png")
+        render_shape_image(cls, np.random.default_rng(i), 224).convert("RGB").save(paths[-1])
+    return paths
+
+
+def embed(encoder: ClipImageEncoder, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return encoder(to_model_input(images.to(encoder.mean.device), encoder.image_size))[0]
+
+
+def plain_loss(
+    encoder: ClipImageEncoder, picture: Picture, points: torch.Tensor, config: SketchConfig, width: float
+) -> float:
+    """The sketch loss of strokes on the plain view plus fixed random views (same for every sketch)."""
+    grids = sample_views(AugmentConfig(), encoder.image_size, torch.Generator().manual_seed(1234))
+    size = optimisation_canvas(config.size, encoder.image_size)
+    scale = size / config.size
+    with torch.no_grad():
+        widths, colors = black_strokes(points, width)
+        canvas = render(points * scale, widths * scale, colors, size)
+        target = to_model_input(picture.rgb[None], encoder.image_size)
+        sketch_f = encoder(apply_views(to_model_input(canvas, encoder.image_size), grids).flatten(0, 1))
+        target_f = encoder(apply_views(target, grids).flatten(0, 1))
+        g, s = sketch_losses(sketch_f, target_f, grids.shape[0], config.loss)
+        return float(total_loss(g, s, config.loss).mean())
+
+
+def random_points(count: int, size: int, seed: int) -> torch.Tensor:
+    """Random strokes of the same kind as the initialisation, anywhere on the canvas."""
+    rng = np.random.default_rng(seed)
+    start = rng.random((count, 1, 2)) * size
+    steps = (rng.random((count, 3, 2)) - 0.5) * 0.05 * size
+    return torch.tensor(np.concatenate([start, start + np.cumsum(steps, 1)], 1)[None], dtype=torch.float32)
+
+
+def contact_sheet(
+    rows: list[tuple[str, list[np.ndarray]]], header: list[str], cell: int = 160
+) -> Image.Image:
+    """A grid: one row per picture, one column per image (source, then sketches)."""
+    pad, title = 6, 18
+    sheet = Image.new(
+        "RGB", (pad + len(header) * (cell + pad), title + len(rows) * (cell + pad) + pad), "white"
+    )
+    draw = ImageDraw.Draw(sheet)
+    for c, text in enumerate(header):
+        draw.text((pad + c * (cell + pad), 3), text, fill="black")
+    for r, (_, images) in enumerate(rows):
+        for c, image in enumerate(images):
+            tile = Image.fromarray(image).resize((cell, cell), Image.Resampling.LANCZOS)
+            sheet.paste(tile, (pad + c * (cell + pad), title + r * (cell + pad)))
+            draw.rectangle(
+                [
+                    pad + c * (cell + pad) - 1,
+                    title + r * (cell + pad) - 1,
+                    pad + c * (cell + pad) + cell,
+                    title + r * (cell + pad) + cell,
+                ],
+                outline=(200, 200, 200),
+            )
+    return sheet
+
+
+def evaluate(
+    loaded: LoadedCLIP,
+    pictures: list[Path],
+    config: SketchConfig,
+    sheet_strokes: tuple[int, ...] = (8, 16, 32),
+    progress: bool = True,
+) -> tuple[dict, list[tuple[str, list[np.ndarray]]]]:
+    """Sketch every picture with each stroke count; report recognisability at `config.strokes`."""
+    encoder = ClipImageEncoder(loaded, config.loss)
+    counts = sorted(set(sheet_strokes) | {config.strokes})
+    sources, sketches, rows, per_image = [], {n: [] for n in counts}, [], []
+    for path in tqdm(pictures, desc="pictures", disable=not progress):
+        picture = load_picture(path, config.size, config.mask)
+        sources.append(picture.rgb)
+        row = [(picture.rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)]
+        record = {"image": path.stem}
+        for n in counts:
+            cfg = replace(config, strokes=n)
+            result = sketch_picture(picture, loaded, cfg, progress=False)
+            s = result.sketch
+            with torch.no_grad():
+                image = render(s.points[None], s.widths[None], s.colors[None], config.size)[0]
+            sketches[n].append(image)
+            if n in sheet_strokes:
+                row.append((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+            if n == config.strokes:
+                width = result.stroke_width
+                record["sketch_loss"] = plain_loss(encoder, picture, s.points[None], cfg, width)
+                record["random_loss"] = float(
+                    np.mean(
+                        [
+                            plain_loss(encoder, picture, random_points(n, config.size, seed), cfg, width)
+                            for seed in range(3)
+                        ]
+                    )
+                )
+                record["steps"], record["seconds"] = result.steps, round(result.seconds, 1)
+        rows.append((path.stem, row))
+        per_image.append(record)
+
+    source_emb = embed(encoder, torch.stack(sources))
+    sketch_emb = embed(encoder, torch.stack(sketches[config.strokes]))
+    similarity = sketch_emb @ source_emb.T
+    nearest = similarity.argmax(1).tolist()
+    for i, record in enumerate(per_image):
+        record["nearest_source"] = per_image[nearest[i]]["image"]
+        record["own_source_closest"] = nearest[i] == i
+        record["beats_random"] = record["sketch_loss"] < record["random_loss"]
+    own = float(np.mean([r["own_source_closest"] for r in per_image]))
+    report = {
+        "model": loaded.model_name,
+        "checkpoint": loaded.path,
+        "strokes": config.strokes,
+        "own_source_closest_fraction": own,
+        "beats_random_fraction": float(np.mean([r["beats_random"] for r in per_image])),
+        "passes": own >= 0.8 and all(r["beats_random"] for r in per_image),
+        "images": per_image,
+        "similarity": [[round(v, 4) for v in row] for row in similarity.tolist()],
+    }
+    return report, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.clipasso.evaluate", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, help="checkpoint or run directory (default: the demo model)"
+    )
+    parser.add_argument("--model", help="open_clip model name instead of a checkpoint")
+    parser.add_argument("--pretrained", help="open_clip pretrained tag or weights file")
+    parser.add_argument(
+        "--strokes", type=int, default=16, help="strokes for the recognisability test (default: 16)"
+    )
+    parser.add_argument(
+        "--sheet-strokes", type=int, nargs="*", default=[8, 16, 32], help="contact sheet columns"
+    )
+    parser.add_argument("--iterations", type=int, default=SketchConfig.iterations)
+    parser.add_argument("--seeds", type=int, default=SketchConfig.seeds)
+    parser.add_argument("--photos", nargs="*", default=list(PHOTOS), help="skimage.data pictures")
+    parser.add_argument("--shapes", nargs="*", default=list(SHAPES), help="generated shape classes")
+    parser.add_argument("--out", type=Path, default=Path("runs/clipasso_eval"), help="report directory")
+    parser.add_argument("--sheet", type=Path, default=Path("docs/img/clipasso_contact_sheet.png"))
+    args = parser.parse_args(argv)
+    config = SketchConfig(strokes=args.strokes, iterations=args.iterations, seeds=args.seeds)
+    try:
+        config.validate()
+        loaded = ModelChoice(args.checkpoint, args.model, args.pretrained).load()
+    except (ClipLoadError, ValueError) as exc:
+        print(f"clipasso.evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        pictures = evaluation_pictures(Path(tmp), tuple(args.photos), tuple(args.shapes))
+        report, rows = evaluate(loaded, pictures, config, tuple(args.sheet_strokes))
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    args.sheet.parent.mkdir(parents=True, exist_ok=True)
+    contact_sheet(rows, ["source"] + [f"{n} strokes" for n in args.sheet_strokes]).save(args.sheet)
+    for r in report["images"]:
+        print(
+            f"{r['image']:>16}: nearest {r['nearest_source']:>16}  loss {r['sketch_loss']:.4f} vs random "
+            f"{r['random_loss']:.4f}"
+        )
+    print(
+        f"own source closest: {report['own_source_closest_fraction']:.0%} (goal >= 80 %); "
+        f"beats random strokes: {report['beats_random_fraction']:.0%}; contact sheet: {args.sheet}; "
+        f"report: {args.out / 'report.json'}"
+    )
+    return 0 if report["passes"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

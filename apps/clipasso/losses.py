@@ -1,0 +1,105 @@
+"""CLIPasso's losses: geometric (L2 of intermediate CLIP activations) + semantic (1 - cosine of embeddings).
+
+Intermediate activations come from open_clip's `forward_intermediates`: ResNet stages for ModifiedResNet
+models (the paper uses layer2 and layer3 of RN101), transformer block outputs for ViTs (chosen as
+fractions of the depth, so one setting fits a 4-block demo model and a 12-block ViT-B-32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from training.model import LoadedCLIP
+
+_OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights as in the paper: geometric 1.0 on two middle stages, semantic 0.1."""
+
+    geometric_weight: float = 1.0
+    semantic_weight: float = 0.1
+    resnet_stages: tuple[int, ...] = (2, 3)  # forward_intermediates index: 0 stem, 1..4 layer1..layer4
+    vit_depth_fractions: tuple[float, ...] = (0.5, 0.75)  # block outputs at these fractions of the depth
+
+
+def _normalisation(loaded: LoadedCLIP) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    for transform in getattr(loaded.preprocess, "transforms", []):
+        if hasattr(transform, "mean") and hasattr(transform, "std"):
+            return tuple(transform.mean), tuple(transform.std)
+    return _OPENAI_MEAN, _OPENAI_STD
+
+
+class ClipImageEncoder:
+    """Differentiable image features of a frozen CLIP: embeddings and the chosen intermediate activations."""
+
+    def __init__(self, loaded: LoadedCLIP, config: LossConfig) -> None:
+        self.model = loaded.model.eval().requires_grad_(False)
+        self.visual = self.model.visual
+        self.image_size = loaded.image_size
+        self.config = config
+        device = next(self.model.parameters()).device
+        mean, std = _normalisation(loaded)
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.layers = self._layers()
+
+    @property
+    def is_vit(self) -> bool:
+        return hasattr(self.visual, "transformer") and hasattr(self.visual.transformer, "resblocks")
+
+    def _layers(self) -> list[int]:
+        if self.config.geometric_weight == 0 or not hasattr(self.visual, "forward_intermediates"):
+            return []
+        if self.is_vit:
+            depth = len(self.visual.transformer.resblocks)
+            return sorted(
+                {min(depth - 1, max(0, round(f * depth) - 1)) for f in self.config.vit_depth_fractions}
+            )
+        if hasattr(self.visual, "layer1"):
+            return list(self.config.resnet_stages)
+        return []
+
+    @property
+    def description(self) -> str:
+        kind = "vit blocks" if self.is_vit else "resnet stages"
+        return f"{kind} {self.layers}" if self.layers else "semantic only"
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """images (B, 3, R, R) in [0, 1] at the model's input size -> (unit embeddings, activations)."""
+        x = (images - self.mean) / self.std
+        if not self.layers:
+            return F.normalize(self.model.encode_image(x), dim=-1), []
+        out = self.visual.forward_intermediates(x, indices=self.layers)
+        return F.normalize(out["image_features"], dim=-1), list(out["image_intermediates"])
+
+
+def sketch_losses(
+    sketch: tuple[torch.Tensor, list[torch.Tensor]],
+    target: tuple[torch.Tensor, list[torch.Tensor]],
+    views: int,
+    config: LossConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(geometric, semantic) losses per sketch and view, each (B, views); view 0 is the plain one.
+
+    `sketch` features are for B sketches x `views` (flattened B-major); `target` for the picture's views.
+    """
+    emb, acts = sketch
+    target_emb, target_acts = target
+    batch = emb.shape[0] // views
+    cosine = (emb.reshape(batch, views, -1) * target_emb.reshape(1, views, -1)).sum(-1)
+    semantic = 1.0 - cosine
+    geometric = emb.new_zeros(batch, views)
+    for act, target_act in zip(acts, target_acts):
+        diff = act.reshape(batch, views, -1) - target_act.reshape(1, views, -1)
+        geometric = geometric + diff.square().mean(2)
+    return geometric, semantic
+
+
+def total_loss(geometric: torch.Tensor, semantic: torch.Tensor, config: LossConfig) -> torch.Tensor:
+    return config.geometric_weight * geometric + config.semantic_weight * semantic

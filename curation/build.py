@@ -1,0 +1,601 @@
+"""Build a curated dataset: sources -> candidates -> download (img2dataset, per chunk) -> filters -> dedup -> CLIP score.
+
+    cfg = BuildConfig(source=["wit:site.tsv"], out=Path("data/web"))
+    build_dataset(cfg)                      # or, one stage at a time (Prefect wraps these):
+    collect_candidates(cfg); [download_chunk(cfg, c) for c in plan_chunks(cfg)]; finalize_dataset(cfg)
+
+Resuming: every stage records what it finished under DIR/work and skips it on a rerun.
+Candidates are collected once (a `state.json` marks them complete), a chunk is done when its
+`staged/chunk-N.json` exists (written after its rows), and final shards are written through
+curation.shards (atomic, manifest last). Keys are assigned from the source order, so a resumed
+build produces exactly the keys of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from curation import shards
+from curation.config import BuildConfig, fingerprint, output_settings
+from curation.dedup import DEDUP_STAGE, dedup_decisions, image_signature
+from curation.filters import IMAGE_FILTERS, TEXT_FILTERS, first_reject, reason_name
+from curation.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform
+from curation.settings import ConfigError
+from curation.wit import (
+    KEPT_COLUMNS,
+    READ_STAGE,
+    WitFormatError,
+    check_url,
+    choose_caption,
+    read_wit,
+    wit_candidate,
+)
+
+WORK = "work"
+CRAWL_STAGE = "crawl"
+CANDIDATE_COLUMNS = (
+    "key_candidate",
+    "url",
+    "caption",
+    "text_source",
+    "source",
+    "caption_language",
+    *KEPT_COLUMNS,
+)
+_CANDIDATE_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in CANDIDATE_COLUMNS])
+# Columns of the staged (downloaded + filtered) rows that dedup and the report need, without the pixels.
+_DEDUP_COLUMNS = [
+    "key",
+    "sha256",
+    "phash",
+    "colour_signature",
+    "caption",
+    "text_source",
+    "original_width",
+    "original_height",
+]
+
+
+# Staged rows carry two working columns besides the record schema (kept as extra columns in the shards).
+STAGED_SCHEMA = pa.schema(
+    list(RECORD_SCHEMA)
+    + [pa.field("caption_language", pa.string()), pa.field("colour_signature", pa.string())]
+)
+STAGED_REJECT_SCHEMA = pa.schema(
+    list(REJECT_SCHEMA)
+    + [pa.field("caption_language", pa.string()), pa.field("colour_signature", pa.string())]
+)
+
+
+class BuildError(RuntimeError):
+    """The build cannot go on; the message names the input or directory and the fix."""
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    index: int
+    path: Path
+    rows: int
+
+    @property
+    def name(self) -> str:
+        return f"chunk-{self.index:05d}"
+
+
+@dataclass(frozen=True)
+class CandidateSet:
+    out: Path
+    chunks: tuple[ChunkSpec, ...]
+    candidates: int
+    rejected: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    index: int
+    rows: int
+    kept: int
+    rejected: int
+    skipped: bool
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    out: Path
+    kept: int
+    rejected: int
+    counts: dict[str, dict[str, int]]
+    report: Path
+    contact_sheet: Path | None
+    skipped: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.kept + self.rejected
+
+
+# --- paths and state ---------------------------------------------------------------------------------
+
+
+def _work(cfg: BuildConfig) -> Path:
+    return Path(cfg.out) / WORK
+
+
+def _candidates_dir(cfg: BuildConfig) -> Path:
+    return _work(cfg) / "candidates"
+
+
+def _staged(cfg: BuildConfig, index: int, suffix: str) -> Path:
+    return _work(cfg) / "staged" / f"chunk-{index:05d}{suffix}"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _check_fingerprint(cfg: BuildConfig) -> None:
+    """Refuse to resume a directory that was started with settings that change the output."""
+    path = _work(cfg) / "build.json"
+    recorded = _read_json(path)
+    wanted = fingerprint(cfg)
+    if recorded is None:
+        shards.atomic_write_json(path, {"fingerprint": wanted, "settings": output_settings(cfg)})
+        return
+    if recorded.get("fingerprint") != wanted:
+        old = recorded.get("settings", {})
+        new = output_settings(cfg)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ConfigError(
+            f"{cfg.out} was started with other settings ({', '.join(changed) or 'unknown'} differ); "
+            "use a new --out, or delete the directory to rebuild"
+        )
+
+
+def _write_table(path: Path, rows: list[dict], schema: pa.Schema) -> None:
+    table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
+    shards.write_parquet_atomic(table, path)
+
+
+# --- stage 1: candidates ---------------------------------------------------------------------------------
+
+
+def _reject_row(record: dict, stage: str, reason: str) -> dict:
+    return {**record, "status": "rejected", "reject_stage": stage, "reject_reason": reason}
+
+
+def _iter_source(cfg: BuildConfig, spec: str, index: int) -> Iterator[tuple[dict, str | None, str | None]]:
+    """(record, reject stage, reject reason) for every input row of one --source."""
+    kind, _, target = spec.partition(":")
+    if kind == "wit":
+        try:
+            for row in read_wit(target):
+                if row.reason == "header":
+                    continue
+                if row.fields is None:
+                    record = {
+                        "caption": None,
+                        "error_message": f"line {row.line_number}: {row.excerpt or ''}",
+                    }
+                    yield record, READ_STAGE, row.reason
+                    continue
+                record, reason = wit_candidate(row.fields, cfg.caption_policy)
+                yield record, (READ_STAGE if reason else None), reason
+        except WitFormatError as exc:
+            raise BuildError(str(exc)) from exc
+    else:
+        yield from _iter_crawl(cfg, target, index)
+
+
+def _iter_crawl(cfg: BuildConfig, url: str, index: int) -> Iterator[tuple[dict, str | None, str | None]]:
+    from curation.crawl import CrawlConfig, crawl  # the crawler pulls in httpx/asyncio: only when used
+
+    out = _work(cfg) / f"crawl-{index:02d}" / "candidates.parquet"
+    result = crawl(
+        CrawlConfig(
+            seed=[url],
+            out=out,
+            allow_private=cfg.allow_private,
+            max_pages=cfg.crawl_max_pages,
+            max_depth=cfg.crawl_max_depth,
+        )
+    )
+    for batch in pq.ParquetFile(result.out).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            fields = {k: (v if isinstance(v, str) else None) for k, v in row.items()}
+            caption, text_source = choose_caption(fields, cfg.caption_policy)
+            record = {name: fields.get(name) for name in KEPT_COLUMNS}
+            record.update(url=fields.get("url") or "", caption=caption, text_source=text_source)
+            reason = check_url(record["url"])
+            if reason is None and caption is None:
+                reason = f"no_caption: none of {', '.join(cfg.caption_policy)}"
+            yield record, (READ_STAGE if reason else None), reason
+    # Pages the crawler refused or could not fetch (robots.txt, refused address, too large...).
+    for batch in pq.ParquetFile(result.rejects_path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            yield {"url": row["url"], "page_url": row["page_url"]}, CRAWL_STAGE, row["reject_reason"]
+
+
+class _AddressCheck:
+    """netguard's after-DNS address check on image URLs, cached per host (millions of rows, few hosts)."""
+
+    def __init__(self, allow_private: bool) -> None:
+        self.allow_private = allow_private
+        self.cache: dict[str, str | None] = {}
+
+    def __call__(self, url: str) -> str | None:
+        from urllib.parse import urlsplit
+
+        from curation.netguard import UrlRefused
+        from curation.netguard import check_url as guard
+
+        host = urlsplit(url).netloc
+        if host not in self.cache:
+            try:
+                guard(url, allow_private=self.allow_private)
+                self.cache[host] = None
+            except UrlRefused as exc:
+                self.cache[host] = f"refused_address: {exc}"
+            except OSError as exc:
+                self.cache[host] = f"unresolvable_host: {exc}"
+        return self.cache[host]
+
+
+def collect_candidates(cfg: BuildConfig) -> CandidateSet:
+    """Read every source into chunks of candidates (DIR/work/candidates); rejects for bad rows.
+
+    Streams: memory holds one chunk of rows plus a set of URL digests. Resumable: when a
+    previous run completed this stage it is not repeated; a partial one is redone (cheap and
+    deterministic, so keys do not change).
+    """
+    if not cfg.source:
+        raise ConfigError("no --source given: pass wit:PATH.tsv[.gz] or crawl:URL")
+    for spec in cfg.source:
+        kind, _, target = spec.partition(":")
+        if kind == "wit" and not Path(target).is_file():
+            raise BuildError(f"--source {spec}: no such WIT file (give wit:PATH.tsv or wit:PATH.tsv.gz)")
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    _check_fingerprint(cfg)
+    folder = _candidates_dir(cfg)
+    state = _read_json(folder / "state.json")
+    if state is not None:
+        return _candidate_set(cfg, state)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+    address_check = _AddressCheck(cfg.allow_private)
+    seen_urls: dict[bytes, str] = {}
+    kept: list[dict] = []
+    rejects: list[dict] = []
+    chunks: list[dict] = []
+    reject_files = 0
+    counts: Counter[str] = Counter()
+    seq = 0
+    progress = tqdm(desc="candidates", unit=" rows", mininterval=1.0)
+    for source_index, spec in enumerate(cfg.source):
+        for record, stage, reason in _iter_source(cfg, spec, source_index):
+            seq += 1
+            progress.update()
+            record = {**record, "key_candidate": f"{seq:010d}", "source": spec}
+            if reason is None:
+                reason = address_check(record["url"]) if not cfg.allow_private else None
+                stage = READ_STAGE if reason else None
+            if reason is None:
+                digest = hashlib.blake2b(record["url"].encode(), digest_size=12).digest()
+                if digest in seen_urls:
+                    stage, reason = READ_STAGE, f"duplicate_url: same image URL as key {seen_urls[digest]}"
+                else:
+                    seen_urls[digest] = record["key_candidate"]
+            if reason is None:
+                rejected = first_reject(record, cfg, TEXT_FILTERS)
+                if rejected is not None:
+                    stage, reason = rejected
+            if reason is not None:
+                counts[f"{stage}/{reason_name(reason)}"] += 1
+                rejects.append(_reject_row({**record, "key": record["key_candidate"]}, stage, reason))
+                if len(rejects) >= cfg.chunk_size:
+                    _flush_rejects(folder, reject_files, rejects)
+                    reject_files += 1
+                    rejects = []
+                continue
+            kept.append(record)
+            if len(kept) >= cfg.chunk_size:
+                chunks.append(_flush_chunk(folder, len(chunks), kept))
+                kept = []
+    progress.close()
+    if kept:
+        chunks.append(_flush_chunk(folder, len(chunks), kept))
+    if rejects:
+        _flush_rejects(folder, reject_files, rejects)
+        reject_files += 1
+    state = {
+        "chunks": chunks,
+        "candidates": sum(c["rows"] for c in chunks),
+        "rejected": sum(counts.values()),
+        "reject_files": reject_files,
+        "counts": dict(counts),
+    }
+    shards.atomic_write_json(folder / "state.json", state)
+    return _candidate_set(cfg, state)
+
+
+def _flush_chunk(folder: Path, index: int, rows: list[dict]) -> dict:
+    path = folder / f"chunk-{index:05d}.parquet"
+    _write_table(path, [{c: r.get(c) for c in CANDIDATE_COLUMNS} for r in rows], _CANDIDATE_SCHEMA)
+    return {"index": index, "rows": len(rows)}
+
+
+def _flush_rejects(folder: Path, index: int, rows: list[dict]) -> None:
+    table = conform(pa.Table.from_pylist(rows), STAGED_REJECT_SCHEMA, source="candidate rejects")
+    shards.write_parquet_atomic(table, folder / f"rejects-{index:05d}.parquet")
+
+
+def _candidate_set(cfg: BuildConfig, state: dict) -> CandidateSet:
+    folder = _candidates_dir(cfg)
+    chunks = tuple(
+        ChunkSpec(c["index"], folder / f"chunk-{c['index']:05d}.parquet", c["rows"]) for c in state["chunks"]
+    )
+    return CandidateSet(Path(cfg.out), chunks, state["candidates"], state["rejected"], state["counts"])
+
+
+def plan_chunks(cfg: BuildConfig) -> list[ChunkSpec]:
+    """The chunks to download (collects candidates first when that has not been done)."""
+    return list(collect_candidates(cfg).chunks)
+
+
+# --- stage 2: download + image filters, per chunk ---------------------------------------------------------
+
+
+def download_options(cfg: BuildConfig):
+    from curation.download import DownloadOptions
+
+    return DownloadOptions(
+        image_size=cfg.image_size,
+        resize_mode=cfg.resize_mode,
+        processes=cfg.processes,
+        threads=cfg.threads,
+        timeout=cfg.timeout,
+        retries=cfg.retries,
+        distributor=cfg.distributor,
+        disallowed_header_directives=tuple(cfg.disallowed_header_directives),
+        max_image_pixels=cfg.max_image_pixels,
+    )
+
+
+def download_chunk(cfg: BuildConfig, chunk: ChunkSpec) -> ChunkResult:
+    """One img2dataset call for the chunk, then image filters and pHash; idempotent.
+
+    Writes DIR/work/staged/chunk-N.parquet (kept) and .rejects.parquet, then chunk-N.json last:
+    a chunk with its .json is done and returns at once.
+    """
+    from curation.download import run_img2dataset  # img2dataset imports cv2/albumentations: only here
+
+    marker = _staged(cfg, chunk.index, ".json")
+    done = _read_json(marker)
+    if done is not None:
+        return ChunkResult(chunk.index, done["rows"], done["kept"], done["rejected"], True, done["counts"])
+    raw_folder = _work(cfg) / "downloads" / chunk.name
+    table = run_img2dataset(chunk.path, raw_folder, download_options(cfg))
+    kept, rejects = [], []
+    counts: Counter[str] = Counter()
+    for row in table.to_pylist():
+        row["key"] = row.pop("key_candidate")
+        row.pop("txt", None)
+        rejected = first_reject(row, cfg, IMAGE_FILTERS)
+        if rejected is None:
+            try:
+                row["phash"], row["colour_signature"] = image_signature(row["jpg"])
+            except Exception as exc:  # noqa: BLE001 - a picture PIL cannot hash is a reject, not a crash
+                rejected = ("image", f"undecodable: phash failed ({type(exc).__name__})")
+        if rejected is not None:
+            stage, reason = rejected
+            counts[f"{stage}/{reason_name(reason)}"] += 1
+            rejects.append(_reject_row(row, stage, reason) | {"status": row.get("status")})
+        else:
+            kept.append(row)
+    kept.sort(key=lambda r: r["key"])
+    rejects.sort(key=lambda r: r["key"])
+    _write_staged(_staged(cfg, chunk.index, ".parquet"), kept, STAGED_SCHEMA)
+    _write_staged(_staged(cfg, chunk.index, ".rejects.parquet"), rejects, STAGED_REJECT_SCHEMA)
+    result = {"rows": table.num_rows, "kept": len(kept), "rejected": len(rejects), "counts": dict(counts)}
+    shards.atomic_write_json(marker, result)
+    shutil.rmtree(raw_folder, ignore_errors=True)
+    return ChunkResult(chunk.index, table.num_rows, len(kept), len(rejects), False, dict(counts))
+
+
+def _write_staged(path: Path, rows: list[dict], schema: pa.Schema) -> None:
+    table = conform(pa.Table.from_pylist(rows), schema, source=str(path)) if rows else schema.empty_table()
+    shards.write_parquet_atomic(table, path)
+
+
+# --- stage 3: dedup, CLIP score, final shards ----------------------------------------------------------------
+
+
+def _clip_scores_for_chunk(cfg: BuildConfig, index: int, table: pa.Table, embedder: Any) -> dict[str, float]:
+    """Scores of one chunk's rows, cached in DIR/work/clip so a resumed finalize does not recompute them."""
+    from curation.clipscore import clip_scores
+
+    path = _work(cfg) / "clip" / f"chunk-{index:05d}.parquet"
+    if path.exists():
+        cached = pq.read_table(path)
+        return dict(zip(cached["key"].to_pylist(), cached["clip_score"].to_pylist()))
+    keys = table["key"].to_pylist()
+    scores = clip_scores(
+        embedder, table["jpg"].to_pylist(), table["caption"].to_pylist(), cfg.clip_batch_size
+    )
+    shards.write_parquet_atomic(
+        pa.table({"key": pa.array(keys, pa.string()), "clip_score": pa.array(scores, pa.float32())}), path
+    )
+    return dict(zip(keys, scores.tolist()))
+
+
+def finalize_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
+    """Dedup across all chunks, CLIP score, final shards + rejects + manifest + report."""
+    from curation.clipscore import CLIP_STAGE, as_embedder, clip_rejects
+    from curation.report import write_report
+
+    out = Path(cfg.out)
+    candidates = collect_candidates(cfg)
+    if cfg.clip_filtering and embedder is None:
+        raise ConfigError(
+            "min_clip_score / clip_top_fraction need a CLIP model: pass --clip-checkpoint or --clip-model"
+        )
+    manifest = shards.load_manifest(out)
+    done = manifest.extra.get("build", {})
+    if done.get("complete") and done.get("fingerprint") == fingerprint(cfg):
+        return _summary_from_manifest(cfg, manifest, skipped=True)
+    missing = [c.index for c in candidates.chunks if not _staged(cfg, c.index, ".json").exists()]
+    if missing:
+        raise BuildError(
+            f"{out}: chunks {missing[:10]} are not downloaded yet; run download_chunk for them first"
+        )
+    shards.remove_untrusted(out)  # leftovers of a killed writer
+
+    # Dedup over the whole dataset: only the small columns are held in memory.
+    staged = [_staged(cfg, c.index, ".parquet") for c in candidates.chunks]
+    columns: dict[str, list] = {name: [] for name in _DEDUP_COLUMNS}
+    for path in tqdm(staged, desc="dedup: reading hashes", unit=" chunk", disable=len(staged) < 2):
+        table = pq.read_table(path, columns=_DEDUP_COLUMNS)
+        for name in _DEDUP_COLUMNS:
+            columns[name].extend(table[name].to_pylist())
+    duplicates = dedup_decisions(
+        columns["key"],
+        columns["sha256"],
+        columns["phash"],
+        columns["caption"],
+        columns["text_source"],
+        cfg.dedup_radius,
+        cfg.caption_policy,
+        [(w or 0) * (h or 0) for w, h in zip(columns["original_width"], columns["original_height"])],
+        columns["colour_signature"],
+    )
+
+    # CLIP score every pair that survived dedup; the top fraction needs all scores before deciding.
+    scores: dict[str, float] = {}
+    if embedder is not None:
+        clip = as_embedder(embedder, cfg.device)
+        for chunk, path in tqdm(list(zip(candidates.chunks, staged)), desc="clip score", unit=" chunk"):
+            table = pq.read_table(path, columns=["key", "jpg", "caption"])
+            survivors = pa.array([k not in duplicates for k in table["key"].to_pylist()], pa.bool_())
+            scores.update(_clip_scores_for_chunk(cfg, chunk.index, table.filter(survivors), clip))
+    low_scores = clip_rejects(list(scores), list(scores.values()), cfg.min_clip_score, cfg.clip_top_fraction)
+
+    counts: dict[str, dict[str, int]] = {}
+
+    def count(stage: str, reason: str, n: int = 1) -> None:
+        counts.setdefault(stage, {})
+        counts[stage][reason] = counts[stage].get(reason, 0) + n
+
+    for name, n in candidates.counts.items():
+        stage, reason = name.split("/", 1)
+        count(stage, reason, n)
+    kept_total = 0
+    for chunk, path in tqdm(list(zip(candidates.chunks, staged)), desc="writing shards", unit=" shard"):
+        table = pq.read_table(path)
+        keys = table["key"].to_pylist()
+        if scores:
+            table = table.set_column(
+                table.schema.get_field_index("clip_score"),
+                "clip_score",
+                pa.array([scores.get(k) for k in keys], pa.float32()),
+            )
+        drop = [duplicates.get(k) or low_scores.get(k) for k in keys]
+        keep_mask = pa.array([d is None for d in drop], pa.bool_())
+        final = table.filter(keep_mask)
+        kept_total += final.num_rows
+        dropped_rows = []
+        drop_index = [i for i, reason in enumerate(drop) if reason]
+        for row in table.take(drop_index).to_pylist() if drop_index else []:
+            if row["key"] in duplicates:
+                stage, reason = DEDUP_STAGE, duplicates[row["key"]].reason
+            else:
+                stage, reason = CLIP_STAGE, low_scores[row["key"]]
+            dropped_rows.append(_reject_row(row, stage, reason) | {"status": row.get("status")})
+        earlier = pq.read_table(_staged(cfg, chunk.index, ".rejects.parquet"))
+        for stage, reason in zip(earlier["reject_stage"].to_pylist(), earlier["reject_reason"].to_pylist()):
+            count(stage, reason_name(reason))
+        for row in dropped_rows:
+            count(row["reject_stage"], reason_name(row["reject_reason"]))
+        rejects = conform(earlier, STAGED_REJECT_SCHEMA)
+        if dropped_rows:
+            rejects = pa.concat_tables(
+                [
+                    conform(earlier, STAGED_REJECT_SCHEMA),
+                    conform(pa.Table.from_pylist(dropped_rows), STAGED_REJECT_SCHEMA),
+                ],
+                promote_options="default",
+            )
+        name = f"part-{chunk.index:05d}"
+        if final.num_rows and not shards.has_shard(out, name):
+            shards.write_shard(out, name, final)
+        if rejects.num_rows and not shards.has_shard(out, name, kind=shards.REJECTS):
+            shards.write_shard(out, name, rejects, kind=shards.REJECTS)
+    folder = _candidates_dir(cfg)
+    state = _read_json(folder / "state.json") or {}
+    for i in range(state.get("reject_files", 0)):
+        name = f"candidates-{i:05d}"
+        if not shards.has_shard(out, name, kind=shards.REJECTS):
+            shards.write_shard(
+                out, name, pq.read_table(folder / f"rejects-{i:05d}.parquet"), kind=shards.REJECTS
+            )
+
+    rejected_total = sum(n for reasons in counts.values() for n in reasons.values())
+    report, sheet = write_report(out, kept_total, counts, settings=output_settings(cfg), scored=bool(scores))
+    shards.update_manifest(
+        out,
+        config=output_settings(cfg),
+        counts={"kept": kept_total, "rejected": rejected_total, "by_stage": counts},
+        extra={
+            "build": {
+                "fingerprint": fingerprint(cfg),
+                "complete": True,
+                "report": report.name,
+                "contact_sheet": sheet.name if sheet else None,
+            }
+        },
+    )
+    return BuildSummary(out, kept_total, rejected_total, counts, report, sheet)
+
+
+def _summary_from_manifest(cfg: BuildConfig, manifest: shards.Manifest, skipped: bool) -> BuildSummary:
+    out = Path(cfg.out)
+    build = manifest.extra.get("build", {})
+    sheet = build.get("contact_sheet")
+    return BuildSummary(
+        out,
+        manifest.counts.get("kept", 0),
+        manifest.counts.get("rejected", 0),
+        manifest.counts.get("by_stage", {}),
+        out / build.get("report", "report.md"),
+        out / sheet if sheet else None,
+        skipped=skipped,
+    )
+
+
+def build_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
+    """All stages in order, each skipped where a previous run finished it."""
+    candidates = collect_candidates(cfg)
+    for chunk in tqdm(candidates.chunks, desc="download chunks", unit=" chunk"):
+        download_chunk(cfg, chunk)
+    return finalize_dataset(cfg, embedder)
+
+
+def summary_dict(summary: BuildSummary) -> dict:
+    data = asdict(summary)
+    return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}

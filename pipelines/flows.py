@@ -1,0 +1,178 @@
+"""Prefect flows: the chain of design.md, one flow per stage plus the end-to-end chain.
+
+    build-dataset:  collect-candidates -> plan-chunks -> download-chunks (one task per chunk) -> finalize-dataset
+    train:          train-clip
+    evaluate:       evaluate-clip
+    end-to-end:     build-dataset -> train -> evaluate -> build-dataset (CLIP-filtered) -> apps
+
+A flow body only wires library functions (through `pipelines.tasks`) and publishes artifacts.
+Every flow takes the libraries' own typed configs plus `FlowOptions`, so a deployment's JSON
+parameters, a params file and the library CLIs all mean the same thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from curation.config import BuildConfig
+from pipelines import artifacts, tasks
+from pipelines.params import ChainConfig, FlowOptions
+from pipelines.runtime import make_task_runner, output_lock
+
+try:  # the training library is optional for build-only installs and while it is being written
+    from training.config import EvalConfig, TrainConfig
+except ImportError:  # pragma: no cover - exercised only without training/
+    EvalConfig = TrainConfig = Any  # type: ignore[misc,assignment]
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except Exception:  # outside a run (library use): plain logging
+        return logging.getLogger("pipelines")
+
+
+def ensure_tag_concurrency(tag: str, limit: int) -> None:
+    """Set Prefect's concurrency limit for task runs carrying `tag` (an upsert on the API)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=tag, concurrency_limit=limit)
+
+
+def _pictures(result: Any, base: Path) -> list[Path]:
+    """PNG files a library result points at (contact sheets, loss curves), in field order."""
+    found = []
+    for value in tasks.plain(result).values() if isinstance(tasks.plain(result), dict) else []:
+        if isinstance(value, str) and value.endswith(".png"):
+            path = Path(value) if Path(value).is_absolute() else base / value
+            if path.exists():
+                found.append(path)
+    return found
+
+
+# --- build-dataset -------------------------------------------------------------------------------
+
+
+@flow(name="download-chunks", flow_run_name="download-{config.out.name}")
+def download_chunks(config: BuildConfig, chunks: list[Any], options: FlowOptions = FlowOptions()) -> list[Any]:
+    """One download task per chunk, on the thread pool or the Dask cluster that `options` names."""
+    download = tasks.download_task_for(config, options)
+    futures = [download.submit(config, chunk) for chunk in chunks]
+    return [future.result() for future in futures]
+
+
+def run_download_chunks(config: BuildConfig, chunks: list[Any], options: FlowOptions) -> list[Any]:
+    runner = make_task_runner(options.dask_address, max_workers=options.download_concurrency)
+    return download_chunks.with_options(task_runner=runner)(config, chunks, options)
+
+
+@flow(name="build-dataset", flow_run_name="build-{config.out.name}")
+def build_dataset_flow(config: BuildConfig, options: FlowOptions = FlowOptions()) -> dict:
+    """`python -m curation build`, as a flow: resumable chunk by chunk, with retries and artifacts."""
+    log = _logger()
+    with output_lock(config.out, "build-dataset flow"):
+        ensure_tag_concurrency(tasks.DOWNLOAD_TAG, options.download_concurrency)
+        tasks.collect_candidates(config)
+        chunks = tasks.plan_chunks(config)
+        log.info("%d chunk(s) of candidates to download into %s", len(chunks), config.out)
+        chunk_results = run_download_chunks(config, chunks, options)
+        summary = tasks.finalize_dataset(config)
+    publish_build_artifacts(config, chunk_results, summary)
+    return {"out": str(config.out), "chunks": tasks.plain(chunk_results), "summary": tasks.plain(summary)}
+
+
+def publish_build_artifacts(config: BuildConfig, chunk_results: list[Any], summary: Any) -> None:
+    key = f"build-{config.out.name}"
+    rows = [tasks.plain(r) for r in chunk_results]
+    artifacts.publish_table(key + "-chunks", f"Downloaded chunks of {config.out}", rows)
+    plain = tasks.plain(summary)
+    if isinstance(plain, dict):
+        counts = {k: v for k, v in artifacts.flatten(plain).items() if not isinstance(v, str)}
+        artifacts.publish_table(
+            key + "-counts", f"Stage counts of {config.out}", [{"count": k, "value": v} for k, v in counts.items()]
+        )
+    for i, picture in enumerate(_pictures(summary, config.out)):
+        artifacts.publish_picture(f"{key}-picture-{i}", picture, f"{picture.name} of {config.out}")
+
+
+# --- train and evaluate --------------------------------------------------------------------------
+
+
+@flow(name="train", flow_run_name="train-{config.out.name}")
+def train_flow(config: TrainConfig, options: FlowOptions = FlowOptions()) -> dict:
+    """`python -m training.train`, as a flow: the loss curve and final numbers become artifacts."""
+    with output_lock(config.out, "train flow"):
+        result = tasks.train_clip(config)
+    key = f"train-{config.out.name}"
+    plain = tasks.plain(result)
+    if isinstance(plain, dict):
+        artifacts.publish_table(key + "-summary", f"Training run {config.out}", [artifacts.flatten(plain)])
+    pictures = _pictures(result, config.out) or [p for p in [config.out / "loss.png"] if p.exists()]
+    for i, picture in enumerate(pictures):
+        artifacts.publish_picture(f"{key}-loss-{i}", picture, f"loss curve of {config.out}")
+    return plain if isinstance(plain, dict) else {"result": plain}
+
+
+@flow(name="evaluate", flow_run_name="evaluate-{config.checkpoint.name}")
+def evaluate_flow(config: EvalConfig, options: FlowOptions = FlowOptions()) -> dict:
+    """`python -m training.evaluate`, as a flow: metrics become a markdown table artifact."""
+    result = tasks.plain(tasks.evaluate_clip(config))
+    metrics = artifacts.flatten(result) if isinstance(result, dict) else {"result": result}
+    artifacts.publish_table(
+        f"evaluate-{config.checkpoint.name}",
+        f"Evaluation of {config.checkpoint}",
+        [{"metric": k, "value": v} for k, v in metrics.items()],
+    )
+    return result if isinstance(result, dict) else {"result": result}
+
+
+# --- registry ------------------------------------------------------------------------------------
+
+FLOWS = {
+    "build-dataset": build_dataset_flow,
+    "train": train_flow,
+    "evaluate": evaluate_flow,
+}
+# the stage whose config is the flow's `config` parameter
+FLOW_CONFIG_STAGE = {"build-dataset": "build", "train": "train", "evaluate": "evaluate"}
+
+
+def flow_parameters(params: Any) -> dict[str, Any]:
+    """The keyword arguments of a flow run from validated FlowParams."""
+    if params.flow == "end-to-end":
+        return {**params.configs, "options": params.options}
+    return {"config": params[FLOW_CONFIG_STAGE[params.flow]], "options": params.options}
+
+
+def deployment_parameters(params: Any) -> dict[str, Any]:
+    """JSON-able flow parameters for a deployment; Prefect turns them back into the typed configs."""
+    from curation.settings import to_dict
+
+    return {name: to_dict(value) for name, value in flow_parameters(params).items()}
+
+
+def run_flow(params: Any) -> Any:
+    """Run one flow now (the ephemeral API, or the server PREFECT_API_URL names)."""
+    return FLOWS[params.flow](**flow_parameters(params))
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    return dataclasses.replace(cfg, **changes)
+
+
+__all__ = [
+    "FLOWS",
+    "ChainConfig",
+    "build_dataset_flow",
+    "download_chunks",
+    "evaluate_flow",
+    "flow_parameters",
+    "run_flow",
+    "train_flow",
+]

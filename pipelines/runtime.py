@@ -1,0 +1,134 @@
+"""Where flows run: Prefect settings, the API check, the task runner, and the output-directory lock.
+
+Moving a flow from the laptop default (a temporary local Prefect API, a thread pool) to a
+Prefect server and a Dask cluster is configuration: set `PREFECT_API_URL`, pass
+`--dask-address tcp://HOST:8786`. Nothing in the flows changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# Set before Prefect reads its settings: no phoning home, and room for a slow first start on 2 cores.
+ENV_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+LOCK_NAME = ".pipeline.lock"
+
+
+class PrefectApiError(RuntimeError):
+    """The configured Prefect API does not answer; the message says how to fix it."""
+
+
+class OutputBusyError(RuntimeError):
+    """Another flow run is writing the same output directory."""
+
+
+def apply_env_defaults() -> None:
+    """Fill in the environment defaults the project needs, without overriding the user's."""
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def configured_api_url() -> str | None:
+    """The Prefect API URL from the environment or the active Prefect profile; None means ephemeral."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url
+
+
+def check_prefect_api(url: str | None = None, timeout: float = 3.0) -> str | None:
+    """Fail within `timeout` seconds when a configured Prefect server does not answer its health check.
+
+    Without a check Prefect retries its client for minutes before a flow fails; a person waiting
+    at a terminal deserves the answer at once.
+    """
+    import httpx
+
+    url = url if url is not None else configured_api_url()
+    if not url:
+        return None
+    health = url.rstrip("/") + "/health"
+    hint = (
+        "start one with `prefect server start --host 127.0.0.1` (then PREFECT_API_URL=http://127.0.0.1:4200/api), "
+        "or unset PREFECT_API_URL to run with a temporary local API"
+    )
+    try:
+        response = httpx.get(health, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise PrefectApiError(f"Prefect API {url} is unreachable ({type(exc).__name__}: {exc}); {hint}") from exc
+    if response.status_code != 200:
+        raise PrefectApiError(f"Prefect API {url} answered HTTP {response.status_code} to {health}; {hint}")
+    return url
+
+
+def make_task_runner(dask_address: str | None = None, max_workers: int | None = None) -> Any:
+    """A DaskTaskRunner on an existing cluster when an address is given, else Prefect's thread pool."""
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=dask_address)
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=max_workers)
+
+
+def check_dask_address(address: str, timeout: float = 3.0) -> None:
+    """Fail fast with a clear message when no Dask scheduler listens at `address` (tcp://HOST:PORT)."""
+    if not address.startswith("tcp://"):
+        raise ValueError(f"--dask-address {address!r}: expected tcp://HOST:PORT of a running Dask scheduler")
+    host, _, port = address[len("tcp://") :].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"--dask-address {address}: no Dask scheduler answers there ({exc}); start one with "
+            "`dask scheduler` (and `dask worker ADDRESS`) or leave the option out to use a thread pool"
+        ) from exc
+
+
+@contextlib.contextmanager
+def output_lock(out: Path | str, what: str = "flow run") -> Iterator[Path]:
+    """Hold an exclusive lock on an output directory for the length of a flow run.
+
+    Two runs writing one dataset would each plan the same chunks and race on the same files; the
+    second one refuses at once instead, naming the holder. The lock dies with its process, so a
+    killed run never leaves a stale lock behind.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the whole run
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise OutputBusyError(
+                f"{out} is being written by another run ({holder}); wait for it to finish or choose another `out`"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "what": what, "since": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        handle.flush()
+        yield path
+    finally:
+        handle.close()

@@ -1,0 +1,108 @@
+"""Dedup: the banded Hamming search finds exactly the pairs an all-pairs scan finds; groups keep the best copy."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from curation.config import DEFAULT_CAPTION_POLICY
+from curation.dedup import dedup_decisions, duplicate_groups, near_duplicate_pairs, phash_hex
+
+
+def flip_bits(value: int, bits: list[int]) -> int:
+    for b in bits:
+        value ^= 1 << b
+    return value
+
+
+def planted_hashes(n: int, seed: int) -> list[str]:
+    """Random hashes plus near copies at distances 0..8 of some of them."""
+    rng = np.random.default_rng(seed)
+    values = [int(v) for v in rng.integers(0, 2**63, size=n, dtype=np.int64)]
+    for i in range(0, n // 2, 7):
+        distance = int(rng.integers(0, 9))
+        values.append(flip_bits(values[i], [int(b) for b in rng.choice(64, size=distance, replace=False)]))
+    return [f"{v:016x}" for v in values]
+
+
+def brute_force(hashes: list[str], radius: int) -> set[frozenset]:
+    ints = [int(h, 16) for h in hashes]
+    return {
+        frozenset((i, j))
+        for i, j in itertools.combinations(range(len(ints)), 2)
+        if bin(ints[i] ^ ints[j]).count("1") <= radius
+    }
+
+
+def connected(pairs, n: int) -> list[set[int]]:
+    parent = list(range(n))
+
+    def find(a):
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for i, j, *_ in pairs:
+        parent[find(i)] = find(j)
+    groups: dict[int, set[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), set()).add(i)
+    return sorted((g for g in groups.values() if len(g) > 1), key=min)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3, 4, 6])
+def test_banded_search_equals_all_pairs(radius):
+    hashes = planted_hashes(800, seed=radius)
+    found = near_duplicate_pairs(hashes, radius)
+    ints = [int(h, 16) for h in hashes]
+    for i, j, d in found:  # every reported pair is real and its distance right
+        assert d == bin(ints[i] ^ ints[j]).count("1") <= radius
+    # the same groups as the exhaustive scan (pairs may differ: identical hashes pair with the first)
+    assert connected(found, len(hashes)) == connected(brute_force(hashes, radius), len(hashes))
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, quality=quality)
+    return buffer.getvalue()
+
+
+def test_phash_of_real_photos_groups_copies_not_different_pictures():
+    astronaut = Image.fromarray(skdata.astronaut())
+    variants = [
+        encode(astronaut),
+        encode(astronaut, quality=40),  # re-encoded
+        encode(astronaut.resize((400, 400))),  # resized
+        encode(astronaut, "PNG"),
+    ]
+    others = [encode(Image.fromarray(skdata.chelsea())), encode(Image.fromarray(skdata.coffee()))]
+    hashes = [phash_hex(v) for v in variants + others]
+    groups = duplicate_groups([None] * len(hashes), hashes, radius=4)
+    assert groups == [[0, 1, 2, 3]]
+
+
+def test_decisions_keep_best_copy_and_name_the_kept_key():
+    h = "c3c3c3c3c3c3c3c3"
+    near = f"{int(h, 16) ^ 0b101:016x}"
+    keys = ["k1", "k2", "k3", "k4", "k5"]
+    sha = ["aa", "aa", None, None, "zz"]
+    phashes = [h, h, near, "0f0f0f0f0f0f0f0f", "ffffffff00000000"]
+    captions = ["IMG 1", "a red circle on paper", "a red circle", "blue star", "something"]
+    sources = [
+        "caption_attribution_description",
+        "caption_reference_description",
+        "caption_reference_description",
+        "caption_reference_description",
+        "caption_reference_description",
+    ]
+    pixels = [100, 100, 50, 100, 100]
+    decisions = dedup_decisions(keys, sha, phashes, captions, sources, 4, DEFAULT_CAPTION_POLICY, pixels)
+    assert set(decisions) == {"k1", "k3"}  # k2: reference caption and the largest picture
+    assert decisions["k1"].kept_key == "k2" and decisions["k1"].reason.startswith("exact_duplicate")
+    assert decisions["k3"].kept_key == "k2" and decisions["k3"].reason.startswith("near_duplicate")
+    assert "phash distance 2" in decisions["k3"].reason

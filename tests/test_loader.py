@@ -1,0 +1,130 @@
+"""The Parquet loader: split by rank and worker, shuffle per epoch, bad rows skipped and counted, resume skip."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from curation.shards import ShardEntry, file_sha256, load_manifest, save_manifest, shard_path, write_shard
+from tests.datasets import make_shape_dataset, rows_table, shape_rows
+from training.data import DatasetError, ShardStream, decode_image, find_row_groups, train_loader
+from training.model import create_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, preprocess_train, preprocess_val, tokenizer = create_model("clip-tiny")
+    return preprocess_train, tokenizer
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    # 3 shards x 2 row groups: fewer row groups than 2 ranks x 4 workers, so row groups get sliced too.
+    return make_shape_dataset(tmp_path_factory.mktemp("loader") / "data", n=150, seed=3, size=32, shards=3, row_group_size=25)
+
+
+def _digest(jpg: bytes) -> str:
+    return hashlib.sha256(jpg).hexdigest()
+
+
+@pytest.mark.parametrize("world_size,workers", [(1, 1), (2, 2), (2, 4)])
+def test_every_row_once_per_epoch_across_ranks_and_workers(dataset, tiny, world_size, workers):
+    refs = find_row_groups([dataset])
+    expected = collections.Counter(_digest(r["jpg"]) for r in shape_rows(150, 3, 32))
+    for epoch in (0, 1):
+        seen = collections.Counter()
+        for rank in range(world_size):
+            stream = ShardStream(refs, *tiny, batch_size=4, seed=5, rank=rank, world_size=world_size, num_workers=workers)
+            for worker in range(workers):
+                seen.update(_digest(jpg) for jpg, _ in stream.epoch_rows(rank * workers + worker, epoch))
+        assert seen == expected
+
+
+def test_epochs_are_shuffled_differently_and_reproducibly(dataset, tiny):
+    refs = find_row_groups([dataset])
+    stream = ShardStream(refs, *tiny, batch_size=4, seed=5, shuffle_buffer=50)
+    epoch0 = [c for _, c in stream.epoch_rows(0, 0)]
+    epoch1 = [c for _, c in stream.epoch_rows(0, 1)]
+    assert epoch0 != epoch1 and sorted(epoch0) == sorted(epoch1)
+    assert epoch0 == [c for _, c in ShardStream(refs, *tiny, batch_size=4, seed=5, shuffle_buffer=50).epoch_rows(0, 0)]
+    assert epoch0 != [c for _, c in ShardStream(refs, *tiny, batch_size=4, seed=6, shuffle_buffer=50).epoch_rows(0, 0)]
+
+
+def test_batches_through_dataloader_workers(dataset, tiny):
+    stream = ShardStream(find_row_groups([dataset]), *tiny, batch_size=8, seed=0, num_workers=2, image_size=32)
+    batches = iter(train_loader(stream, num_workers=2))
+    for _ in range(3):
+        batch = next(batches)
+        assert batch.images.shape == (8, 3, 32, 32) and torch.isfinite(batch.images).all()
+        assert batch.texts.shape == (8, 32) and batch.texts.dtype == torch.long
+        assert batch.skipped == 0
+
+
+def test_resume_skips_consumed_batches_exactly(dataset, tiny):
+    """A stream told it already consumed k batches yields what an unbroken stream yields from batch k on."""
+    refs = find_row_groups([dataset])
+
+    def batches(skip, workers):
+        stream = ShardStream(refs, *tiny, batch_size=6, seed=1, num_workers=workers, skip_batches=skip)
+        it = iter(train_loader(stream, num_workers=workers))
+        return [next(it) for _ in range(4)]
+
+    for workers in (0, 2):
+        full = batches(0, workers)
+        resumed = batches(3, workers)
+        assert torch.equal(full[3].images, resumed[0].images)  # same rows, same random crops
+        assert torch.equal(full[3].texts, resumed[0].texts)
+
+
+def test_undecodable_rows_are_skipped_and_counted(tmp_path, tiny):
+    rows = shape_rows(40, seed=0, size=32)
+    rows[3]["jpg"] = b"not a jpeg at all"
+    rows[10]["jpg"] = rows[10]["jpg"][: len(rows[10]["jpg"]) // 3]  # truncated JPEG
+    rows[17]["jpg"] = None
+    rows[25]["caption"] = None
+    rows[31]["caption"] = "   "
+    write_shard(tmp_path, "bad", rows_table(rows))
+    # A one-row shuffle buffer keeps file order, so the 35 good rows of the first epoch fill 5 batches.
+    stream = ShardStream(find_row_groups([tmp_path]), *tiny, batch_size=7, seed=0, shuffle_buffer=1)
+    it = iter(stream)
+    got = [next(it) for _ in range(5)]
+    assert sum(b.skipped for b in got) == 5
+    assert all(torch.isfinite(b.images).all() for b in got)
+    assert decode_image(rows[10]["jpg"]) is None and decode_image(rows[0]["jpg"]).size == (32, 32)
+
+
+def test_empty_and_missing_dataset_directories(tmp_path):
+    with pytest.raises(DatasetError, match="no such dataset directory"):
+        find_row_groups([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="manifest"):
+        find_row_groups([tmp_path / "empty"])
+    # A finished build that kept nothing: a manifest without shards.
+    save_manifest(tmp_path / "kept_nothing", load_manifest(tmp_path / "kept_nothing"))
+    with pytest.raises(DatasetError, match="no rows"):
+        find_row_groups([tmp_path / "kept_nothing"])
+
+
+@pytest.mark.parametrize("missing", ["caption", "jpg"])
+def test_shard_missing_a_column_names_file_and_column(tmp_path, missing):
+    table = rows_table(shape_rows(8, seed=0, size=32)).drop_columns([missing])
+    path = shard_path(tmp_path, "partial")
+    path.parent.mkdir(parents=True)
+    pq.write_table(table, path)
+    manifest = load_manifest(tmp_path)
+    manifest.shards[path.name] = ShardEntry(rows=8, sha256=file_sha256(path), bytes=path.stat().st_size)
+    save_manifest(tmp_path, manifest)
+    with pytest.raises(DatasetError, match=rf"partial\.parquet.*`{missing}`"):
+        find_row_groups([tmp_path])
+
+
+def test_more_readers_than_rows_is_an_error_not_a_hang(tmp_path, tiny):
+    write_shard(tmp_path, "two", pa.Table.from_pylist(shape_rows(2, seed=0, size=32)))
+    stream = ShardStream(find_row_groups([tmp_path]), *tiny, batch_size=1, world_size=2, rank=1, num_workers=2)
+    with pytest.raises(DatasetError, match="fewer --workers"):
+        next(iter(stream))

@@ -1,0 +1,71 @@
+"""The loopback test web for any test file: a generated site served from a thread on 127.0.0.1.
+
+    from tests.web import serve_testweb
+
+    def test_something(tmp_path):
+        with serve_testweb(pages=8, seed=0) as web:
+            wit = web.write_wit(tmp_path / "site.tsv")        # WIT TSV pointing at the server
+            ...                                              # web.base_url, web.truth["images"][url]
+
+No pytest imports: usable from scripts and benchmarks too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from curation.testweb import LoopbackWebServer, Site, SiteOptions, build_site, serve
+
+
+@dataclass
+class RunningWeb:
+    """A served site: where it is, what it holds (`truth`, see curation.testweb.Site.truth)."""
+
+    base_url: str
+    truth: dict[str, Any]
+    site: Site
+    server: LoopbackWebServer
+
+    def url(self, path: str) -> str:
+        return self.base_url + "/" + path.lstrip("/")
+
+    @property
+    def requests(self) -> list[str]:
+        """Paths the server was asked for so far, in order."""
+        return list(self.server.requests)
+
+    def write_wit(self, path: str | Path) -> Path:
+        self.site.write_wit(path, self.base_url)
+        return Path(path)
+
+    def write_truth(self, path: str | Path) -> Path:
+        self.site.write_truth(path, self.base_url)
+        return Path(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_site(pages: int, seed: int, options: SiteOptions) -> Site:
+    # Sites are deterministic and never changed after building: tests share one per argument set.
+    return build_site(pages, seed, options)
+
+
+@contextlib.contextmanager
+def serve_testweb(
+    pages: int = 12, seed: int = 0, options: SiteOptions = SiteOptions(), **option_overrides: Any
+) -> Iterator[RunningWeb]:
+    """Build (or reuse) the site and serve it on 127.0.0.1 at a free port for the `with` block.
+
+    `option_overrides` replace fields of `options`, e.g. `serve_testweb(8, slow_delay_s=0.5, hostile=True)`.
+    """
+    options = replace(options, **option_overrides) if option_overrides else options
+    site = _cached_site(pages, seed, options)
+    server = serve(site, "127.0.0.1", 0).start()
+    try:
+        yield RunningWeb(server.base_url, site.truth(server.base_url), site, server)
+    finally:
+        server.stop()

@@ -1,0 +1,267 @@
+"""Streaming image-caption batches from Parquet shards for CLIP training.
+
+The unit of work is a Parquet row group (or a slice of one when there are fewer row groups
+than readers). Every epoch the units are permuted with the same seed on every process, and
+unit i goes to global reader i % (world_size * workers): each row is read once per epoch
+across all processes and DataLoader workers. A shuffle buffer mixes rows inside a reader.
+
+Everything random is a function of (seed, epoch, reader, position): the unit order, the
+shuffle buffer and the per-sample crop. So a resumed run can skip the batches it already
+consumed without decoding them and continue with exactly the batches it would have seen.
+
+A row whose JPEG does not decode, or that has no caption, is skipped and counted: each batch
+carries the number of rows skipped while it was assembled, and the trainer logs the total.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import random
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from curation.schema import SchemaError
+from curation.shards import RowGroupRef, ShardError, read_row_group, row_groups
+
+COLUMNS = ("jpg", "caption")
+
+
+class DatasetError(ValueError):
+    """A dataset directory cannot be trained on (empty, missing columns, too small); the message says why."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Rows [start, stop) of one row group: what one reader reads at a time."""
+
+    ref: RowGroupRef
+    start: int
+    stop: int
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # [B, 3, H, W], preprocessed
+    texts: torch.Tensor  # [B, context_length] token ids
+    skipped: int  # rows skipped (undecodable image or no caption) while assembling this batch
+
+
+def find_row_groups(sources: Sequence[Path | str]) -> list[RowGroupRef]:
+    """All row groups of the trusted shards of `sources`, with clear errors for unusable input."""
+    refs: list[RowGroupRef] = []
+    for source in sources:
+        path = Path(source)
+        if not path.exists():
+            raise DatasetError(
+                f"{path}: no such dataset directory; build one with `python -m curation build`"
+            )
+        try:
+            found = row_groups(path, required=COLUMNS)
+        except (ShardError, SchemaError) as exc:
+            raise DatasetError(str(exc)) from exc
+        if sum(r.num_rows for r in found) == 0:
+            raise DatasetError(
+                f"{path}: dataset has no rows (no trusted shards in shards/); "
+                "build it with `python -m curation build` or check its filters"
+            )
+        refs.extend(found)
+    return refs
+
+
+def make_units(refs: Sequence[RowGroupRef], readers: int) -> list[Unit]:
+    """Row groups, each cut into equal slices when there are fewer row groups than readers."""
+    refs = [r for r in refs if r.num_rows > 0]
+    pieces = max(1, math.ceil(readers / max(1, len(refs))))
+    units = []
+    for ref in refs:
+        n = min(pieces, ref.num_rows)
+        bounds = [round(k * ref.num_rows / n) for k in range(n + 1)]
+        units.extend(Unit(ref, a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
+    return units
+
+
+def decode_image(data: bytes | None, draft_size: int | None = None) -> Image.Image | None:
+    """RGB picture from JPEG (or any PIL) bytes; None when it does not decode."""
+    if not data:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore"
+            )  # truncated/odd files warn before they fail; we count them instead
+            image = Image.open(io.BytesIO(data))
+            if draft_size and image.format == "JPEG":
+                # DCT-domain downscale: a 512 px JPEG decodes at 1/4 size when the model wants 64 px.
+                image.draft("RGB", (draft_size, draft_size))
+            image = image.convert("RGB")
+            image.load()
+        return image
+    except Exception:  # PIL raises many types for corrupt data (OSError, SyntaxError, ValueError, ...)
+        return None
+
+
+class _SeededTransform:
+    """Apply a torchvision transform with the torch RNG seeded per sample, leaving the caller's RNG intact."""
+
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Image.Image, seed: int) -> torch.Tensor:
+        state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(seed)
+            return self.transform(image)
+        finally:
+            torch.random.set_rng_state(state)
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from several integers (stable across processes, unlike hash())."""
+    return random.Random(":".join(map(str, parts))).getrandbits(63)
+
+
+class ShardStream(IterableDataset):
+    """An endless stream of preprocessed, tokenised batches for one training process.
+
+    `batch_size` is this process's micro-batch. `skip_batches` is how many batches this process
+    already consumed (resume): they are replayed without decoding their images.
+    """
+
+    def __init__(
+        self,
+        refs: Sequence[RowGroupRef],
+        transform: Callable,
+        tokenizer: Callable,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        shuffle_buffer: int = 1000,
+        skip_batches: int = 0,
+        image_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.refs = list(refs)
+        self.transform = _SeededTransform(transform)
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = max(1, num_workers)
+        self.shuffle_buffer = max(1, shuffle_buffer)
+        self.skip_batches = skip_batches
+        self.draft_size = 2 * image_size if image_size else None
+        self.units = make_units(self.refs, world_size * self.num_workers)
+        self.num_rows = sum(u.stop - u.start for u in self.units)
+
+    def _reader(self) -> tuple[int, int]:
+        """(global reader index, batches to skip) of the calling process/worker.
+
+        Batch b of this process comes from worker b % K (the DataLoader keeps that order). A resumed
+        loader starts again at worker 0 with batch `skip_batches`, so real worker w plays the part of
+        worker (w + skip_batches) % K of the unbroken run.
+        """
+        info = get_worker_info()
+        worker = (info.id if info is not None else 0) + self.skip_batches
+        worker %= self.num_workers
+        return self.rank * self.num_workers + worker, len(range(worker, self.skip_batches, self.num_workers))
+
+    def epoch_rows(self, reader: int, epoch: int) -> Iterator[tuple[bytes | None, str | None]]:
+        """(jpg, caption) of reader `reader`'s share of epoch `epoch`, shuffled."""
+        readers = self.world_size * self.num_workers
+        order = list(range(len(self.units)))
+        random.Random(_mix(self.seed, epoch)).shuffle(order)
+        mine = [self.units[i] for k, i in enumerate(order) if k % readers == reader]
+        rng = random.Random(_mix(self.seed, epoch, reader))
+        buffer: list[tuple[bytes | None, str | None]] = []
+        for unit in mine:
+            table = read_row_group(unit.ref, COLUMNS).slice(unit.start, unit.stop - unit.start)
+            for row in zip(table.column("jpg").to_pylist(), table.column("caption").to_pylist()):
+                if len(buffer) < self.shuffle_buffer:
+                    buffer.append(row)
+                    continue
+                k = rng.randrange(len(buffer))
+                yield buffer[k]
+                buffer[k] = row
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _rows(self, reader: int) -> Iterator[tuple[int, bytes | None, str | None]]:
+        """(position, jpg, caption) of this reader, epoch after epoch; position counts from the start."""
+        position = 0
+        for epoch in itertools.count():
+            start = position
+            for jpg, caption in self.epoch_rows(reader, epoch):
+                yield position, jpg, caption
+                position += 1
+            if position == start:
+                # Possible only with more readers than rows; an endless loop would hang training.
+                raise DatasetError(
+                    f"reader {reader} of {self.world_size * self.num_workers} got no rows from "
+                    f"{len(self.units)} row-group slices: use fewer --workers or processes for so small a dataset"
+                )
+
+    def __iter__(self) -> Iterator[Batch]:
+        reader, skip = self._reader()
+        rows = self._rows(reader)
+        while True:
+            images, captions, skipped = [], [], 0
+            replaying = skip > 0
+            while len(captions) < self.batch_size:
+                position, jpg, caption = next(rows)
+                caption = caption.strip() if isinstance(caption, str) else ""
+                image = decode_image(jpg, self.draft_size) if caption else None
+                if image is None:
+                    skipped += 1
+                    continue
+                captions.append(caption)
+                if not replaying:
+                    images.append(self.transform(image, _mix(self.seed, reader, position)))
+            if replaying:
+                skip -= 1
+                continue
+            yield Batch(torch.stack(images), self.tokenizer(captions), skipped)
+
+
+def _collate(batch: Batch) -> Batch:
+    return batch
+
+
+def train_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over `stream` that keeps batch order deterministic (batch b from worker b % K)."""
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+        multiprocessing_context="fork" if num_workers else None,
+    )
+
+
+def iter_pairs(sources: Sequence[Path | str], limit: int | None = None) -> Iterator[tuple[Image.Image, str]]:
+    """(image, caption) of every decodable row in shard order (evaluation); bad rows are skipped."""
+    count = 0
+    for ref in find_row_groups(sources):
+        table = read_row_group(ref, COLUMNS)
+        for jpg, caption in zip(table.column("jpg").to_pylist(), table.column("caption").to_pylist()):
+            caption = caption.strip() if isinstance(caption, str) else ""
+            image = decode_image(jpg) if caption else None
+            if image is None:
+                continue
+            yield image, caption
+            count += 1
+            if limit is not None and count >= limit:
+                return
