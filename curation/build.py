@@ -445,6 +445,25 @@ def _clip_scores_for_chunk(cfg: BuildConfig, index: int, table: pa.Table, embedd
     return dict(zip(keys, scores.tolist()))
 
 
+def _pixel_verifier(staged: list[Path], keys: list[str]):
+    """Confirm near-duplicate candidate pairs from the pictures: reads only the rows involved."""
+    from curation.dedup import SAME_PICTURE_MAX_DIFFERENCE, aligned_difference, thumbnail
+
+    def verify(pairs: list[tuple[int, int]]) -> list[bool]:
+        wanted = {keys[i] for pair in pairs for i in pair}
+        thumbs: dict[str, object] = {}
+        for path in staged:
+            table = pq.read_table(path, columns=["key", "jpg"], filters=[("key", "in", list(wanted))])
+            for key, jpg in zip(table["key"].to_pylist(), table["jpg"].to_pylist()):
+                thumbs[key] = thumbnail(jpg)
+        return [
+            aligned_difference(thumbs[keys[i]], thumbs[keys[j]]) <= SAME_PICTURE_MAX_DIFFERENCE
+            for i, j in pairs
+        ]
+
+    return verify
+
+
 def finalize_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
     """Dedup across all chunks, CLIP score, final shards + rejects + manifest + report."""
     from curation.clipscore import CLIP_STAGE, as_embedder, clip_rejects
@@ -484,6 +503,7 @@ def finalize_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
         cfg.caption_policy,
         [(w or 0) * (h or 0) for w, h in zip(columns["original_width"], columns["original_height"])],
         columns["colour_signature"],
+        verify=_pixel_verifier(staged, columns["key"]),
     )
 
     # CLIP score every pair that survived dedup; the top fraction needs all scores before deciding.

@@ -82,8 +82,11 @@ class BuildConfig:
         default_factory=lambda: ["en"],
         metadata={"help": "allowed caption languages (ISO 639-1, repeatable); 'any' = no language filter"},
     )
+    # 8 of 64 bits is the usual pHash near-duplicate radius (a copy shifted by 3 % differs by 8 bits);
+    # a pixel check of each candidate pair keeps look-alike but different pictures apart.
     dedup_radius: int = field(
-        default=4, metadata={"help": "perceptual-hash Hamming radius of near duplicates"}
+        default=8,
+        metadata={"help": "pHash Hamming radius of near-duplicate candidates (lower = faster at scale)"},
     )
     # --- crawl sources
     crawl_max_pages: int = field(default=1000, metadata={"help": "pages per crawl source"})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from apps.clip4clip.video import FrameSampling
@@ -144,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="synthetic set -> train meanP and seqTransf -> index -> search; report.md"
     )
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--n-train", type=int, default=480)
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--n-train", type=int, help="training videos (default: VideoDemoConfig's)")
+    p.add_argument("--epochs", type=int, help="training epochs per head (default: VideoDemoConfig's)")
     _add_clip_args(p)
     return parser
 
@@ -153,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_demo(ns: argparse.Namespace) -> int:
     from apps.clip4clip.demo import VideoDemoConfig, run_video_demo
 
-    summary = run_video_demo(ns.out, _load_clip(ns), VideoDemoConfig(n_train=ns.n_train, epochs=ns.epochs))
+    chosen = {k: v for k, v in (("n_train", ns.n_train), ("epochs", ns.epochs)) if v is not None}
+    summary = run_video_demo(ns.out, _load_clip(ns), replace(VideoDemoConfig(), **chosen))
     print((ns.out / "report.md").read_text())
     print(f"top-5 search hit rate on held-out captions: {summary['search_top5']['all']:.1f} %")
     return 0

@@ -6,9 +6,8 @@ straight segments; a pixel's coverage is the overlap of the pixel box with a ban
 around the nearest point of the polyline (exact for horizontal and vertical edges; it gives round caps and
 round joins, as SVG's `stroke-linecap="round"`). Strokes are composited in order over a white background.
 
-Speed: the canvas is cut into square tiles and each stroke is only evaluated on the tiles its control
-points' bounding box touches (a Bézier curve lies inside the convex hull of its control points), instead of
-every stroke at every pixel. A leading batch dimension renders several sketches (seeds) in one call.
+Speed: the canvas is cut into square tiles and each stroke is only evaluated on the tiles that the boxes
+of its flattened segments touch, instead of every stroke at every pixel. A leading batch dimension renders several sketches (seeds) in one call.
 `render_dense` is the all-strokes-all-pixels reference the tests and bench/rasterizer.py compare against.
 """
 
@@ -100,16 +99,19 @@ def render(
     n_tiles = rows * cols
     device, dtype = points.device, points.dtype
 
-    # Which (sketch, tile, stroke) triples can have ink: tiles touched by the stroke's control-point box.
+    # Which (sketch, tile, stroke) triples can have ink: tiles touched by the box of one of the stroke's
+    # segments, widened by half the width and the 1-px antialiasing reach.
+    polyline = bezier_polyline(points, config.segments_per_curve)  # (B, N, K + 1, 2)
     with torch.no_grad():
-        reach = (widths / 2 + 1.0)[..., None]
-        low = points.amin(2) - reach  # (B, N, 2) as (x, y)
-        high = points.amax(2) + reach
+        reach = (widths / 2 + 1.0)[..., None, None]
+        ends = polyline.detach()
+        low = torch.minimum(ends[:, :, :-1], ends[:, :, 1:]) - reach  # (B, N, K, 2) as (x, y)
+        high = torch.maximum(ends[:, :, :-1], ends[:, :, 1:]) + reach
         tile_x = torch.arange(cols, device=device, dtype=dtype) * tile
         tile_y = torch.arange(rows, device=device, dtype=dtype) * tile
-        in_x = (tile_x < high[..., 0:1]) & (tile_x + tile > low[..., 0:1])  # (B, N, cols)
-        in_y = (tile_y < high[..., 1:2]) & (tile_y + tile > low[..., 1:2])  # (B, N, rows)
-        touched = (in_y[..., :, None] & in_x[..., None, :]).reshape(batch, n_strokes, n_tiles)
+        in_x = (tile_x < high[..., 0:1]) & (tile_x + tile > low[..., 0:1])  # (B, N, K, cols)
+        in_y = (tile_y < high[..., 1:2]) & (tile_y + tile > low[..., 1:2])  # (B, N, K, rows)
+        touched = (in_y[..., :, None] & in_x[..., None, :]).any(2).reshape(batch, n_strokes, n_tiles)
         sketch_idx, tile_idx, stroke_idx = touched.transpose(1, 2).nonzero(as_tuple=True)  # sorted by cell
         cell = sketch_idx * n_tiles + tile_idx
         cells, cell_of_pair, counts = torch.unique_consecutive(cell, return_inverse=True, return_counts=True)
@@ -126,10 +128,9 @@ def render(
 
     canvas = torch.ones(batch * n_tiles, 3, tile * tile, device=device, dtype=dtype)
     if depth:
-        polyline = bezier_polyline(points, config.segments_per_curve)[sketch_idx, stroke_idx]
         pair_widths = widths[sketch_idx, stroke_idx][:, None]
         pair_colors = colors[sketch_idx, stroke_idx]
-        alpha = _coverage(_polyline_distance(pixels, polyline), pair_widths) * pair_colors[:, 3:4]
+        alpha = _coverage(_polyline_distance(pixels, polyline[sketch_idx, stroke_idx]), pair_widths) * pair_colors[:, 3:4]
         layers = (cell_of_pair, layer_of_pair)
         alpha_stack = alpha.new_zeros(cells.numel(), depth, tile * tile).index_put(layers, alpha)
         rgb_stack = alpha.new_zeros(cells.numel(), depth, 3).index_put(layers, pair_colors[:, :3])
