@@ -53,16 +53,22 @@ def per_query_ms(search, queries: np.ndarray) -> float:
     return float(np.median(times) * 1000)
 
 
-def bench_search(n: int, dim: int, n_queries: int, k: int, nprobes: list[int], seed: int) -> list[str]:
+def bench_search(
+    n: int, dim: int, n_queries: int, k: int, nprobes: list[int], seed: int, data: str
+) -> list[str]:
     from apps.clip4clip.index import build_faiss_index
 
     rng = np.random.default_rng(seed)
-    print(f"search: {n:,} x {dim} random unit vectors, {n_queries} queries, k={k}", flush=True)
+    print(f"search: {n:,} x {dim} {data} unit vectors, {n_queries} queries, k={k}", flush=True)
+    # clustered: 1,000 topics, each vector a topic centre plus noise, as real embeddings cluster by content.
+    centres = rng.standard_normal((1000, dim)).astype(np.float32) if data == "clustered" else None
     db = np.empty((n, dim), np.float32)
     for start in range(0, n, 100_000):  # in chunks: the float64 normal draw of 1 M x 512 would need 4 GB
-        db[start : start + 100_000] = unit(
-            rng.standard_normal((min(100_000, n - start), dim)).astype(np.float32)
-        )
+        count = min(100_000, n - start)
+        block = rng.standard_normal((count, dim)).astype(np.float32)
+        if centres is not None:
+            block = centres[rng.integers(len(centres), size=count)] + 0.6 * block
+        db[start : start + count] = unit(block)
     sources = rng.choice(n, n_queries, replace=False)
     queries = unit(
         db[sources] + rng.standard_normal((n_queries, dim)).astype(np.float32) * (1.0 / np.sqrt(dim))
@@ -169,13 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", default="clip-small", help="CLIP whose image encoder is timed")
     parser.add_argument("--max-frames", type=int, default=12)
+    parser.add_argument(
+        "--data",
+        choices=("random", "clustered"),
+        default="random",
+        help="random: i.i.d. Gaussian, the worst case for IVF; clustered: 1,000 topics",
+    )
     parser.add_argument("--seed", type=int, default=0)
     ns = parser.parse_args(argv)
     if ns.n < 100 or ns.k < 1 or ns.queries < 1:
         parser.error("--n must be >= 100, -k and --queries >= 1")
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads"
     print(f"machine: {machine}")
-    lines = bench_search(ns.n, ns.dim, ns.queries, ns.k, [int(x) for x in ns.nprobe.split(",")], ns.seed)
+    lines = bench_search(
+        ns.n, ns.dim, ns.queries, ns.k, [int(x) for x in ns.nprobe.split(",")], ns.seed, ns.data
+    )
     print("\n".join(lines))
     if ns.videos > 0:
         print()

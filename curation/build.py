@@ -280,7 +280,7 @@ def collect_candidates(cfg: BuildConfig) -> CandidateSet:
     folder.mkdir(parents=True)
 
     address_check = _AddressCheck(cfg.allow_private)
-    seen_urls: dict[bytes, str] = {}
+    seen_urls: dict[bytes, int] = {}  # ~100 bytes per unique URL
     kept: list[dict] = []
     rejects: list[dict] = []
     chunks: list[dict] = []
@@ -297,15 +297,18 @@ def collect_candidates(cfg: BuildConfig) -> CandidateSet:
                 reason = address_check(record["url"]) if not cfg.allow_private else None
                 stage = READ_STAGE if reason else None
             if reason is None:
-                digest = hashlib.blake2b(record["url"].encode(), digest_size=12).digest()
-                if digest in seen_urls:
-                    stage, reason = READ_STAGE, f"duplicate_url: same image URL as key {seen_urls[digest]}"
-                else:
-                    seen_urls[digest] = record["key_candidate"]
-            if reason is None:
                 rejected = first_reject(record, cfg, TEXT_FILTERS)
                 if rejected is not None:
                     stage, reason = rejected
+            if reason is None:  # after the text filters: the first row with a usable caption claims the URL
+                digest = hashlib.blake2b(record["url"].encode(), digest_size=12).digest()
+                if digest in seen_urls:
+                    stage, reason = (
+                        READ_STAGE,
+                        f"duplicate_url: same image URL as key {seen_urls[digest]:010d}",
+                    )
+                else:
+                    seen_urls[digest] = seq
             if reason is not None:
                 counts[f"{stage}/{reason_name(reason)}"] += 1
                 rejects.append(_reject_row({**record, "key": record["key_candidate"]}, stage, reason))

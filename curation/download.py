@@ -15,7 +15,6 @@ multiprocessing / pyspark / ray distributors) is img2dataset's.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import shutil
@@ -118,19 +117,11 @@ class StrictResizer(Resizer):
         return super().__call__(img_stream, blurring_bbox_list)
 
 
-@contextlib.contextmanager
-def _opencv_pixel_limit(limit: int):
-    # Workers are spawned, so they read this at start: OpenCV refuses larger images instead of
-    # allocating them (a second guard after StrictResizer's header check).
-    old = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS")
+def _set_opencv_pixel_limit(limit: int) -> None:
+    # Workers are spawned and inherit the environment: OpenCV then refuses larger images instead of
+    # allocating them (a second guard behind StrictResizer's header check). Set, never restored:
+    # chunks may run in parallel threads and all want it.
     os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(max(limit, 1))
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("OPENCV_IO_MAX_IMAGE_PIXELS", None)
-        else:
-            os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = old
 
 
 def run_img2dataset(candidates: Path, output_folder: Path, options: DownloadOptions) -> pa.Table:
@@ -200,8 +191,8 @@ def run_img2dataset(candidates: Path, output_folder: Path, options: DownloadOpti
         blurring_bbox_col=None,
     )
     distribute = DISTRIBUTORS[options.distributor]
-    with _opencv_pixel_limit(options.max_image_pixels * 2):
-        distribute(min(options.processes, -(-rows // per_shard)), downloader, reader, 1000, 1)
+    _set_opencv_pixel_limit(options.max_image_pixels * 2)
+    distribute(min(options.processes, -(-rows // per_shard)), downloader, reader, 1000, 1)
     shutil.rmtree(tmp, ignore_errors=True)
     parts = sorted(output_folder.glob("*.parquet"))
     tables = [pq.read_table(p) for p in parts]

@@ -39,10 +39,16 @@ def _parser() -> argparse.ArgumentParser:
         "STAGE.KEY=VALUE any stage of the params file (train.steps=50, runner.download_concurrency=2).",
     )
     run.add_argument("flow", choices=FLOW_NAMES, help="which flow")
-    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="parameters (library CLI option names)")
-    run.add_argument("--params", type=Path, metavar="FILE.toml", help="params file with [build], [train], ... tables")
     run.add_argument(
-        "--dask-address", metavar="tcp://HOST:PORT", help="run tasks on this Dask cluster (default: a thread pool)"
+        "overrides", nargs="*", metavar="KEY=VALUE", help="parameters (library CLI option names)"
+    )
+    run.add_argument(
+        "--params", type=Path, metavar="FILE.toml", help="params file with [build], [train], ... tables"
+    )
+    run.add_argument(
+        "--dask-address",
+        metavar="tcp://HOST:PORT",
+        help="run tasks on this Dask cluster (default: a thread pool)",
     )
     serve = commands.add_parser(
         "serve",
@@ -51,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         "Point PREFECT_API_URL at a Prefect server so schedules and runs outlive this process.",
     )
     serve.add_argument("--params", type=Path, required=True, metavar="FILE.toml", help="params file")
-    serve.add_argument("overrides", nargs="*", metavar="STAGE.KEY=VALUE", help="override every deployment's params")
+    serve.add_argument(
+        "overrides", nargs="*", metavar="STAGE.KEY=VALUE", help="override every deployment's params"
+    )
     serve.add_argument("--dask-address", metavar="tcp://HOST:PORT", help="run the deployments' tasks on Dask")
     return parser
 

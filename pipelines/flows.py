@@ -38,11 +38,24 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 def ensure_tag_concurrency(tag: str, limit: int) -> None:
-    """Set Prefect's concurrency limit for task runs carrying `tag` (an upsert on the API)."""
+    """Set Prefect's concurrency limit for task runs carrying `tag` (an upsert on the API).
+
+    A flow process killed while holding a slot never gives it back. A Prefect server's lease
+    service frees such slots after a minute; the temporary local API runs no such service, so
+    there the slots are reset here (the caller holds the output lock, and a temporary API is
+    private to one process: nobody else can be holding them).
+    """
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.settings import get_current_settings
 
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag=tag, concurrency_limit=limit)
+        if get_current_settings().api.url is None:
+            name = f"tag:{tag}"
+            if client.read_global_concurrency_limit_by_name(name).active_slots:
+                _logger().warning("freeing concurrency slots of %s left by a killed run", name)
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
 
 
 def _pictures(result: Any, base: Path) -> list[Path]:
@@ -60,7 +73,9 @@ def _pictures(result: Any, base: Path) -> list[Path]:
 
 
 @flow(name="download-chunks", flow_run_name="download-{config.out.name}")
-def download_chunks(config: BuildConfig, chunks: list[Any], options: FlowOptions = FlowOptions()) -> list[Any]:
+def download_chunks(
+    config: BuildConfig, chunks: list[Any], options: FlowOptions = FlowOptions()
+) -> list[Any]:
     """One download task per chunk, on the thread pool or the Dask cluster that `options` names."""
     download = tasks.download_task_for(config, options)
     futures = [download.submit(config, chunk) for chunk in chunks]
@@ -95,7 +110,9 @@ def publish_build_artifacts(config: BuildConfig, chunk_results: list[Any], summa
     if isinstance(plain, dict):
         counts = {k: v for k, v in artifacts.flatten(plain).items() if not isinstance(v, str)}
         artifacts.publish_table(
-            key + "-counts", f"Stage counts of {config.out}", [{"count": k, "value": v} for k, v in counts.items()]
+            key + "-counts",
+            f"Stage counts of {config.out}",
+            [{"count": k, "value": v} for k, v in counts.items()],
         )
     for i, picture in enumerate(_pictures(summary, config.out)):
         artifacts.publish_picture(f"{key}-picture-{i}", picture, f"{picture.name} of {config.out}")
@@ -132,12 +149,98 @@ def evaluate_flow(config: EvalConfig, options: FlowOptions = FlowOptions()) -> d
     return result if isinstance(result, dict) else {"result": result}
 
 
+# --- end-to-end ----------------------------------------------------------------------------------
+
+
+def round2_config(chain: ChainConfig, build: BuildConfig, train: TrainConfig) -> BuildConfig:
+    """Round 2: the same sources, scored by the model trained on round 1, keeping the best pairs."""
+    return replace(
+        build,
+        out=chain.out / "data" / "round2",
+        clip_checkpoint=train.out,
+        clip_model=None,
+        min_clip_score=chain.rescore_min_score,
+        clip_top_fraction=chain.rescore_top_fraction,
+    )
+
+
+@flow(name="end-to-end", flow_run_name="chain-{chain.out.name}")
+def end_to_end_flow(
+    chain: ChainConfig,
+    build: BuildConfig,
+    train: TrainConfig,
+    evaluate: EvalConfig,
+    options: FlowOptions = FlowOptions(),
+) -> dict:
+    """build -> train -> evaluate -> CLIP-filtered build (round 2) -> apps, each stage a subflow or task."""
+    log = _logger()
+    result: dict[str, Any] = {"out": str(chain.out), "skipped": {}}
+    if evaluate.zeroshot is not None and not Path(evaluate.zeroshot).exists():
+        tasks.write_heldout_images(
+            Path(evaluate.zeroshot), chain.heldout_per_class, chain.heldout_seed, chain.heldout_size
+        )
+    result["round1"] = build_dataset_flow(build, options)
+    for stage, module in (("train", "training.train"), ("evaluate", "training.evaluate")):
+        missing = tasks.library_missing(module)
+        if missing:
+            log.warning("%s: skipped, %s", stage, missing)
+            result["skipped"][stage] = missing
+    if "train" in result["skipped"]:
+        return result
+    result["train"] = train_flow(train, options)
+    if "evaluate" not in result["skipped"]:
+        result["evaluate"] = evaluate_flow(evaluate, options)
+    result["round2"] = build_dataset_flow(round2_config(chain, build, train), options)
+    apps_dir = chain.out / "apps"
+    if chain.clipasso:
+        missing = tasks.library_missing("apps.clipasso.run")
+        if missing:
+            log.warning("clipasso: skipped, %s", missing)
+            result["skipped"]["clipasso"] = missing
+        else:
+            picture = chain.clipasso_image or Path(
+                tasks.write_shape_picture(
+                    apps_dir / "clipasso_input" / "red_star.png", "red star", chain.heldout_seed
+                )
+            )
+            result["clipasso"] = tasks.sketch_picture(
+                picture,
+                apps_dir / "clipasso",
+                train.out,
+                chain.clipasso_strokes,
+                chain.clipasso_iterations,
+                chain.clipasso_seeds,
+            )
+            sketch_png = next((p for p in result["clipasso"].values() if str(p).endswith(".png")), None)
+            if sketch_png:
+                artifacts.publish_picture(
+                    "clipasso-sketch", sketch_png, "CLIPasso sketch by the trained model"
+                )
+    if chain.clip4clip:
+        missing = tasks.library_missing("apps.clip4clip.demo")
+        if missing:
+            log.warning("clip4clip: skipped, %s", missing)
+            result["skipped"]["clip4clip"] = missing
+        else:
+            result["clip4clip"] = tasks.video_search(
+                apps_dir / "clip4clip", train.out, chain.clip4clip_train_videos, chain.clip4clip_epochs
+            )
+            top5 = result["clip4clip"].get("search_top5", {})
+            artifacts.publish_table(
+                "clip4clip-search",
+                "clip4clip: held-out captions found in the top 5 (%)",
+                [top5] if top5 else [],
+            )
+    return result
+
+
 # --- registry ------------------------------------------------------------------------------------
 
 FLOWS = {
     "build-dataset": build_dataset_flow,
     "train": train_flow,
     "evaluate": evaluate_flow,
+    "end-to-end": end_to_end_flow,
 }
 # the stage whose config is the flow's `config` parameter
 FLOW_CONFIG_STAGE = {"build-dataset": "build", "train": "train", "evaluate": "evaluate"}

@@ -86,7 +86,9 @@ class FlowOptions:
 class ChainConfig:
     """The end-to-end chain: where it writes, and what links one stage to the next."""
 
-    out: Path = field(default=Path("runs/chain"), metadata={"help": "run directory: data/, train/, eval/, apps/"})
+    out: Path = field(
+        default=Path("runs/chain"), metadata={"help": "run directory: data/, train/, eval/, apps/"}
+    )
     rescore_top_fraction: float | None = field(
         default=0.8, metadata={"help": "round 2 keeps this best fraction by the trained model's CLIP score"}
     )
@@ -96,7 +98,9 @@ class ChainConfig:
     heldout_per_class: int = field(
         default=10, metadata={"help": "generated held-out images per shape class for zero-shot evaluation"}
     )
-    heldout_seed: int = field(default=12345, metadata={"help": "seed of the held-out images (unseen in training)"})
+    heldout_seed: int = field(
+        default=12345, metadata={"help": "seed of the held-out images (unseen in training)"}
+    )
     heldout_size: int = field(default=128, metadata={"help": "side of the held-out images"})
     clipasso: bool = field(default=True, metadata={"help": "sketch one picture with the trained model"})
     clipasso_image: Path | None = field(
@@ -105,18 +109,29 @@ class ChainConfig:
     clipasso_strokes: int = field(default=16, metadata={"help": "strokes of the sketch"})
     clipasso_iterations: int = field(default=200, metadata={"help": "optimisation steps per seed"})
     clipasso_seeds: int = field(default=1, metadata={"help": "seeds (the best is kept)"})
-    clip4clip: bool = field(default=True, metadata={"help": "index synthetic videos and search them"})
-    clip4clip_videos: int = field(default=12, metadata={"help": "synthetic videos to generate and index"})
-    clip4clip_query: str | None = field(
-        default=None, metadata={"help": "text query; default: the caption of one generated video"}
+    clip4clip: bool = field(
+        default=True, metadata={"help": "train a video head, index synthetic videos, search"}
     )
+    clip4clip_train_videos: int = field(
+        default=480, metadata={"help": "synthetic training videos for the head"}
+    )
+    clip4clip_epochs: int = field(default=60, metadata={"help": "epochs of the video head"})
 
     def __post_init__(self) -> None:
         if self.rescore_top_fraction is not None and self.rescore_min_score is not None:
             raise ConfigError("chain: give rescore_top_fraction or rescore_min_score, not both")
         if self.rescore_top_fraction is not None and not 0 < self.rescore_top_fraction <= 1:
-            raise ConfigError(f"chain.rescore_top_fraction must be in (0, 1], got {self.rescore_top_fraction}")
-        for name in ("heldout_per_class", "heldout_size", "clipasso_strokes", "clipasso_iterations", "clipasso_seeds"):
+            raise ConfigError(
+                f"chain.rescore_top_fraction must be in (0, 1], got {self.rescore_top_fraction}"
+            )
+        positive = (
+            "heldout_per_class",
+            "heldout_size",
+            "clipasso_strokes",
+            "clipasso_iterations",
+            "clipasso_seeds",
+        )
+        for name in (*positive, "clip4clip_train_videos", "clip4clip_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"chain.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -140,7 +155,9 @@ def config_class(stage: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"stage [{stage}] needs {module_name}.{class_name}, which does not import ({exc})") from exc
+        raise ConfigError(
+            f"stage [{stage}] needs {module_name}.{class_name}, which does not import ({exc})"
+        ) from exc
     return getattr(module, class_name)
 
 
@@ -196,7 +213,9 @@ def parse_overrides(overrides: Iterable[str], flow: str) -> dict[str, dict[str, 
                 )
             stage, name = stages[0], key
         if stage not in stages:
-            raise ConfigError(f"override {item!r}: flow {flow} has no stage {stage!r} (stages: {', '.join(stages)})")
+            raise ConfigError(
+                f"override {item!r}: flow {flow} has no stage {stage!r} (stages: {', '.join(stages)})"
+            )
         values = parsed.setdefault(stage, {})
         if name in values:
             previous = values[name]
@@ -239,7 +258,9 @@ def load_flow_params(
     source = str(params_file) if params_file is not None else "command line"
     data = read_params_file(params_file)
     file_values = split_sections(data, flow, source)
-    values: dict[str, dict[str, Any]] = {s: dict((stage_defaults or {}).get(s, {})) for s in FLOW_STAGES[flow]}
+    values: dict[str, dict[str, Any]] = {
+        s: dict((stage_defaults or {}).get(s, {})) for s in FLOW_STAGES[flow]
+    }
     # Tables of other stages may share the file (one params file for every flow): not an error.
     for stage in FLOW_STAGES[flow]:
         values[stage].update(file_values.get(stage, {}))
@@ -299,7 +320,7 @@ def load_deployments(params_file: Path | str, overrides: Iterable[str] = ()) -> 
                 f"{', '.join(sorted(_DEPLOYMENT_KEYS))} and stage tables {', '.join(STAGE_CONFIGS)}"
             )
         if entry.get("cron") is None and entry.get("interval_seconds") is None:
-            raise ConfigError(f"{where}: give `cron` (e.g. \"0 2 * * *\") or `interval_seconds`")
+            raise ConfigError(f'{where}: give `cron` (e.g. "0 2 * * *") or `interval_seconds`')
         # A deployment's own stage tables override the file's shared ones, key by key.
         shared_tables = split_sections(shared, flow, str(params_file))
         stage_defaults = {s: {**shared_tables.get(s, {}), **entry.get(s, {})} for s in STAGE_CONFIGS}

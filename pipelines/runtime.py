@@ -24,6 +24,8 @@ ENV_DEFAULTS = {
     "NO_ALBUMENTATIONS_UPDATE": "1",
     "WANDB_MODE": "disabled",
     "TOKENIZERS_PARALLELISM": "false",
+    # a task waiting for a download slot asks again after 1 s instead of Prefect's 10 s
+    "PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
 }
 
 LOCK_NAME = ".pipeline.lock"
@@ -72,7 +74,9 @@ def check_prefect_api(url: str | None = None, timeout: float = 3.0) -> str | Non
     try:
         response = httpx.get(health, timeout=timeout)
     except httpx.HTTPError as exc:
-        raise PrefectApiError(f"Prefect API {url} is unreachable ({type(exc).__name__}: {exc}); {hint}") from exc
+        raise PrefectApiError(
+            f"Prefect API {url} is unreachable ({type(exc).__name__}: {exc}); {hint}"
+        ) from exc
     if response.status_code != 200:
         raise PrefectApiError(f"Prefect API {url} answered HTTP {response.status_code} to {health}; {hint}")
     return url
@@ -127,7 +131,9 @@ def output_lock(out: Path | str, what: str = "flow run") -> Iterator[Path]:
             ) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "what": what, "since": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        handle.write(
+            json.dumps({"pid": os.getpid(), "what": what, "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        )
         handle.flush()
         yield path
     finally:

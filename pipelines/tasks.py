@@ -56,6 +56,47 @@ def plan_chunks(cfg: Any) -> list[Any]:
     return list(build.plan_chunks(cfg))
 
 
+# Answers that mean "the server is temporarily unable": worth waiting for, not worth recording
+# as every row of the chunk failing.
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+PROBE_HOSTS = 8  # hosts checked per chunk (a chunk of a web crawl has few)
+
+
+class HostUnavailableError(RuntimeError):
+    """A host of the chunk answers 429/5xx-unavailable or refuses connections: retry the chunk later."""
+
+
+def unavailable_hosts(chunk_path: Path, timeout: float, limit: int = PROBE_HOSTS) -> list[str]:
+    """One request to the first image URL of each host in the chunk; the hosts that are down.
+
+    img2dataset never raises for HTTP errors: a host that answers 503 for a minute would leave a
+    whole chunk of failed rows, recorded as done. Checking first lets Prefect retry the chunk.
+    """
+    from urllib.parse import urlsplit
+
+    import httpx
+    import pyarrow.parquet as pq
+
+    first_url: dict[str, str] = {}
+    for batch in pq.ParquetFile(chunk_path).iter_batches(columns=["url"], batch_size=4096):
+        for url in batch.column(0).to_pylist():
+            if url:
+                first_url.setdefault(urlsplit(url).netloc, url)
+        if len(first_url) >= limit:
+            break
+    down = []
+    for host, url in list(first_url.items())[:limit]:
+        try:
+            with httpx.stream("GET", url, timeout=timeout, follow_redirects=False) as response:
+                if response.status_code in RETRYABLE_STATUS:
+                    down.append(f"{host} (HTTP {response.status_code})")
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            down.append(f"{host} ({type(exc).__name__})")
+        except httpx.HTTPError:
+            pass  # a slow or odd answer for one image is img2dataset's to record, not a reason to wait
+    return down
+
+
 @task(
     name="download-chunk",
     task_run_name="download-chunk-{chunk.index}",
@@ -66,10 +107,27 @@ def plan_chunks(cfg: Any) -> list[Any]:
     persist_result=True,
 )
 def download_chunk(cfg: Any, chunk: Any) -> Any:
-    """One img2dataset call for one chunk: the unit of retry, resume and caching."""
+    """One img2dataset call for one chunk: the unit of retry, resume and caching.
+
+    While retries remain, a chunk whose hosts answer "unavailable" raises (Prefect retries it with
+    backoff); the last attempt downloads anyway and img2dataset records each failure.
+    """
+    from prefect.context import TaskRunContext
+
     from curation import build
 
+    context = TaskRunContext.get()
+    last_attempt = context is None or context.task_run.run_count > context.task.retries
+    if not last_attempt and not build_chunk_done(cfg, chunk):
+        down = unavailable_hosts(Path(chunk.path), timeout=float(cfg.timeout))
+        if down:
+            raise HostUnavailableError(f"chunk {chunk.index}: {', '.join(down)}; retrying later")
     return build.download_chunk(cfg, chunk)
+
+
+def build_chunk_done(cfg: Any, chunk: Any) -> bool:
+    """Whether the build already finished this chunk (then nothing is fetched)."""
+    return (Path(cfg.out) / "work" / "staged" / f"{chunk.name}.json").exists()
 
 
 def download_task_for(cfg: Any, options: FlowOptions) -> Any:
@@ -119,3 +177,61 @@ def evaluate_clip(cfg: Any) -> Any:
     from training.evaluate import evaluate
 
     return evaluate(cfg)
+
+
+# --- end-to-end glue and apps --------------------------------------------------------------------
+
+
+def library_missing(module: str) -> str | None:
+    """Why a stage's library cannot run (None when it imports): stages are skipped with this line."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        return f"{module} does not import ({exc})"
+    return None
+
+
+@task(name="write-heldout-images")
+def write_heldout_images(out_dir: Path, per_class: int, seed: int, size: int) -> str:
+    """Generated shape pictures (a seed training never saw), one folder per class, for zero-shot."""
+    from curation.shapes import write_image_folder
+
+    return str(write_image_folder(out_dir, per_class, seed, size))
+
+
+@task(name="sketch-picture")
+def sketch_picture(
+    image: Path, out_dir: Path, checkpoint: Path, strokes: int, iterations: int, seeds: int
+) -> dict:
+    """apps.clipasso on one picture with the trained model."""
+    from apps.clipasso.optimize import SketchConfig
+    from apps.clipasso.run import ModelChoice, sketch_file
+
+    config = SketchConfig(strokes=strokes, iterations=iterations, seeds=seeds)
+    files = sketch_file(image, out_dir, config, ModelChoice(checkpoint=checkpoint), progress=True)
+    return plain(files)
+
+
+@task(name="video-search")
+def video_search(out_dir: Path, checkpoint: Path, train_videos: int, epochs: int) -> dict:
+    """apps.clip4clip: synthetic videos -> train a head -> index -> search (its demo entry point)."""
+    from apps.clip import load_app_clip
+    from apps.clip4clip.demo import VideoDemoConfig, run_video_demo
+
+    clip = load_app_clip(checkpoint=checkpoint)
+    summary = run_video_demo(out_dir, clip, VideoDemoConfig(n_train=train_videos, epochs=epochs))
+    return plain(summary)
+
+
+@task(name="write-shape-picture")
+def write_shape_picture(path: Path, cls: str, seed: int, size: int = 224) -> str:
+    """One generated picture of a known class: the default input of the sketch stage."""
+    import numpy as np
+
+    from curation.shapes import render_shape_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    render_shape_image(cls, np.random.default_rng(seed), size).save(path)
+    return str(path)

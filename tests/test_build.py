@@ -356,3 +356,17 @@ def test_cli_help_and_one_line_errors(tmp_path):
         assert failed.returncode == 1, (args, failed.stderr)
         last = failed.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and message in last and "Traceback" not in failed.stderr
+
+
+def test_crawl_source_end_to_end(tmp_path):
+    with serve_testweb(pages=6, seed=1, slow_delay_s=1.0) as web:
+        cfg = BuildConfig(
+            out=tmp_path / "crawled", source=[f"crawl:{web.base_url}/"], allow_private=True, **FAST
+        )
+        summary = build_dataset(cfg)
+        figures = score(cfg.out, web.truth, in_wit_only=False)  # robots-disallowed pages count as rejected
+    assert "crawl" in summary.counts and any("robots" in r for r in summary.counts["crawl"])
+    assert figures["junk"] >= 10 and figures["junk_rejected_pct"] >= 99.0, figures["misses"]
+    assert figures["clean_kept_pct"] >= 98.0, figures["misses"]
+    sources = set(shards.read_table(cfg.out, columns=["source"])["source"].to_pylist())
+    assert sources == {f"crawl:{web.base_url}/"}

@@ -86,8 +86,13 @@ def score(out: Path, truth: dict[str, Any], in_wit_only: bool = True) -> dict[st
             mismatched_caught += _right("mismatched_caption", first[url])
         else:
             junk += 1
-            if _right(kind, first[url]) or (
-                kind in ("exact_duplicate", "near_duplicate") and group_ok.get(url)
+            never_collected = (
+                first[url] is None and expected["stage"] == "crawl"
+            )  # the crawler skipped its page
+            if (
+                _right(kind, first[url])
+                or never_collected
+                or (kind in ("exact_duplicate", "near_duplicate") and group_ok.get(url))
             ):
                 junk_right += 1
             else:

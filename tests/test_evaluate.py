@@ -43,8 +43,14 @@ def test_recalls_count_the_best_ranked_positive():
 
 def test_evaluate_writes_json_and_markdown(checkpoint, folder, tmp_path):
     held_out = make_shape_dataset(tmp_path / "held", n=40, seed=5, size=32)
-    cfg = EvalConfig(checkpoint=checkpoint, zeroshot=folder, retrieval=held_out, linear_probe=folder,
-                     out=tmp_path / "report.json", progress=False)
+    cfg = EvalConfig(
+        checkpoint=checkpoint,
+        zeroshot=folder,
+        retrieval=held_out,
+        linear_probe=folder,
+        out=tmp_path / "report.json",
+        progress=False,
+    )
     report = evaluate(cfg)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["model"] == "clip-tiny"
@@ -62,17 +68,33 @@ def test_evaluate_writes_json_and_markdown(checkpoint, folder, tmp_path):
     assert p["split"] == {"train": 36, "val": 36, "test": 36} and p["best_c"] > 0
     assert 0.0 <= p["test_accuracy"] <= 1.0
     table = (tmp_path / "report.md").read_text()
-    assert "| zero-shot top-1, single prompt" in table and "ensemble of 80 prompts" in table and "R@1" in table
+    assert (
+        "| zero-shot top-1, single prompt" in table and "ensemble of 80 prompts" in table and "R@1" in table
+    )
     assert report["report_path"] == str(tmp_path / "report.json")
 
 
 @pytest.mark.slow
 def test_a_trained_tiny_model_beats_chance_by_far(tmp_path):
     data = make_shape_dataset(tmp_path / "data", n=720, seed=0, size=32, shards=2)
-    result = train(TrainConfig(data=[data], out=tmp_path / "run", model="clip-tiny", steps=300, batch_size=64,
-                               lr=2e-3, warmup=30, workers=1, threads=1, progress=False))
+    result = train(
+        TrainConfig(
+            data=[data],
+            out=tmp_path / "run",
+            model="clip-tiny",
+            steps=300,
+            batch_size=64,
+            lr=2e-3,
+            warmup=30,
+            workers=1,
+            threads=1,
+            progress=False,
+        )
+    )
     test = write_image_folder(tmp_path / "test", n_per_class=5, seed=3, size=32)
-    report = evaluate(EvalConfig(checkpoint=result.run_dir, zeroshot=test, out=tmp_path / "r.json", progress=False))
+    report = evaluate(
+        EvalConfig(checkpoint=result.run_dir, zeroshot=test, out=tmp_path / "r.json", progress=False)
+    )
     assert report["zeroshot"]["ensemble"]["top1"] > 5 / 36  # chance is 1/36
 
 
@@ -88,12 +110,16 @@ def test_hostile_evaluation_inputs(checkpoint, folder, tmp_path, capsys):
     # An unreadable file in a class folder is skipped and counted, not a crash.
     messy = write_image_folder(tmp_path / "messy", n_per_class=1, seed=0, size=32)
     (messy / "red_circle" / "broken.png").write_bytes(b"\x89PNG not really")
-    report = evaluate(EvalConfig(checkpoint=checkpoint, zeroshot=messy, out=tmp_path / "m.json", progress=False))
+    report = evaluate(
+        EvalConfig(checkpoint=checkpoint, zeroshot=messy, out=tmp_path / "m.json", progress=False)
+    )
     assert report["zeroshot"]["unreadable"] == 1 and report["zeroshot"]["images"] == 36
 
     # One image per class cannot be split into train / validation / test.
     with pytest.raises(EvalError, match="at least 3 per class"):
-        evaluate(EvalConfig(checkpoint=checkpoint, linear_probe=messy, out=tmp_path / "p.json", progress=False))
+        evaluate(
+            EvalConfig(checkpoint=checkpoint, linear_probe=messy, out=tmp_path / "p.json", progress=False)
+        )
 
     # A truncated checkpoint: one line on stderr, exit status 2.
     broken = tmp_path / "broken.pt"

@@ -25,7 +25,9 @@ def tiny():
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     # 3 shards x 2 row groups: fewer row groups than 2 ranks x 4 workers, so row groups get sliced too.
-    return make_shape_dataset(tmp_path_factory.mktemp("loader") / "data", n=150, seed=3, size=32, shards=3, row_group_size=25)
+    return make_shape_dataset(
+        tmp_path_factory.mktemp("loader") / "data", n=150, seed=3, size=32, shards=3, row_group_size=25
+    )
 
 
 def _digest(jpg: bytes) -> str:
@@ -39,7 +41,9 @@ def test_every_row_once_per_epoch_across_ranks_and_workers(dataset, tiny, world_
     for epoch in (0, 1):
         seen = collections.Counter()
         for rank in range(world_size):
-            stream = ShardStream(refs, *tiny, batch_size=4, seed=5, rank=rank, world_size=world_size, num_workers=workers)
+            stream = ShardStream(
+                refs, *tiny, batch_size=4, seed=5, rank=rank, world_size=world_size, num_workers=workers
+            )
             for worker in range(workers):
                 seen.update(_digest(jpg) for jpg, _ in stream.epoch_rows(rank * workers + worker, epoch))
         assert seen == expected
@@ -51,12 +55,18 @@ def test_epochs_are_shuffled_differently_and_reproducibly(dataset, tiny):
     epoch0 = [c for _, c in stream.epoch_rows(0, 0)]
     epoch1 = [c for _, c in stream.epoch_rows(0, 1)]
     assert epoch0 != epoch1 and sorted(epoch0) == sorted(epoch1)
-    assert epoch0 == [c for _, c in ShardStream(refs, *tiny, batch_size=4, seed=5, shuffle_buffer=50).epoch_rows(0, 0)]
-    assert epoch0 != [c for _, c in ShardStream(refs, *tiny, batch_size=4, seed=6, shuffle_buffer=50).epoch_rows(0, 0)]
+    assert epoch0 == [
+        c for _, c in ShardStream(refs, *tiny, batch_size=4, seed=5, shuffle_buffer=50).epoch_rows(0, 0)
+    ]
+    assert epoch0 != [
+        c for _, c in ShardStream(refs, *tiny, batch_size=4, seed=6, shuffle_buffer=50).epoch_rows(0, 0)
+    ]
 
 
 def test_batches_through_dataloader_workers(dataset, tiny):
-    stream = ShardStream(find_row_groups([dataset]), *tiny, batch_size=8, seed=0, num_workers=2, image_size=32)
+    stream = ShardStream(
+        find_row_groups([dataset]), *tiny, batch_size=8, seed=0, num_workers=2, image_size=32
+    )
     batches = iter(train_loader(stream, num_workers=2))
     for _ in range(3):
         batch = next(batches)
@@ -125,6 +135,8 @@ def test_shard_missing_a_column_names_file_and_column(tmp_path, missing):
 
 def test_more_readers_than_rows_is_an_error_not_a_hang(tmp_path, tiny):
     write_shard(tmp_path, "two", pa.Table.from_pylist(shape_rows(2, seed=0, size=32)))
-    stream = ShardStream(find_row_groups([tmp_path]), *tiny, batch_size=1, world_size=2, rank=1, num_workers=2)
+    stream = ShardStream(
+        find_row_groups([tmp_path]), *tiny, batch_size=1, world_size=2, rank=1, num_workers=2
+    )
     with pytest.raises(DatasetError, match="fewer --workers"):
         next(iter(stream))

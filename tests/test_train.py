@@ -26,18 +26,37 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _env() -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled",
-            "PYTHONPATH": str(REPO)}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": str(REPO),
+    }
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_shape_dataset(tmp_path_factory.mktemp("train") / "data", n=96, seed=0, size=32, shards=2, row_group_size=24)
+    return make_shape_dataset(
+        tmp_path_factory.mktemp("train") / "data", n=96, seed=0, size=32, shards=2, row_group_size=24
+    )
 
 
 def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(data=[data], out=out, model="clip-tiny", steps=6, batch_size=16, workers=0, warmup=2, lr=2e-3,
-                checkpoint_every=2, keep_checkpoints=2, threads=1, progress=False)
+    base = dict(
+        data=[data],
+        out=out,
+        model="clip-tiny",
+        steps=6,
+        batch_size=16,
+        workers=0,
+        warmup=2,
+        lr=2e-3,
+        checkpoint_every=2,
+        keep_checkpoints=2,
+        threads=1,
+        progress=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -62,7 +81,9 @@ def test_train_writes_run_dir_and_open_clip_loads_the_checkpoint(data, tmp_path)
 
     # Plain open_clip loads it once our configs are registered.
     register_configs()
-    model, _, preprocess = open_clip.create_model_and_transforms("clip-tiny", pretrained=str(result.checkpoint))
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        "clip-tiny", pretrained=str(result.checkpoint)
+    )
     saved = read_checkpoint(result.checkpoint)
     assert saved["step"] == 12 and "optimizer" in saved and "rng" in saved and "data_checksums" in saved
     for name, tensor in model.state_dict().items():
@@ -89,7 +110,9 @@ def test_gradient_accumulation_equals_the_full_batch():
         assert torch.allclose(full[name], acc[name], atol=1e-5, rtol=1e-4), name
 
 
-def test_accum_steps_and_siglip_train(data, tmp_path):
+def test_accum_steps_bf16_epochs_and_siglip_train(data, tmp_path):
+    result = train(_cfg(data, tmp_path / "bf16", steps=None, epochs=0.5, precision="bf16"))
+    assert result.steps == 3 and result.final_loss == result.final_loss  # 0.5 x 96 rows / batch 16
     result = train(_cfg(data, tmp_path / "acc", steps=2, accum_steps=2, checkpoint_every=2))
     assert result.final_loss == result.final_loss
     result = train(_cfg(data, tmp_path / "sig", model="clip-tiny-sigmoid", loss="siglip", steps=2))
@@ -108,7 +131,17 @@ def test_hostile_training_inputs(data, tmp_path, capsys):
         train(_cfg(tmp_path / "empty", tmp_path / "e"))
 
     # The command line turns each of them into one line on stderr and exit status 2.
-    argv = ["--data", str(data), "--model", "clip-tiny", "--out", str(tmp_path / "cli"), "--resume", "--batch-size", "16"]
+    argv = [
+        "--data",
+        str(data),
+        "--model",
+        "clip-tiny",
+        "--out",
+        str(tmp_path / "cli"),
+        "--resume",
+        "--batch-size",
+        "16",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --resume:") and "\n" not in err
@@ -139,8 +172,18 @@ def test_truncated_checkpoint_and_offline_pretrained_fail_clearly(data, tmp_path
         load_clip(broken)
 
     started = time.monotonic()
-    argv = ["--data", str(data), "--model", "ViT-B-32", "--pretrained", "openai", "--out", str(tmp_path / "p"),
-            "--batch-size", "16"]
+    argv = [
+        "--data",
+        str(data),
+        "--model",
+        "ViT-B-32",
+        "--pretrained",
+        "openai",
+        "--out",
+        str(tmp_path / "p"),
+        "--batch-size",
+        "16",
+    ]
     assert main(argv) == 2
     assert time.monotonic() - started < 60
     err = capsys.readouterr().err
@@ -152,9 +195,36 @@ def test_sigkill_then_resume_gives_the_weights_of_an_unbroken_run(data, tmp_path
     unbroken = train(_cfg(data, tmp_path / "unbroken", **common))
 
     run = tmp_path / "killed"
-    argv = [sys.executable, "-m", "training.train", "--data", str(data), "--model", "clip-tiny", "--out", str(run),
-            "--steps", "12", "--batch-size", "16", "--workers", "2", "--seed", "7", "--checkpoint-every", "3",
-            "--keep-checkpoints", "5", "--warmup", "2", "--lr", "2e-3", "--threads", "1", "--no-progress"]
+    argv = [
+        sys.executable,
+        "-m",
+        "training.train",
+        "--data",
+        str(data),
+        "--model",
+        "clip-tiny",
+        "--out",
+        str(run),
+        "--steps",
+        "12",
+        "--batch-size",
+        "16",
+        "--workers",
+        "2",
+        "--seed",
+        "7",
+        "--checkpoint-every",
+        "3",
+        "--keep-checkpoints",
+        "5",
+        "--warmup",
+        "2",
+        "--lr",
+        "2e-3",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(argv, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (run / "checkpoints" / "step_000003.pt").exists():
@@ -176,10 +246,37 @@ def test_sigkill_then_resume_gives_the_weights_of_an_unbroken_run(data, tmp_path
 
 def test_two_processes_under_torchrun_match_one_process(data, tmp_path):
     one = train(_cfg(data, tmp_path / "one", steps=8, batch_size=16, checkpoint_every=8, seed=3))
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "training.train", "--data", str(data), "--model", "clip-tiny", "--out", str(tmp_path / "two"),
-            "--steps", "8", "--batch-size", "16", "--workers", "0", "--seed", "3", "--checkpoint-every", "8",
-            "--warmup", "2", "--lr", "2e-3", "--no-progress"]
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "training.train",
+        "--data",
+        str(data),
+        "--model",
+        "clip-tiny",
+        "--out",
+        str(tmp_path / "two"),
+        "--steps",
+        "8",
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--seed",
+        "3",
+        "--checkpoint-every",
+        "8",
+        "--warmup",
+        "2",
+        "--lr",
+        "2e-3",
+        "--no-progress",
+    ]
     done = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     config = json.loads((tmp_path / "two" / "config.json").read_text())
@@ -195,10 +292,29 @@ def test_two_processes_under_torchrun_match_one_process(data, tmp_path):
 
 
 def test_help_lists_the_flags():
-    out = subprocess.run([sys.executable, "-m", "training.train", "--help"], cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=120).stdout
-    for flag in ("--data", "--model", "--out", "--steps", "--epochs", "--batch-size", "--lr", "--warmup",
-                 "--precision", "--workers", "--resume", "--seed", "--pretrained"):
+    out = subprocess.run(
+        [sys.executable, "-m", "training.train", "--help"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    for flag in (
+        "--data",
+        "--model",
+        "--out",
+        "--steps",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--warmup",
+        "--precision",
+        "--workers",
+        "--resume",
+        "--seed",
+        "--pretrained",
+    ):
         assert flag in out
 
 

@@ -71,7 +71,8 @@ class TrainConfig:
     keep_checkpoints: int = field(default=3, metadata={"help": "keep the last K checkpoints"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     threads: int | None = field(
-        default=None, metadata={"help": "torch CPU threads per process (default: torch's choice; 1 on a busy machine)"}
+        default=None,
+        metadata={"help": "torch CPU threads per process (default: torch's choice; 1 on a busy machine)"},
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from open_clip.loss import ClipLoss, SigLipLoss
 import torch
 import torch.distributed as dist
+from open_clip.loss import ClipLoss, SigLipLoss
 from tqdm import tqdm
 
 from curation.settings import ConfigError, to_dict

@@ -30,6 +30,9 @@ def _add_clip_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", help="open_clip model name, e.g. ViT-B-32 or clip-small")
     group.add_argument("--pretrained", help="open_clip weights tag or weights file for --model")
     group.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
+    group.add_argument(
+        "--threads", type=int, help="torch CPU threads (small models on busy cores: 1 is fastest)"
+    )
 
 
 def _add_sampling_args(
@@ -325,19 +328,23 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     from apps.clip import ClipLoadError
     from apps.clip4clip.captions import CaptionFileError
-    from apps.clip4clip.index import IndexError_
+    from apps.clip4clip.index import VideoIndexError
     from apps.clip4clip.search import EmptyQueryError
     from apps.clip4clip.train import HeadCheckpointError
 
     user_errors = (
         ClipLoadError,
         CaptionFileError,
-        IndexError_,
+        VideoIndexError,
         EmptyQueryError,
         HeadCheckpointError,
         FileNotFoundError,
         ValueError,
     )
+    if getattr(ns, "threads", None):
+        import torch
+
+        torch.set_num_threads(ns.threads)
     try:
         return COMMANDS[ns.command](ns)
     except user_errors as err:

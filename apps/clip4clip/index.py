@@ -58,11 +58,8 @@ VIDEO_SCHEMA = pa.schema(
 )
 
 
-class IndexError_(RuntimeError):
+class VideoIndexError(RuntimeError):
     """An index that cannot be used as asked; the message names the index and the fix."""
-
-
-IndexMismatchError = IndexError_
 
 
 @dataclass(frozen=True)
@@ -104,13 +101,13 @@ def check_same_clip(index_dir: Path, recorded: dict, clip) -> None:
     """Refuse a CLIP whose embeddings are not comparable with the index's, naming both."""
     current = clip_record(clip)
     if recorded["embed_dim"] != current["embed_dim"]:
-        raise IndexMismatchError(
+        raise VideoIndexError(
             f"index {index_dir} was built with {describe_clip(recorded)} but the CLIP given is "
             f"{describe_clip(current)}: their embeddings have different widths. Search with the index's "
             "checkpoint (omit --checkpoint/--model) or build a new index with this one"
         )
     if recorded["visual_fingerprint"] != current["visual_fingerprint"]:
-        raise IndexMismatchError(
+        raise VideoIndexError(
             f"index {index_dir} was built with {describe_clip(recorded)} but the CLIP given is "
             f"{describe_clip(current)}: same width, different image-encoder weights, so scores would be "
             "meaningless. Use the index's checkpoint or re-index into a new folder"
@@ -124,7 +121,9 @@ def choose_faiss_type(n: int) -> str:
     return f"IVF{max(16, int(math.sqrt(n)))},Flat"
 
 
-def build_faiss_index(embeddings: np.ndarray, kind: str | None = None, nprobe: int = 16, seed: int = 0):
+def build_faiss_index(
+    embeddings: np.ndarray, kind: str | None = None, nprobe: int | None = None, seed: int = 0
+):
     """A trained faiss index with inner-product metric over `embeddings` (rows L2-normalised)."""
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     n, dim = embeddings.shape
@@ -139,8 +138,10 @@ def build_faiss_index(embeddings: np.ndarray, kind: str | None = None, nprobe: i
         sample = np.random.default_rng(seed).choice(n, size=min(n, 64 * nlist), replace=False)
         index.train(embeddings[sample])
     index.add(embeddings)
-    if hasattr(index, "nprobe") or kind.startswith("IVF"):
-        faiss.extract_index_ivf(index).nprobe = nprobe
+    if kind.startswith("IVF"):
+        ivf = faiss.extract_index_ivf(index)
+        # Scan about 1/16 of the lists by default: see docs/bench_video.md for recall against exact search.
+        ivf.nprobe = nprobe or max(16, ivf.nlist // 16)
     return index
 
 
@@ -189,7 +190,7 @@ def build_index(
     meta, existing_rows, existing = _read_existing(out)
     if meta is not None:
         if meta.get("format") != INDEX_FORMAT:
-            raise IndexError_(
+            raise VideoIndexError(
                 f"{out}/index.json is not a clip4clip index ({meta.get('format')}): use an empty --out"
             )
         check_same_clip(out, meta["clip"], clip)
@@ -198,7 +199,7 @@ def build_index(
             or meta["head"]["checkpoint_sha256"] != head_sha
             or meta["sampling"] != asdict(options.sampling)
         ):
-            raise IndexError_(
+            raise VideoIndexError(
                 f"index {out} was built with head {meta['head']['name']} and sampling {meta['sampling']}; "
                 f"this run asks for head {head_name} and {asdict(options.sampling)}: use a new --out"
             )

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from apps.clip4clip.heads import HeadConfig, SimilarityHead, build_head
-from apps.clip4clip.index import INDEX_FORMAT, IndexError_, check_same_clip
+from apps.clip4clip.index import INDEX_FORMAT, VideoIndexError, check_same_clip
 from apps.clip4clip.train import encode_captions, load_head
 
 
@@ -57,17 +57,17 @@ def read_index_meta(index_dir: str | Path) -> dict:
     index_dir = Path(index_dir)
     meta_path = index_dir / "index.json"
     if not meta_path.is_file():
-        raise IndexError_(
+        raise VideoIndexError(
             f"{index_dir} is not a video index (no index.json): build one with `python -m apps.clip4clip index`"
         )
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != INDEX_FORMAT:
-        raise IndexError_(f"{meta_path}: unknown index format {meta.get('format')!r}; rebuild the index")
+        raise VideoIndexError(f"{meta_path}: unknown index format {meta.get('format')!r}; rebuild the index")
     return meta
 
 
 def open_index(index_dir: str | Path, clip) -> VideoIndex:
-    """Load an index for `clip` (a LoadedCLIP); raises IndexError_ if the CLIP does not match it."""
+    """Load an index for `clip` (a LoadedCLIP); raises VideoIndexError if the CLIP does not match it."""
     index_dir = Path(index_dir)
     meta = read_index_meta(index_dir)
     check_same_clip(index_dir, meta["clip"], clip)

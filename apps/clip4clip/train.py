@@ -110,7 +110,7 @@ def load_video_captions(
     by_stem = {p.stem: p for p in find_videos(videos_dir)}
     wanted = caption_set.video_ids(split)
     if split is not None and not wanted:
-        raise ValueError(f"the caption file has no video in split {split!r}: pass another split or none")
+        raise ValueError(f"the caption file has no video in split {split!r} (it names splits: {sorted(set(caption_set.splits.values())) or 'none'}): pass --split all to use every video")
     missing = [v for v in wanted if v not in by_stem]
     present = [v for v in wanted if v in by_stem]
     results = compute_frame_features([by_stem[v] for v in present], model, preprocess, sampling, cache_dir)

@@ -1,0 +1,277 @@
+"""`make demo`: the whole chain offline on the loopback web, ending with runs/demo/report.md.
+
+    python -m pipelines.demo --out runs/demo [--pages 600] [--params FILE.toml] [STAGE.KEY=VALUE ...]
+
+1. starts the loopback test web in this process and writes its WIT TSV and truth file;
+2. runs the `end-to-end` flow (Prefect, temporary local API): build round 1 -> train the demo
+   CLIP -> evaluate zero-shot and retrieval -> build round 2 keeping the pairs the trained model
+   scores best -> sketch one picture (clipasso) -> train, index and search videos (clip4clip);
+3. writes report.md with the figures of this run and prints where everything is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.runtime import apply_env_defaults
+
+apply_env_defaults()  # before Prefect reads its settings
+
+DEMO_PARAMS = Path(__file__).parent / "params" / "demo.toml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.demo",
+        description="Run the whole chain offline on the loopback web and write OUT/report.md.",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="run directory (default: runs/demo)"
+    )
+    parser.add_argument(
+        "--pages", type=int, default=600, help="pages of the test web (~7 pictures each; default: 600)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the test web (default: 0)")
+    parser.add_argument(
+        "--params", type=Path, default=DEMO_PARAMS, help=f"params file (default: {DEMO_PARAMS})"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="STAGE.KEY=VALUE", help="e.g. train.steps=100")
+    return parser
+
+
+def start_web(out: Path, pages: int, seed: int) -> tuple[Any, Path, Path, dict]:
+    """Serve the generated site on 127.0.0.1 (a free port) and write its WIT TSV and truth file."""
+    from curation.testweb import build_site, serve
+
+    started = time.perf_counter()
+    site = build_site(pages, seed)
+    server = serve(site, "127.0.0.1", 0).start()
+    web_dir = out / "web"
+    web_dir.mkdir(parents=True, exist_ok=True)
+    wit, truth = web_dir / "site.tsv", web_dir / "truth.json"
+    rows = site.write_wit(wit, server.base_url)
+    site.write_truth(truth, server.base_url)
+    info = {
+        "url": server.base_url,
+        "pages": pages,
+        "images": len(site.images),
+        "junk": sum(1 for i in site.images if i.junk),
+        "wit_rows": rows,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    print(f"test web: {server.base_url} ({info['images']} pictures, {info['junk']} junk); WIT TSV {wit}")
+    return server, wit, truth, info
+
+
+def curation_quality(dataset: Path, truth_path: Path) -> dict | None:
+    """Against the truth file: junk that curation must reject, mismatched captions, clean pairs kept."""
+    from curation.shards import read_table
+
+    try:
+        truth = json.loads(truth_path.read_text())
+        kept_urls = set(read_table(dataset, columns=["url"])["url"].to_pylist())
+    except Exception as exc:  # noqa: BLE001 - the report says why the figure is missing
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    images = {u: m for u, m in truth.get("images", {}).items() if m.get("in_wit", True)}
+    expected = {u: (m.get("expected_reject") or {}).get("stage") for u, m in images.items()}
+    # Only a CLIP score can see that a caption describes another picture: counted apart.
+    junk = [u for u, stage in expected.items() if stage and stage != "clip_score"]
+    mismatched = [u for u, stage in expected.items() if stage == "clip_score"]
+    clean = [u for u, stage in expected.items() if not stage]
+
+    def pct(urls: list[str], kept: bool) -> float:
+        return 100.0 * sum((u in kept_urls) == kept for u in urls) / max(1, len(urls))
+
+    return {
+        "junk": len(junk),
+        "junk_rejected_pct": pct(junk, kept=False),
+        "mismatched": len(mismatched),
+        "mismatched_rejected_pct": pct(mismatched, kept=False),
+        "clean": len(clean),
+        "clean_kept_pct": pct(clean, kept=True),
+    }
+
+
+def _rel(path: Any, base: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(base.resolve()))
+    except (TypeError, ValueError):
+        return str(path)
+
+
+def _counts_table(summary: dict) -> list[str]:
+    lines = ["| stage | reason | rows |", "|---|---|---|"]
+    for stage, reasons in sorted(summary.get("counts", {}).items()):
+        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            lines.append(f"| {stage} | {reason} | {n} |")
+    return lines
+
+
+def _build_section(lines: list[str], title: str, build: dict | None, out: Path, truth: Path) -> None:
+    if not build:
+        return
+    summary = build["summary"]
+    lines += [f"## {title}", ""]
+    lines += [
+        f"Kept **{summary['kept']}** pairs, rejected {summary['rejected']} (`{_rel(summary['out'], out)}`).",
+        "",
+    ]
+    quality = curation_quality(Path(summary["out"]), truth)
+    if quality and "error" not in quality:
+        lines += [
+            f"Against the truth file: {quality['junk_rejected_pct']:.1f} % of {quality['junk']} junk pictures "
+            f"rejected; {quality['mismatched_rejected_pct']:.1f} % of {quality['mismatched']} pairs whose caption "
+            f"describes another picture rejected (only a CLIP score can); "
+            f"{quality['clean_kept_pct']:.1f} % of {quality['clean']} clean pairs kept.",
+            "",
+        ]
+    lines += _counts_table(summary) + [""]
+    if summary.get("contact_sheet"):
+        lines += [f"![contact sheet]({_rel(summary['contact_sheet'], out)})", ""]
+
+
+def write_report(out: Path, web: dict, result: dict, truth: Path, seconds: float) -> Path:
+    """runs/demo/report.md: every number from this run, pictures next to it."""
+    from pipelines.artifacts import markdown_table
+
+    lines = [
+        "# CLIP workbench demo",
+        "",
+        f"The whole chain, offline, in {seconds / 60:.1f} minutes: loopback web -> curated dataset -> "
+        "trained CLIP -> evaluation -> CLIP-filtered dataset -> apps.",
+        "",
+        "## 1. The loopback web",
+        "",
+        f"{web['pages']} generated pages at {web['url']} with {web['images']} pictures of coloured shapes, "
+        f"{web['junk']} of them injected junk (broken bytes, 404/500, redirect loops, tiny images, "
+        "duplicates, file-name captions, other languages, noai headers...). WIT TSV: `web/site.tsv`, "
+        "truth: `web/truth.json`.",
+        "",
+    ]
+    _build_section(lines, "2. Round 1: curated build", result.get("round1"), out, truth)
+    train = result.get("train")
+    if train:
+        lines += [
+            "## 3. Training",
+            "",
+            markdown_table(
+                [
+                    {
+                        "steps": train.get("steps"),
+                        "final loss": train.get("final_loss"),
+                        "samples/s": train.get("samples_per_s"),
+                        "data wait": train.get("data_wait_fraction"),
+                        "minutes": (train.get("seconds") or 0) / 60,
+                    }
+                ]
+            ),
+            f"Checkpoint: `{_rel(train.get('checkpoint'), out)}`",
+            "",
+        ]
+        loss_png = Path(train.get("run_dir", out / "train")) / "loss.png"
+        if loss_png.exists():
+            lines += [f"![loss curve]({_rel(loss_png, out)})", ""]
+    evaluation = result.get("evaluate")
+    if evaluation:
+        from training.evaluate import markdown_table as eval_table
+
+        lines += [
+            "## 4. Evaluation (held-out generated pictures, unseen seed)",
+            "",
+            eval_table(evaluation),
+            "",
+        ]
+    _build_section(
+        lines,
+        "5. Round 2: the same sources, filtered by the trained model's CLIP score",
+        result.get("round2"),
+        out,
+        truth,
+    )
+    sketch = result.get("clipasso")
+    if sketch:
+        lines += ["## 6. apps.clipasso: one picture sketched with the trained model", ""]
+        for path in sketch.values():
+            if str(path).endswith((".png", ".gif")):
+                lines.append(f"![{Path(path).name}]({_rel(path, out)})")
+        lines += [""] + [f"- `{_rel(p, out)}`" for p in sketch.values()] + [""]
+    video = result.get("clip4clip")
+    if video:
+        lines += ["## 7. apps.clip4clip: search synthetic videos with the trained model", ""]
+        report_md = out / "apps" / "clip4clip" / "report.md"
+        if report_md.exists():
+            text = report_md.read_text().split("\n", 1)[-1].replace("\n## ", "\n### ")
+            lines += [text.strip(), ""]
+        lines += [f"Result page: `{_rel(out / 'apps' / 'clip4clip' / 'search.html', out)}`", ""]
+    for stage, why in result.get("skipped", {}).items():
+        lines.append(f"- {stage}: skipped ({why})")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_demo(out: Path, pages: int, seed: int, params_file: Path | None, overrides: list[str]) -> Path:
+    """Start the web, run the end-to-end flow, write the report; returns report.md."""
+    from pipelines.flows import end_to_end_flow, flow_parameters
+    from pipelines.params import load_flow_params
+
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    server, wit, truth, web = start_web(out, pages, seed)
+    try:
+        params = load_flow_params(
+            "end-to-end", params_file, [f"chain.out={out}", f"build.source=wit:{wit}", *overrides]
+        )
+        result = end_to_end_flow(**flow_parameters(params))
+    finally:
+        server.stop()
+    (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    return write_report(out, web, result, truth, time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from curation.settings import ConfigError
+    from pipelines.runtime import OutputBusyError
+
+    args = _parser().parse_args(argv)
+    if args.pages < 1:
+        print(f"error: --pages {args.pages}: must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        report = run_demo(args.out, args.pages, args.seed, args.params, args.overrides)
+    except (ConfigError, OutputBusyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = json.loads((args.out / "result.json").read_text())
+    print("\ndemo finished:")
+    print(f"  report        {report}")
+    for name in ("round1", "round2"):
+        if result.get(name):
+            s = result[name]["summary"]
+            print(f"  {name} data   {s['out']} ({s['kept']} pairs kept, {s['rejected']} rejected)")
+    if result.get("train"):
+        print(f"  checkpoint    {result['train'].get('checkpoint')}")
+    if result.get("evaluate"):
+        z = result["evaluate"].get("zeroshot", {})
+        if z:
+            print(
+                f"  zero-shot     {100 * z['single']['top1']:.1f} % (single prompt), "
+                f"{100 * z['ensemble']['top1']:.1f} % (ensemble) over {z.get('classes', 36)} classes"
+            )
+    for path in (result.get("clipasso") or {}).values():
+        if str(path).endswith(".svg"):
+            print(f"  sketch        {path}")
+    if result.get("clip4clip"):
+        print(f"  video search  {args.out / 'apps' / 'clip4clip' / 'search.html'}")
+    for stage, why in result.get("skipped", {}).items():
+        print(f"  {stage}: skipped ({why})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

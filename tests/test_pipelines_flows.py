@@ -1,0 +1,160 @@
+"""Flows against Prefect's ephemeral API: build (chunks, cache, concurrency, artifacts, lock), train, evaluate, Dask."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from curation import download
+from curation.config import BuildConfig
+from curation.shapes import write_image_folder
+from curation.shards import load_manifest, read_table
+from pipelines.flows import build_dataset_flow, evaluate_flow, train_flow
+from pipelines.params import FlowOptions
+from pipelines.runtime import OutputBusyError, apply_env_defaults
+from pipelines.tasks import DOWNLOAD_TAG
+from tests.datasets import make_shape_dataset
+from tests.web import serve_testweb
+
+apply_env_defaults()
+
+
+@pytest.fixture
+def img2dataset_calls(monkeypatch):
+    """Counts the real img2dataset calls the build makes (each call still runs)."""
+    calls: list[str] = []
+    real = download.run_img2dataset
+
+    def counting(candidates, output_folder, options):
+        calls.append(Path(candidates).name)
+        return real(candidates, output_folder, options)
+
+    monkeypatch.setattr(download, "run_img2dataset", counting)
+    return calls
+
+
+def _build_config(wit: Path, out: Path, chunk_size: int = 12) -> BuildConfig:
+    return BuildConfig(
+        source=[f"wit:{wit}"],
+        out=out,
+        allow_private=True,
+        chunk_size=chunk_size,
+        image_size=32,
+        processes=1,
+        threads=8,
+        timeout=2,
+    )
+
+
+def _task_runs(name_prefix: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name_prefix)))
+
+
+def _artifact_keys() -> set[str]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {a.key for a in client.read_artifacts() if a.key}
+
+
+def test_build_flow_chunks_concurrency_artifacts_and_cache(tmp_path, img2dataset_calls):
+    out = tmp_path / "web"
+    with serve_testweb(pages=3, seed=1, slow_delay_s=0.5) as web:
+        cfg = _build_config(web.write_wit(tmp_path / "site.tsv"), out)
+        first = build_dataset_flow(cfg, FlowOptions(download_concurrency=1, retries=0))
+        chunks = len(first["chunks"])
+        assert chunks >= 2 and len(img2dataset_calls) == chunks  # one img2dataset call per chunk
+        assert first["summary"]["kept"] == load_manifest(out).num_rows > 0
+        assert read_table(out, columns=["key"]).num_rows == first["summary"]["kept"]
+
+        # The tag limit of 1 held: no two download tasks of this run overlapped.
+        runs = sorted(
+            (r for r in _task_runs("download-chunk-") if DOWNLOAD_TAG in r.tags and r.start_time),
+            key=lambda r: r.start_time,
+        )[-chunks:]
+        for earlier, later in zip(runs, runs[1:]):
+            assert earlier.end_time <= later.start_time
+        keys = _artifact_keys()
+        assert {"build-web-chunks", "build-web-counts", "build-web-picture-0"} <= keys
+
+        # Rerun: every chunk is a cache hit (inputs unchanged), img2dataset is not called again.
+        second = build_dataset_flow(cfg, FlowOptions(download_concurrency=1, retries=0))
+        assert len(img2dataset_calls) == chunks
+        assert second["summary"]["kept"] == first["summary"]["kept"]
+        assert (out / ".prefect-cache" / "keys").is_dir()
+
+
+def test_second_run_on_the_same_output_refuses(tmp_path):
+    out = tmp_path / "busy"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pipelines.runtime import output_lock\n"
+            f"with output_lock({str(out)!r}, 'build-dataset flow'):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cfg = BuildConfig(source=["wit:/nonexistent.tsv"], out=out)
+        started = time.perf_counter()
+        with pytest.raises(
+            OutputBusyError, match=rf"{out.name} is being written by another run .*pid.*{holder.pid}"
+        ):
+            build_dataset_flow(cfg, FlowOptions())
+        assert time.perf_counter() - started < 30
+        assert not (out / "work").exists()  # refused before any work
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_train_and_evaluate_flows(tmp_path):
+    data = make_shape_dataset(tmp_path / "data", n=48, seed=0, size=32)
+    from training.config import EvalConfig, TrainConfig
+
+    run = tmp_path / "run"
+    result = train_flow(
+        TrainConfig(
+            data=[data],
+            out=run,
+            model="clip-tiny",
+            steps=2,
+            batch_size=16,
+            workers=0,
+            warmup=1,
+            progress=False,
+        )
+    )
+    assert result["steps"] == 2 and Path(result["checkpoint"]).exists()
+    folder = write_image_folder(tmp_path / "heldout", 1, seed=5, size=32)
+    report = evaluate_flow(EvalConfig(checkpoint=run, zeroshot=folder, batch_size=64, progress=False))
+    assert 0.0 <= report["zeroshot"]["single"]["top1"] <= 1.0
+    assert {"train-run-summary", "evaluate-run"} <= _artifact_keys()
+
+
+def test_dask_task_runner_on_a_local_cluster(tmp_path):
+    from distributed import LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://", dashboard_address=None
+        ) as cluster,
+        serve_testweb(pages=1, seed=2) as web,
+    ):
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        cfg = _build_config(web.write_wit(tmp_path / "site.tsv"), tmp_path / "dask", chunk_size=100)
+        result = build_dataset_flow(cfg, FlowOptions(dask_address=cluster.scheduler_address, retries=0))
+        assert result["summary"]["kept"] > 0
+        done = [key for key in cluster.scheduler.task_prefixes if "download" in key]
+        assert done, f"no download task ran on the Dask cluster: {list(cluster.scheduler.task_prefixes)}"
