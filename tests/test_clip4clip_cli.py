@@ -30,10 +30,10 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     videos = made.videos_dir
     nested = videos / "nested" / "deeper"
     nested.mkdir(parents=True)
-    shutil.copy(videos / "train00000.mp4", nested / "copy.mp4")
+    shutil.copy(videos / "train00000a.mp4", nested / "copy.mp4")
     (videos / "zero.mp4").write_bytes(b"")
     (videos / "notes.mp4").write_text("not a video at all\n" * 10)
-    good = (videos / "train00001.mp4").read_bytes()
+    good = (videos / "train00001a.mp4").read_bytes()
     (videos / "corrupt.mp4").write_bytes(
         good[:48] + bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8))
     )

@@ -165,7 +165,8 @@ def test_train_evaluate_index_search_with_a_trained_head(
     assert "captions: order" in out and "captions: free" in out and "nan" not in out.lower()
 
     index = tmp_path / "index"
-    argv = ["index", made.videos_dir, "--out", index, "--head-checkpoint", run, *common]
+    # No sampling flags: index takes the sampling the head was trained with.
+    argv = ["index", made.videos_dir, "--out", index, "--head-checkpoint", run, "--checkpoint", checkpoint]
     assert main([str(a) for a in argv]) == 0
     assert "12 videos (12 added" in capsys.readouterr().out
     assert main(["search", str(index), "a red circle moves left", "-k", "2"]) == 0

@@ -71,7 +71,7 @@ def test_batches_through_dataloader_workers(dataset, tiny):
     for _ in range(3):
         batch = next(batches)
         assert batch.images.shape == (8, 3, 32, 32) and torch.isfinite(batch.images).all()
-        assert batch.texts.shape == (8, 32) and batch.texts.dtype == torch.long
+        assert batch.texts.shape == (8, tiny[1].context_length) and batch.texts.dtype == torch.long
         assert batch.skipped == 0
 
 

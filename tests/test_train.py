@@ -245,77 +245,55 @@ def test_sigkill_then_resume_gives_the_weights_of_an_unbroken_run(data, tmp_path
 
 
 def test_two_processes_under_torchrun_match_one_process(data, tmp_path):
-    one = train(_cfg(data, tmp_path / "one", steps=8, batch_size=16, checkpoint_every=8, seed=3))
+    """2 ranks x 8 rows under torchrun (gloo) against 1 process x 2 loader workers x 2 accumulated micro-batches.
+
+    Both split the rows over the same two readers and score the same 16 pairs per step, and open_clip's
+    gather-with-grad + DDP averaging gives the full-batch gradient, as feature-cached accumulation does:
+    the two loss curves agree to float rounding.
+    """
+    one = train(
+        _cfg(
+            data,
+            tmp_path / "one",
+            steps=8,
+            batch_size=16,
+            workers=2,
+            accum_steps=2,
+            checkpoint_every=8,
+            seed=3,
+        )
+    )
     argv = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "training.train",
-        "--data",
-        str(data),
-        "--model",
-        "clip-tiny",
-        "--out",
-        str(tmp_path / "two"),
-        "--steps",
-        "8",
-        "--batch-size",
-        "16",
-        "--workers",
-        "0",
-        "--seed",
-        "3",
-        "--checkpoint-every",
-        "8",
-        "--warmup",
-        "2",
-        "--lr",
-        "2e-3",
-        "--no-progress",
-    ]
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "training.train", "--data", str(data), "--model", "clip-tiny", "--out", str(tmp_path / "two"),
+        "--steps", "8", "--batch-size", "16", "--workers", "0", "--seed", "3", "--checkpoint-every", "8",
+        "--warmup", "2", "--lr", "2e-3", "--no-progress",
+    ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["world_size"] == 2 and config["micro_batch"] == 8
     loss_one = [float(r["loss"]) for r in _log(one.run_dir)]
     loss_two = [float(r["loss"]) for r in _log(tmp_path / "two")]
-    assert len(loss_two) == 8
-    # Same initial weights and global batch, different rows per step: same curve within tolerance.
-    # (Without the cross-process gather each rank would score 8 pairs, not 16: about 0.7 lower.)
-    assert all(abs(x - y) < 0.35 for x, y in zip(loss_one, loss_two)), (loss_one, loss_two)
-    assert abs(sum(loss_one) - sum(loss_two)) / 8 < 0.15, (loss_one, loss_two)
-    assert load_clip(tmp_path / "two").model_name == "clip-tiny"
+    assert len(loss_two) == 8 and loss_two[-1] < loss_two[0]
+    assert all(abs(x - y) < 2e-3 for x, y in zip(loss_one, loss_two)), (loss_one, loss_two)
+    a = read_checkpoint(one.checkpoint)["state_dict"]
+    b = read_checkpoint(tmp_path / "two" / "checkpoints" / "step_000008.pt")["state_dict"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
 
 
-def test_help_lists_the_flags():
-    out = subprocess.run(
-        [sys.executable, "-m", "training.train", "--help"],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    for flag in (
-        "--data",
-        "--model",
-        "--out",
-        "--steps",
-        "--epochs",
-        "--batch-size",
-        "--lr",
-        "--warmup",
-        "--precision",
-        "--workers",
-        "--resume",
-        "--seed",
-        "--pretrained",
-    ):
-        assert flag in out
+def test_help_lists_the_flags(capsys):
+    from training.evaluate import main as evaluate_main
+
+    for entry in (main, evaluate_main):
+        with pytest.raises(SystemExit) as exit_info:
+            entry(["--help"])
+        assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--data", "--model", "--out", "--steps", "--epochs", "--batch-size", "--lr", "--warmup",
+                 "--precision", "--workers", "--resume", "--seed", "--pretrained", "--config",
+                 "--checkpoint", "--zeroshot", "--retrieval", "--linear-probe"):  # fmt: skip
+        assert flag in out, flag
 
 
 def test_config_validation():

@@ -35,26 +35,31 @@ def _add_clip_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_sampling_args(
-    parser: argparse.ArgumentParser, max_frames: int = 12, fps: float | None = 1.0
-) -> None:
-    group = parser.add_argument_group("frame sampling")
-    group.add_argument(
-        "--max-frames", type=int, default=max_frames, help=f"frames kept per video (default {max_frames})"
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "frame sampling (default: the head checkpoint's, else 12 frames at 1 fps)"
     )
+    group.add_argument("--max-frames", type=int, help="frames kept per video")
     group.add_argument(
-        "--fps",
-        type=float,
-        default=fps,
-        help=f"pre-sample at this rate before uniform selection; 0 = every frame (default {fps})",
+        "--fps", type=float, help="pre-sample at this rate before uniform selection; 0 = every frame"
     )
     group.add_argument(
         "--cache-dir", type=Path, help="frame-feature cache (default: inside the output folder)"
     )
 
 
-def _sampling(ns: argparse.Namespace) -> FrameSampling:
-    return FrameSampling(max_frames=ns.max_frames, fps=ns.fps or None)
+def _sampling(ns: argparse.Namespace, head_checkpoint: Path | None = None) -> FrameSampling:
+    """Flags given on the command line, else the sampling the head was trained with, else CLIP4Clip's."""
+    base = FrameSampling()
+    if head_checkpoint is not None:
+        from apps.clip4clip.train import read_head_sampling
+
+        base = read_head_sampling(head_checkpoint)
+    return FrameSampling(
+        max_frames=ns.max_frames if ns.max_frames is not None else base.max_frames,
+        fps=(ns.fps or None) if ns.fps is not None else base.fps,
+        short_side=base.short_side,
+    )
 
 
 def _load_clip(
@@ -173,7 +178,7 @@ def run_index(ns: argparse.Namespace) -> int:
             "load the same weights again. Pass --checkpoint PATH, or --pretrained TAG"
         )
     clip = _load_clip(ns)
-    options = IndexOptions(_sampling(ns), ns.head, ns.head_checkpoint, ns.cache_dir)
+    options = IndexOptions(_sampling(ns, ns.head_checkpoint), ns.head, ns.head_checkpoint, ns.cache_dir)
     report = build_index(ns.video_dir, ns.out, clip, options)
     for reject in report.rejected:
         print(f"skipped {reject.path}: {reject.reason}", file=sys.stderr)
@@ -268,10 +273,9 @@ def run_evaluate(ns: argparse.Namespace) -> int:
     from apps.clip4clip.train import evaluate_head, load_head, load_video_captions, metrics_report
 
     clip = _load_clip(ns)
-    sampling = _sampling(ns)
+    sampling = _sampling(ns, ns.head_checkpoint)
     if ns.head_checkpoint is not None:
-        head, trained_sampling, _ = load_head(ns.head_checkpoint, clip)
-        sampling = FrameSampling(trained_sampling.max_frames, ns.fps or None, trained_sampling.short_side)
+        head, _, _ = load_head(ns.head_checkpoint, clip)
     else:
         head = build_head(HeadConfig("meanP", sampling.max_frames), clip.embed_dim)
     # Reuse the training run's cache when evaluating its head; never write into the user's video folder.

@@ -110,7 +110,9 @@ def load_video_captions(
     by_stem = {p.stem: p for p in find_videos(videos_dir)}
     wanted = caption_set.video_ids(split)
     if split is not None and not wanted:
-        raise ValueError(f"the caption file has no video in split {split!r} (it names splits: {sorted(set(caption_set.splits.values())) or 'none'}): pass --split all to use every video")
+        raise ValueError(
+            f"the caption file has no video in split {split!r} (it names splits: {sorted(set(caption_set.splits.values())) or 'none'}): pass --split all to use every video"
+        )
     missing = [v for v in wanted if v not in by_stem]
     present = [v for v in wanted if v in by_stem]
     results = compute_frame_features([by_stem[v] for v in present], model, preprocess, sampling, cache_dir)
@@ -326,12 +328,7 @@ def resolve_head_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_head(path: str | Path, clip) -> tuple[SimilarityHead, FrameSampling, dict]:
-    """Head (eval mode) from a checkpoint file or run dir; also loads its fine-tuned text encoder into `clip`.
-
-    Raises HeadCheckpointError naming both models when the head was trained for another width.
-    """
-    path = resolve_head_checkpoint(path)
+def _read_head_state(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file; all mean "unreadable"
@@ -340,6 +337,21 @@ def load_head(path: str | Path, clip) -> tuple[SimilarityHead, FrameSampling, di
         ) from None
     if not isinstance(state, dict) or state.get("format") != HEAD_FORMAT:
         raise HeadCheckpointError(f"{path}: not a clip4clip head checkpoint (no format {HEAD_FORMAT!r})")
+    return state
+
+
+def read_head_sampling(path: str | Path) -> FrameSampling:
+    """The frame sampling a head was trained with (index and evaluate default to it)."""
+    return FrameSampling(**_read_head_state(resolve_head_checkpoint(path))["sampling"])
+
+
+def load_head(path: str | Path, clip) -> tuple[SimilarityHead, FrameSampling, dict]:
+    """Head (eval mode) from a checkpoint file or run dir; also loads its fine-tuned text encoder into `clip`.
+
+    Raises HeadCheckpointError naming both models when the head was trained for another width.
+    """
+    path = resolve_head_checkpoint(path)
+    state = _read_head_state(path)
     if state["embed_dim"] != clip.embed_dim:
         raise HeadCheckpointError(
             f"head {path} was trained on {state['clip_model_name']} ({state['clip_identity']}, width {state['embed_dim']}) "

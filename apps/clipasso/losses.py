@@ -1,8 +1,10 @@
 """CLIPasso's losses: geometric (L2 of intermediate CLIP activations) + semantic (1 - cosine of embeddings).
 
-Intermediate activations come from open_clip's `forward_intermediates`: ResNet stages for ModifiedResNet
-models (the paper uses layer2 and layer3 of RN101), transformer block outputs for ViTs (chosen as
-fractions of the depth, so one setting fits a 4-block demo model and a 12-block ViT-B-32).
+Intermediate activations are caught by forward hooks: ResNet stages for ModifiedResNet models (the paper
+uses layer2 and layer3 of RN101), transformer block outputs for ViTs (chosen as fractions of the depth, so
+one setting fits a 3-block demo model and a 12-block ViT-B-32). Hooks rather than open_clip's
+`forward_intermediates`, whose ModifiedResNet version stops at the last requested stage and then fails in
+the attention pool (open_clip 3.3).
 """
 
 from __future__ import annotations
@@ -48,22 +50,30 @@ class ClipImageEncoder:
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.layers = self._layers()
+        self._activations: list[torch.Tensor] = []
+        self._hooks = [module.register_forward_hook(self._keep) for module in self._layer_modules()]
+
+    def _keep(self, module, args, output) -> None:
+        self._activations.append(output)
 
     @property
     def is_vit(self) -> bool:
         return hasattr(self.visual, "transformer") and hasattr(self.visual.transformer, "resblocks")
 
     def _layers(self) -> list[int]:
-        if self.config.geometric_weight == 0 or not hasattr(self.visual, "forward_intermediates"):
+        if self.config.geometric_weight == 0:
             return []
         if self.is_vit:
             depth = len(self.visual.transformer.resblocks)
-            return sorted(
-                {min(depth - 1, max(0, round(f * depth) - 1)) for f in self.config.vit_depth_fractions}
-            )
+            return sorted({min(depth - 1, max(0, round(f * depth) - 1)) for f in self.config.vit_depth_fractions})
         if hasattr(self.visual, "layer1"):
-            return list(self.config.resnet_stages)
+            return [i for i in self.config.resnet_stages if hasattr(self.visual, f"layer{i}")]
         return []
+
+    def _layer_modules(self) -> list[torch.nn.Module]:
+        if self.is_vit:
+            return [self.visual.transformer.resblocks[i] for i in self.layers]
+        return [getattr(self.visual, f"layer{i}") for i in self.layers]
 
     @property
     def description(self) -> str:
@@ -72,11 +82,12 @@ class ClipImageEncoder:
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """images (B, 3, R, R) in [0, 1] at the model's input size -> (unit embeddings, activations)."""
-        x = (images - self.mean) / self.std
-        if not self.layers:
-            return F.normalize(self.model.encode_image(x), dim=-1), []
-        out = self.visual.forward_intermediates(x, indices=self.layers)
-        return F.normalize(out["image_features"], dim=-1), list(out["image_intermediates"])
+        self._activations = []
+        embedding = self.model.encode_image((images - self.mean) / self.std)
+        activations, self._activations = self._activations, []
+        if self.is_vit and not getattr(self.visual.transformer, "batch_first", True):
+            activations = [a.transpose(0, 1) for a in activations]  # (L, B, D) -> (B, L, D)
+        return F.normalize(embedding, dim=-1), activations
 
 
 def sketch_losses(
