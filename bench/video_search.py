@@ -7,6 +7,7 @@ recall@10 against the exact top-10, and the speed ratio to the baseline.
 
 Part 2, frames: frames/s of our reader (two-pass PyAV, codec threads, early shrink) + CLIP image
 encoding, against the naive baseline of decoding every frame at full size to RGB and sampling after.
+Part 3, memory: peak RSS of reading a 4000x4000 video, ours vs the same naive baseline.
 
     python bench/video_search.py                 # 1 M vectors (about 2 GB of RAM, a few minutes on 2 cores)
     python bench/video_search.py --n 100000      # quicker
@@ -161,6 +162,65 @@ def bench_frames(n_videos: int, model_name: str, max_frames: int) -> list[str]:
     ]
 
 
+def _memory_mb(field: str) -> int:
+    """VmHWM (peak) or VmRSS (current) of this process in MB: Linux /proc, fresh in a spawned process.
+
+    (getrusage's ru_maxrss would carry the parent's peak over fork + exec.)
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) // 1024
+    raise RuntimeError(f"no {field} in /proc/self/status: this measurement needs Linux")
+
+
+def _peak_rss_reading(path: str, mode: str) -> tuple[int, float, int]:
+    """Run in a fresh process: (frames, seconds, peak RSS growth in MB) of reading one video."""
+    import av
+
+    from apps.clip4clip.video import FrameSampling, read_video
+
+    before = _memory_mb("VmRSS")
+    start = time.perf_counter()
+    if mode == "ours":
+        count = len(read_video(path, FrameSampling(max_frames=12, fps=None)).frames)
+    else:
+        with av.open(path) as container:
+            count = len([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    seconds = time.perf_counter() - start
+    return count, seconds, _memory_mb("VmHWM") - before
+
+
+def bench_huge(frames: int) -> list[str]:
+    """Peak memory of reading a 4000x4000 video: ours (bounded) vs decoding every frame to RGB."""
+    import multiprocessing
+
+    from apps.clip4clip.synth import write_mp4
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "huge.mp4")
+        base = np.zeros((4000, 4000, 3), np.uint8)
+        pictures = []
+        for i in range(frames):
+            picture = base.copy()
+            picture[:, i * 100 : i * 100 + 400] = 200
+            pictures.append(picture)
+        write_mp4(Path(path), pictures, fps=10)
+        del pictures
+        # One fresh process per reader: peak RSS is a per-process figure.
+        with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+            naive = pool.apply(_peak_rss_reading, (path, "naive"))
+        with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+            ours = pool.apply(_peak_rss_reading, (path, "ours"))
+    return [
+        f"4000x4000 H.264 video, {frames} frames",
+        "",
+        "| reader | frames returned | seconds | peak RSS growth (MB) |",
+        "|---|---|---|---|",
+        f"| naive (every frame to full-size RGB) | {naive[0]} | {naive[1]:.1f} | {naive[2]} |",
+        f"| ours (12 frames, shrunk on decode) | {ours[0]} | {ours[1]:.1f} | {ours[2]} |",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -174,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         "--videos", type=int, default=16, help="synthetic videos for the frames/s part (0 skips)"
     )
     parser.add_argument("--model", default="clip-small", help="CLIP whose image encoder is timed")
+    parser.add_argument(
+        "--huge-frames", type=int, default=30, help="frames of the 4000x4000 memory test (0 skips)"
+    )
     parser.add_argument("--max-frames", type=int, default=12)
     parser.add_argument(
         "--data",
@@ -194,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     if ns.videos > 0:
         print()
         print("\n".join(bench_frames(ns.videos, ns.model, ns.max_frames)))
+    if ns.huge_frames > 0:
+        print()
+        print("\n".join(bench_huge(ns.huge_frames)))
     return 0
 
 

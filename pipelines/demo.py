@@ -215,6 +215,15 @@ def write_report(out: Path, web: dict, result: dict, truth: Path, seconds: float
     return path
 
 
+def training_preset(name: str) -> dict[str, Any]:
+    """The training library's preset for the demo model (one definition of the demo's training)."""
+    from curation.settings import read_toml
+    from training.config import PRESET_DIR
+
+    path = PRESET_DIR / f"{name}.toml"
+    return read_toml(path) if path.exists() else {}
+
+
 def run_demo(out: Path, pages: int, seed: int, params_file: Path | None, overrides: list[str]) -> Path:
     """Start the web, run the end-to-end flow, write the report; returns report.md."""
     from pipelines.flows import end_to_end_flow, flow_parameters
@@ -225,7 +234,10 @@ def run_demo(out: Path, pages: int, seed: int, params_file: Path | None, overrid
     server, wit, truth, web = start_web(out, pages, seed)
     try:
         params = load_flow_params(
-            "end-to-end", params_file, [f"chain.out={out}", f"build.source=wit:{wit}", *overrides]
+            "end-to-end",
+            params_file,
+            [f"chain.out={out}", f"build.source=wit:{wit}", *overrides],
+            stage_defaults={"train": training_preset("demo")},
         )
         result = end_to_end_flow(**flow_parameters(params))
     finally:

@@ -60,8 +60,9 @@ def ensure_tag_concurrency(tag: str, limit: int) -> None:
 
 def _pictures(result: Any, base: Path) -> list[Path]:
     """PNG files a library result points at (contact sheets, loss curves), in field order."""
+    data = tasks.plain(result)
     found = []
-    for value in tasks.plain(result).values() if isinstance(tasks.plain(result), dict) else []:
+    for value in data.values() if isinstance(data, dict) else []:
         if isinstance(value, str) and value.endswith(".png"):
             path = Path(value) if Path(value).is_absolute() else base / value
             if path.exists():
@@ -125,7 +126,7 @@ def publish_build_artifacts(config: BuildConfig, chunk_results: list[Any], summa
 def train_flow(config: TrainConfig, options: FlowOptions = FlowOptions()) -> dict:
     """`python -m training.train`, as a flow: the loss curve and final numbers become artifacts."""
     with output_lock(config.out, "train flow"):
-        result = tasks.train_clip(config)
+        result = tasks.train_clip(config, options.train_processes)
     key = f"train-{config.out.name}"
     plain = tasks.plain(result)
     if isinstance(plain, dict):

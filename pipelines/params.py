@@ -69,6 +69,10 @@ class FlowOptions:
         default=1, metadata={"help": "img2dataset chunks downloading at once (Prefect tag concurrency limit)"}
     )
     retries: int = field(default=3, metadata={"help": "retries of a network-facing task (download, crawl)"})
+    train_processes: int = field(
+        default=1,
+        metadata={"help": "training processes; > 1 runs `torchrun --nproc-per-node N -m training.train`"},
+    )
     retry_delay_seconds: float = field(
         default=2.0, metadata={"help": "first retry delay; doubles on each retry (exponential backoff)"}
     )
@@ -76,6 +80,8 @@ class FlowOptions:
     def __post_init__(self) -> None:
         if self.download_concurrency < 1:
             raise ConfigError(f"runner.download_concurrency must be >= 1, got {self.download_concurrency}")
+        if self.train_processes < 1:
+            raise ConfigError(f"runner.train_processes must be >= 1, got {self.train_processes}")
         if self.retries < 0 or self.retry_delay_seconds < 0:
             raise ConfigError("runner.retries and runner.retry_delay_seconds must be >= 0")
         if self.dask_address is not None and not self.dask_address.startswith("tcp://"):

@@ -95,14 +95,16 @@ def make_task_runner(dask_address: str | None = None, max_workers: int | None = 
 
 def check_dask_address(address: str, timeout: float = 3.0) -> None:
     """Fail fast with a clear message when no Dask scheduler listens at `address` (tcp://HOST:PORT)."""
+    from curation.settings import ConfigError
+
     if not address.startswith("tcp://"):
-        raise ValueError(f"--dask-address {address!r}: expected tcp://HOST:PORT of a running Dask scheduler")
+        raise ConfigError(f"--dask-address {address!r}: expected tcp://HOST:PORT of a running Dask scheduler")
     host, _, port = address[len("tcp://") :].rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             return
     except (OSError, ValueError) as exc:
-        raise ValueError(
+        raise ConfigError(
             f"--dask-address {address}: no Dask scheduler answers there ({exc}); start one with "
             "`dask scheduler` (and `dask worker ADDRESS`) or leave the option out to use a thread pool"
         ) from exc

@@ -166,10 +166,41 @@ def load_embedder(cfg: Any) -> Any:
 
 
 @task(name="train-clip")
-def train_clip(cfg: Any) -> Any:
-    from training.train import train
+def train_clip(cfg: Any, processes: int = 1) -> Any:
+    """training.train in this process, or under torchrun with `processes` workers (gloo on CPU, nccl on GPU)."""
+    if processes <= 1:
+        from training.train import train
 
-    return train(cfg)
+        return train(cfg)
+    import subprocess
+
+    # DDP needs one process per rank started by torchrun: the one place a flow starts our own CLI.
+    subprocess.run(torchrun_command(cfg, processes), check=True)
+    from training.model import resolve_checkpoint
+
+    return {"run_dir": str(cfg.out), "checkpoint": str(resolve_checkpoint(cfg.out)), "processes": processes}
+
+
+def torchrun_command(cfg: Any, processes: int) -> list[str]:
+    """`torchrun --standalone --nproc-per-node N -m training.train` with `cfg` as its command-line flags."""
+    import sys
+
+    from curation.settings import to_dict
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    command += ["-m", "training.train"]
+    for name, value in to_dict(cfg).items():
+        flag = "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            command.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, list):
+            for item in value:
+                command += [flag, str(item)]
+        else:
+            command += [flag, str(value)]
+    return command
 
 
 @task(name="evaluate-clip")

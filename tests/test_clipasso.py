@@ -17,11 +17,12 @@ from PIL import Image
 
 from apps.clipasso.__main__ import main
 from apps.clipasso.augment import AugmentConfig, apply_views, sample_views
+from apps.clipasso.losses import ClipImageEncoder, LossConfig
 from apps.clipasso.optimize import SketchConfig, fit_pixels, sketch_picture
 from apps.clipasso.picture import PictureError, load_picture
 from apps.clipasso.render import BackendUnavailable, black_strokes, get_rasterizer, render
 from apps.clipasso.svg import read_svg
-from training.model import create_model, load_clip, save_checkpoint
+from training.model import create_model, load_clip, load_pretrained, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -207,6 +208,22 @@ def test_sketch_improves_on_its_start_with_every_seed(tiny_checkpoint, picture_f
         assert [step for step, _ in seed.evaluations] == [0, 4, 8, 11]
     assert result.best_seed == min(result.seeds, key=lambda s: s.best_loss).seed
     assert len(result.frames) == 4 and result.frames[0].shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    "name,kind,count", [("clip-tiny", "vit blocks", 2), ("clip-small", "resnet stages", 2)]
+)
+def test_encoder_catches_intermediate_activations_with_gradients(name, kind, count):
+    loaded = load_pretrained(name, None)
+    encoder = ClipImageEncoder(loaded, LossConfig())
+    images = torch.rand(3, 3, loaded.image_size, loaded.image_size, requires_grad=True)
+    embedding, activations = encoder(images)
+    assert encoder.description.startswith(kind) and len(activations) == count
+    assert all(a.shape[0] == 3 for a in activations)
+    assert torch.allclose(embedding.norm(dim=-1), torch.ones(3), atol=1e-5)
+    (embedding.sum() + sum(a.square().mean() for a in activations)).backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in loaded.model.parameters()), "the CLIP stays frozen"
 
 
 def test_command_end_to_end_with_a_saved_checkpoint(tiny_checkpoint, picture_file, tmp_path):

@@ -147,6 +147,7 @@ def test_train_and_evaluate_flows(tmp_path):
     assert _artifacts_exist("train-run-summary", "evaluate-run")
 
 
+@pytest.mark.slow  # ~40 s: one more img2dataset call and a Dask cluster start
 def test_dask_task_runner_on_a_local_cluster(tmp_path):
     from distributed import LocalCluster
 
@@ -162,3 +163,16 @@ def test_dask_task_runner_on_a_local_cluster(tmp_path):
         assert result["summary"]["kept"] > 0
         done = [key for key in cluster.scheduler.task_prefixes if "download" in key]
         assert done, f"no download task ran on the Dask cluster: {list(cluster.scheduler.task_prefixes)}"
+
+
+@pytest.mark.slow  # two torchrun ranks start torch and open_clip: ~1 min on 2 cores
+def test_train_flow_under_torchrun(tmp_path):
+    from training.config import TrainConfig
+
+    data = make_shape_dataset(tmp_path / "data", n=64, seed=0, size=32, shards=2)
+    run = tmp_path / "ddp"
+    cfg = TrainConfig(
+        data=[data], out=run, model="clip-tiny", steps=2, batch_size=16, workers=0, warmup=1, progress=False
+    )
+    result = train_flow(cfg, FlowOptions(train_processes=2))
+    assert result["processes"] == 2 and Path(result["checkpoint"]).exists()

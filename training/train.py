@@ -279,6 +279,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     model, preprocess_train, _, tokenizer = create_model(
         cfg.model, pretrained=cfg.pretrained, device=d.device
     )
+    # NHWC convolutions are about 25 % faster on CPU (oneDNN) for ResNet towers; only 4-D weights change.
+    model = model.to(memory_format=torch.channels_last)
     loss_fn = _make_loss(cfg, model, d)
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps
@@ -417,12 +419,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             micro, step_skipped = [], 0
             for _ in range(cfg.accum_steps):
                 batch = next(batches)
-                micro.append(
-                    (
-                        batch.images.to(d.device, non_blocking=True),
-                        batch.texts.to(d.device, non_blocking=True),
-                    )
-                )
+                images = batch.images.to(d.device, non_blocking=True, memory_format=torch.channels_last)
+                micro.append((images, batch.texts.to(d.device, non_blocking=True)))
                 step_skipped += batch.skipped
             data_wait = time.perf_counter() - t0
 

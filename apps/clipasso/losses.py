@@ -65,7 +65,9 @@ class ClipImageEncoder:
             return []
         if self.is_vit:
             depth = len(self.visual.transformer.resblocks)
-            return sorted({min(depth - 1, max(0, round(f * depth) - 1)) for f in self.config.vit_depth_fractions})
+            return sorted(
+                {min(depth - 1, max(0, round(f * depth) - 1)) for f in self.config.vit_depth_fractions}
+            )
         if hasattr(self.visual, "layer1"):
             return [i for i in self.config.resnet_stages if hasattr(self.visual, f"layer{i}")]
         return []

@@ -130,7 +130,10 @@ def render(
     if depth:
         pair_widths = widths[sketch_idx, stroke_idx][:, None]
         pair_colors = colors[sketch_idx, stroke_idx]
-        alpha = _coverage(_polyline_distance(pixels, polyline[sketch_idx, stroke_idx]), pair_widths) * pair_colors[:, 3:4]
+        alpha = (
+            _coverage(_polyline_distance(pixels, polyline[sketch_idx, stroke_idx]), pair_widths)
+            * pair_colors[:, 3:4]
+        )
         layers = (cell_of_pair, layer_of_pair)
         alpha_stack = alpha.new_zeros(cells.numel(), depth, tile * tile).index_put(layers, alpha)
         rgb_stack = alpha.new_zeros(cells.numel(), depth, 3).index_put(layers, pair_colors[:, :3])
