@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="head without weights (meanP) when no --head-checkpoint",
     )
     p.add_argument("--head-checkpoint", type=Path, help="head.pt or run folder written by `train`")
+    p.add_argument(
+        "--faiss",
+        help="faiss index type: Flat (exact), IVF1024,Flat, HNSW32 (default: Flat below "
+        "20,000 videos, else IVF)",
+    )
     _add_clip_args(p)
     _add_sampling_args(p)
 
@@ -178,7 +183,9 @@ def run_index(ns: argparse.Namespace) -> int:
             "load the same weights again. Pass --checkpoint PATH, or --pretrained TAG"
         )
     clip = _load_clip(ns)
-    options = IndexOptions(_sampling(ns, ns.head_checkpoint), ns.head, ns.head_checkpoint, ns.cache_dir)
+    options = IndexOptions(
+        _sampling(ns, ns.head_checkpoint), ns.head, ns.head_checkpoint, ns.cache_dir, faiss_type=ns.faiss
+    )
     report = build_index(ns.video_dir, ns.out, clip, options)
     for reject in report.rejected:
         print(f"skipped {reject.path}: {reject.reason}", file=sys.stderr)

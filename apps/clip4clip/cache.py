@@ -243,6 +243,12 @@ def compute_frame_features(
             if cache:
                 cache.put(results[index])
             continue
+        except Exception as err:  # noqa: BLE001 - one unforeseen decoder failure must not stop a run of thousands
+            # Not cached: it may be transient (memory, a codec bug fixed by an upgrade).
+            results[index] = Rejected(
+                str(path), sha, f"decoder failed: {type(err).__name__}: {str(err)[:120]}"
+            )
+            continue
         pending.append((index, video, sha))
         if sum(len(v.frames) for _, v, _ in pending) >= batch_size:
             flush()

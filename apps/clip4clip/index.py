@@ -69,6 +69,7 @@ class IndexOptions:
     head_checkpoint: Path | None = None
     cache_dir: Path | None = None  # default: INDEX_DIR/frame_cache
     batch_size: int = 64
+    faiss_type: str | None = None  # faiss factory string ("Flat", "IVF1024,Flat", "HNSW32"); None: by size
 
 
 @dataclass(frozen=True)
@@ -128,15 +129,23 @@ def build_faiss_index(
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     n, dim = embeddings.shape
     kind = kind or choose_faiss_type(n)
-    if kind.startswith("HNSW"):
-        index = faiss.IndexHNSWFlat(dim, int(kind[4:] or 32), faiss.METRIC_INNER_PRODUCT)
-    else:
-        index = faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        # k-means on a sample is enough to place the lists: 64 points per list, as faiss recommends.
-        nlist = faiss.extract_index_ivf(index).nlist
-        sample = np.random.default_rng(seed).choice(n, size=min(n, 64 * nlist), replace=False)
-        index.train(embeddings[sample])
+    try:
+        if kind.startswith("HNSW"):
+            index = faiss.IndexHNSWFlat(dim, int(kind[4:] or 32), faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            # k-means on a sample is enough to place the lists: 64 points per list, as faiss recommends.
+            nlist = faiss.extract_index_ivf(index).nlist
+            if n < nlist:
+                raise ValueError(f"faiss index {kind!r} has {nlist} lists but only {n} videos: use Flat")
+            sample = np.random.default_rng(seed).choice(n, size=min(n, 64 * nlist), replace=False)
+            index.train(embeddings[sample])
+    except RuntimeError as err:  # faiss reports a bad factory string as a C++ RuntimeError
+        raise ValueError(
+            f"faiss index type {kind!r} not understood ({str(err).splitlines()[0][:100]}): "
+            "use Flat, IVF<lists>,Flat or HNSW<links>"
+        ) from None
     index.add(embeddings)
     if kind.startswith("IVF"):
         ivf = faiss.extract_index_ivf(index)
@@ -267,7 +276,10 @@ def build_index(
         embeddings = np.zeros((len(rows), clip.embed_dim), np.float32)
     if not np.isfinite(embeddings).all():
         raise FloatingPointError("a video embedding is not finite: the head or checkpoint is damaged")
-    faiss_type = "none (cross-encoder)" if head.cross_encoder else choose_faiss_type(len(rows))
+    if head.cross_encoder:
+        faiss_type = "none (cross-encoder)"
+    else:
+        faiss_type = options.faiss_type or choose_faiss_type(len(rows))
 
     _write(out, "videos.parquet", lambda p: pq.write_table(table, p))
     _write_npy(out, "frames.npy", frames.astype(np.float32))
