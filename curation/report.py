@@ -53,7 +53,8 @@ def _tile(row: dict, font: ImageFont.ImageFont, label_color: str) -> Image.Image
     try:
         with Image.open(io.BytesIO(row["jpg"])) as im:
             picture = im.convert("RGB")
-            picture.thumbnail((TILE, TILE))
+            scale = TILE / max(picture.size)  # small training-size pictures are shown enlarged
+            picture = picture.resize((round(picture.width * scale), round(picture.height * scale)))
             tile.paste(picture, ((TILE - picture.width) // 2, (TILE - picture.height) // 2))
     except Exception:  # noqa: BLE001 - an unreadable picture still gets its tile and label
         pass

@@ -280,6 +280,9 @@ def load_flow_params(
         if stage not in configs:
             configs[stage] = _build_stage(stage, values[stage], source)
     options = configs.pop("runner")
+    if "build" in configs and not configs["build"].source:
+        # checked here so the run stops before a Prefect API is started, not inside the flow
+        raise ConfigError(f"{source} [build]: no source; give source=wit:PATH.tsv[.gz] or source=crawl:URL")
     return FlowParams(flow=flow, configs=configs, options=options, source=source)
 
 

@@ -370,3 +370,27 @@ def test_crawl_source_end_to_end(tmp_path):
     assert figures["clean_kept_pct"] >= 98.0, figures["misses"]
     sources = set(shards.read_table(cfg.out, columns=["source"])["source"].to_pylist())
     assert sources == {f"crawl:{web.base_url}/"}
+
+
+def test_toml_config_gives_the_same_settings_as_flags(tmp_path):
+    from curation.settings import ConfigError, load_config
+
+    toml = tmp_path / "build.toml"
+    toml.write_text(
+        'out = "data/web"\nsource = ["wit:a.tsv", "crawl:http://127.0.0.1:8765/"]\n'
+        'languages = ["en", "de"]\nmin_side = 48\nclip_top_fraction = 0.7\n'
+    )
+    cfg = load_config(BuildConfig, toml, ["chunk_size=100"])
+    assert cfg == BuildConfig(
+        out=Path("data/web"),
+        source=["wit:a.tsv", "crawl:http://127.0.0.1:8765/"],
+        languages=["en", "de"],
+        min_side=48,
+        clip_top_fraction=0.7,
+        chunk_size=100,
+    )
+    toml.write_text('out = "x"\nmin_sides = 3\n')
+    with pytest.raises(ConfigError, match="unknown setting.*min_sides"):
+        load_config(BuildConfig, toml)
+    failed = cli(["build", "--config", str(toml)])
+    assert failed.returncode == 1 and "min_sides" in failed.stderr.strip().splitlines()[-1]

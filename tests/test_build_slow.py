@@ -9,8 +9,8 @@ import pytest
 
 from curation.build import build_dataset
 from curation.config import BuildConfig
-from tests.test_build_truth import score
 from tests.test_build import FAST, all_keys, cli
+from tests.test_build_truth import score
 from tests.web import serve_testweb
 
 pytestmark = pytest.mark.slow

@@ -176,3 +176,27 @@ def test_train_flow_under_torchrun(tmp_path):
     )
     result = train_flow(cfg, FlowOptions(train_processes=2))
     assert result["processes"] == 2 and Path(result["checkpoint"]).exists()
+
+
+@pytest.mark.slow  # the whole chain at toy sizes: ~3 min on 2 cores
+def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
+    from pipelines.demo import DEMO_PARAMS, run_demo
+
+    overrides = [
+        "train.steps=3",
+        "train.batch_size=8",
+        "train.workers=0",
+        "train.warmup=1",
+        "chain.heldout_per_class=1",
+        "chain.clipasso_iterations=2",
+        "chain.clip4clip_train_videos=8",
+        "chain.clip4clip_epochs=1",
+        "build.chunk_size=60",
+    ]
+    report = run_demo(tmp_path / "demo", pages=4, seed=0, params_file=DEMO_PARAMS, overrides=overrides)
+    text = report.read_text()
+    for heading in ("Round 1", "Training", "Evaluation", "Round 2", "apps.clipasso", "apps.clip4clip"):
+        assert f". {heading}" in text, heading
+    assert "skipped" not in text
+    assert (tmp_path / "demo" / "apps" / "clipasso" / "red_star.svg").exists()
+    assert (tmp_path / "demo" / "apps" / "clip4clip" / "search.html").exists()

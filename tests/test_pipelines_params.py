@@ -15,6 +15,7 @@ from curation.config import BuildConfig
 from curation.settings import ConfigError
 from pipelines.__main__ import main
 from pipelines.params import FlowOptions, load_deployments, load_flow_params
+from pipelines.runtime import PrefectApiError, check_prefect_api
 from training.config import EvalConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,8 +151,13 @@ def test_unreachable_prefect_server_fails_fast(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "is unreachable" in proc.stderr and "prefect server start" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert seconds < 20, f"took {seconds:.1f} s"
+    assert seconds < 60, f"took {seconds:.1f} s"  # interpreter start-up included (slow on busy cores)
     assert not (tmp_path / "x").exists()
+    # The check itself answers at once (Prefect's own client would retry for minutes).
+    started = time.perf_counter()
+    with pytest.raises(PrefectApiError, match="unreachable"):
+        check_prefect_api(env["PREFECT_API_URL"])
+    assert time.perf_counter() - started < 5
 
 
 def test_help_of_every_command():

@@ -59,13 +59,13 @@ def resolution_figure(views: dict[str, tuple], cell: int = 192) -> Image.Image:
     pad, title = 8, 34
     sheet = Image.new("RGB", (pad + 2 * (cell + pad), len(views) * (cell + title) + pad), "white")
     draw = ImageDraw.Draw(sheet)
-    for r, (name, (full, model_input, seconds)) in enumerate(views.items()):
+    for r, (name, (full, model_input, _)) in enumerate(views.items()):
         y = r * (cell + title)
         ink = float((1 - model_input.mean(0)).max())
         draw.text((pad, y + 4), f"{name}", fill="black")
         draw.text(
             (pad, y + 18),
-            f"darkest model pixel {ink:.2f} | fwd+bwd {seconds * 1e3:.0f} ms",
+            f"darkest pixel the model sees: {ink:.2f} (1 = black)",
             fill=(90, 90, 90),
         )
         sheet.paste(_u8(full, cell), (pad, y + title))
