@@ -11,6 +11,7 @@ rasterizer evaluates every stroke at every pixel. Both run in the same process o
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -118,7 +119,8 @@ def markdown(rows: list[dict], sketch: dict | None, threads: int, command: str) 
         f"Command: `{command}`",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads (asked {threads}), "
         f"torch {torch.__version__}"
-        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+        + f", load average {os.getloadavg()[0]:.1f} at the end",
         "",
         "Forward + backward of one 224 px canvas, strokes of width 1.5 (median of repeats). Baseline: `render_dense`,",
         "the same coverage maths evaluated for every stroke at every pixel, in the same run on the same strokes.",
@@ -146,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of the tiled rasterizer")
     parser.add_argument("--dense-repeats", type=int, default=1, help="timed repeats of the slow reference")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default: 1, see docs/bench_rasterizer.md)",
+    )
     parser.add_argument("--sketch", action="store_true", help="also time a whole 16-stroke sketch")
     parser.add_argument(
         "--checkpoint", help="model for --sketch (default: the demo's, else clip-small random)"

@@ -148,6 +148,7 @@ def _not_a_clip(path: Path) -> Path:
         ("strokes-absurd", "--strokes 1000000"),
         ("width-neg", "--width -1.0"),
         ("iterations0", "--iterations 0"),
+        ("threads0", "--threads 0"),
         ("unwritable", "not writable"),
         ("no-checkpoint", "no such checkpoint"),
         ("not-a-clip", "not a CLIP checkpoint"),
@@ -186,6 +187,7 @@ def test_hostile_inputs_give_one_line_and_leave_nothing(case, message, tmp_path,
             "strokes-absurd": ("--strokes", "1000000"),
             "width-neg": ("--width", "-1"),
             "iterations0": ("--iterations", "0"),
+            "threads0": ("--threads", "0"),
         }[case]
         extra = [flag, value]
     before = sorted(p.name for p in tmp_path.iterdir())

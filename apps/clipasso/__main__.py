@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from apps.clip import ClipLoadError
 from apps.clipasso.optimize import SketchConfig, SketchConfigError
 from apps.clipasso.output import OutputError
@@ -24,6 +26,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", help="open_clip model name, e.g. ViT-B-32 (with --pretrained)")
     group.add_argument("--pretrained", help="open_clip pretrained tag or weights file, e.g. openai")
     group.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch (default: 1; the models are small, and on a busy machine a second "
+        "thread made each step 10x slower)",
+    )
+
+
+def set_threads(threads: int) -> None:
+    """Apply --threads; raises SketchConfigError for values that make no sense."""
+    if not 1 <= threads <= 256:
+        raise SketchConfigError(f"--threads {threads}: must be between 1 and 256")
+    torch.set_num_threads(threads)
 
 
 def add_sketch_arguments(parser: argparse.ArgumentParser, defaults: SketchConfig) -> None:
@@ -119,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, device=args.device
     )
     try:
+        set_threads(args.threads)
         files = sketch_file(args.image, args.out, config_from_args(args), model)
     except USER_ERRORS as exc:
         print(f"clipasso: error: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.clipasso.__main__ import USER_ERRORS, add_model_arguments
+from apps.clipasso.__main__ import USER_ERRORS, add_model_arguments, set_threads
 from apps.clipasso.optimize import SketchConfigError
 from apps.clipasso.output import check_writable, sketch_files, write_files
 from apps.clipasso.render import get_rasterizer
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, device=args.device
     )
     try:
+        set_threads(args.threads)
         files = draw_to_files(args.prompt, args.out, config, model)
     except USER_ERRORS as exc:
         print(f"clipdraw: error: {exc}", file=sys.stderr)
