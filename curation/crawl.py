@@ -45,22 +45,13 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from curation.netguard import UrlRefused, check_url_async, split_url
+from curation.schema import WIT_TEXT_COLUMNS
 from curation.settings import ConfigError, add_arguments, from_namespace
 from curation.shards import write_parquet_atomic
 
 USER_AGENT = "clip-workbench-crawler/0.1 (research image-text crawler; honours robots.txt)"
 ROBOTS_AGENT = "clip-workbench-crawler"
-CANDIDATE_COLUMNS = [
-    "url",
-    "page_url",
-    "page_title",
-    "section_title",
-    "caption_reference_description",
-    "caption_alt_text_description",
-    "caption_attribution_description",
-    "context_page_description",
-    "language",
-]
+CANDIDATE_COLUMNS = ["url", *WIT_TEXT_COLUMNS]
 REJECT_COLUMNS = ["url", "page_url", "reject_stage", "reject_reason"]
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 JOURNAL_VERSION = 1

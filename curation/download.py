@@ -39,17 +39,12 @@ from img2dataset.resizer import Resizer  # noqa: E402
 from img2dataset.writer import ParquetSampleWriter  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from curation.schema import WIT_TEXT_COLUMNS  # noqa: E402
+
 # Columns carried from the candidate list through img2dataset into its output.
 CARRIED_COLUMNS = (
     "key_candidate",
-    "page_url",
-    "page_title",
-    "section_title",
-    "caption_reference_description",
-    "caption_alt_text_description",
-    "caption_attribution_description",
-    "context_page_description",
-    "language",
+    *WIT_TEXT_COLUMNS,
     "text_source",
     "source",
     "caption_language",

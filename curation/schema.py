@@ -51,6 +51,29 @@ CURATION_FIELDS = [
     pa.field("source", pa.string()),
 ]
 
+# The 17 columns of the public WIT release, in its order (a WIT TSV's header).
+WIT_COLUMNS = (
+    "language",
+    "page_url",
+    "image_url",
+    "page_title",
+    "section_title",
+    "hierarchical_section_title",
+    "caption_reference_description",
+    "caption_attribution_description",
+    "caption_alt_text_description",
+    "mime_type",
+    "original_height",
+    "original_width",
+    "is_main_image",
+    "attribution_passes_lang_id",
+    "page_changed_recently",
+    "context_page_description",
+    "context_section_description",
+)
+# The WIT text columns that ride along into every record.
+WIT_TEXT_COLUMNS = tuple(f.name for f in WIT_TEXT_FIELDS)
+
 REJECT_FIELDS = [
     pa.field("reject_stage", pa.string()),
     pa.field("reject_reason", pa.string()),

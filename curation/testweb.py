@@ -55,28 +55,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from curation.schema import WIT_COLUMNS
 from curation.shapes import CLASSES, COLORS, SHAPES, caption_for, render_shape_image, split_class
 
 # The 17 columns of the public WIT release, in its order.
-WIT_COLUMNS = [
-    "language",
-    "page_url",
-    "image_url",
-    "page_title",
-    "section_title",
-    "hierarchical_section_title",
-    "caption_reference_description",
-    "caption_attribution_description",
-    "caption_alt_text_description",
-    "mime_type",
-    "original_height",
-    "original_width",
-    "is_main_image",
-    "attribution_passes_lang_id",
-    "page_changed_recently",
-    "context_page_description",
-    "context_section_description",
-]
 
 # What a correct pipeline does with each kind of junk: the stage that drops it and why.
 # None: hostile but valid, the pair must be kept (and the run must not stall on it).

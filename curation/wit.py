@@ -16,36 +16,10 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-WIT_COLUMNS = (
-    "language",
-    "page_url",
-    "image_url",
-    "page_title",
-    "section_title",
-    "hierarchical_section_title",
-    "caption_reference_description",
-    "caption_attribution_description",
-    "caption_alt_text_description",
-    "mime_type",
-    "original_height",
-    "original_width",
-    "is_main_image",
-    "attribution_passes_lang_id",
-    "page_changed_recently",
-    "context_page_description",
-    "context_section_description",
-)
+from curation.schema import WIT_COLUMNS, WIT_TEXT_COLUMNS
+
 # The WIT text columns that ride along into the record schema.
-KEPT_COLUMNS = (
-    "page_url",
-    "page_title",
-    "section_title",
-    "caption_reference_description",
-    "caption_alt_text_description",
-    "caption_attribution_description",
-    "context_page_description",
-    "language",
-)
+KEPT_COLUMNS = WIT_TEXT_COLUMNS
 READ_STAGE = "read"
 MAX_LINE_BYTES = 1 << 20  # real WIT rows are a few KB; 1 MB leaves room for long context paragraphs
 MAX_URL_CHARS = 2048

@@ -312,7 +312,7 @@ def test_wit_tsv_has_17_columns_and_resolving_urls(web, fetched, tmp_path):
     path = web.write_wit(tmp_path / "site.tsv")
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh, delimiter="\t"))
-    assert rows[0] == WIT_COLUMNS and len(WIT_COLUMNS) == 17
+    assert rows[0] == list(WIT_COLUMNS) and len(WIT_COLUMNS) == 17
     assert all(len(row) == 17 for row in rows)
     records = [dict(zip(rows[0], row)) for row in rows[1:]]
     in_wit = {u for u, t in web.truth["images"].items() if t["in_wit"]}
