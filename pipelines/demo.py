@@ -69,32 +69,19 @@ def start_web(out: Path, pages: int, seed: int) -> tuple[Any, Path, Path, dict]:
 
 
 def curation_quality(dataset: Path, truth_path: Path) -> dict | None:
-    """Against the truth file: junk that curation must reject, mismatched captions, clean pairs kept."""
-    from curation.shards import read_table
+    """Against the truth file: junk rejected for the right reason, mismatched captions, clean pairs kept.
+
+    Duplicates are scored per group (curation/truth.py): dedup may keep any one member of a group.
+    """
+    from curation.truth import score
 
     try:
-        truth = json.loads(truth_path.read_text())
-        kept_urls = set(read_table(dataset, columns=["url"])["url"].to_pylist())
+        figures = score(dataset, json.loads(truth_path.read_text()))
     except Exception as exc:  # noqa: BLE001 - the report says why the figure is missing
         return {"error": f"{type(exc).__name__}: {exc}"}
-    images = {u: m for u, m in truth.get("images", {}).items() if m.get("in_wit", True)}
-    expected = {u: (m.get("expected_reject") or {}).get("stage") for u, m in images.items()}
-    # Only a CLIP score can see that a caption describes another picture: counted apart.
-    junk = [u for u, stage in expected.items() if stage and stage != "clip_score"]
-    mismatched = [u for u, stage in expected.items() if stage == "clip_score"]
-    clean = [u for u, stage in expected.items() if not stage]
-
-    def pct(urls: list[str], kept: bool) -> float:
-        return 100.0 * sum((u in kept_urls) == kept for u in urls) / max(1, len(urls))
-
-    return {
-        "junk": len(junk),
-        "junk_rejected_pct": pct(junk, kept=False),
-        "mismatched": len(mismatched),
-        "mismatched_rejected_pct": pct(mismatched, kept=False),
-        "clean": len(clean),
-        "clean_kept_pct": pct(clean, kept=True),
-    }
+    figures["mismatched_rejected_pct"] = 100.0 * figures["mismatched_caught"] / max(1, figures["mismatched"])
+    figures.pop("misses")
+    return figures
 
 
 def _rel(path: Any, base: Path) -> str:

@@ -29,8 +29,8 @@ from curation.build import build_dataset, collect_candidates
 from curation.clipscore import as_embedder
 from curation.config import BuildConfig
 from curation.shapes import render_shape_image
+from curation.truth import score
 from curation.wit import WIT_COLUMNS
-from tests.test_build_truth import score
 from tests.web import serve_testweb
 from training.model import load_pretrained
 
