@@ -398,7 +398,9 @@ def read_table(
     """All rows of the trusted shards as one table (for small datasets and tests)."""
     batches = list(iter_batches(source, columns, kind=kind, verify=verify))
     if batches:
-        return pa.Table.from_batches(batches)
+        # Shards may carry different extra columns (rejects of different stages): unify, nulls where absent.
+        tables = [pa.Table.from_batches([b]) for b in batches]
+        return pa.concat_tables(tables, promote_options="permissive")
     schema = REJECT_SCHEMA if kind == REJECTS else RECORD_SCHEMA
     if columns:
         schema = pa.schema([schema.field(c) for c in columns if c in schema.names])

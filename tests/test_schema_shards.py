@@ -79,6 +79,17 @@ def test_rejects_carry_stage_and_reason(tmp_path):
     assert shards.load_manifest(tmp_path).rejects["r0.parquet"].rows == 3
 
 
+def test_shards_with_different_extra_columns_read_as_one_table(tmp_path):
+    first = pairs(2).append_column("reject_stage", pa.array(["download"] * 2))
+    second = pairs(3, start=2).append_column("colour_signature", pa.array(["ff0000"] * 3))
+    shards.write_shard(tmp_path, "a", first, kind="rejects")
+    shards.write_shard(tmp_path, "b", second, kind="rejects")
+    both = shards.read_table(tmp_path, kind="rejects")
+    assert both.num_rows == 5
+    assert both.column("colour_signature").to_pylist() == [None, None, "ff0000", "ff0000", "ff0000"]
+    assert both.column("reject_stage").to_pylist()[:2] == ["download", "download"]
+
+
 def test_validator_names_file_column_and_expectation(tmp_path):
     no_jpg = pairs(2).drop_columns(["jpg"])
     path = tmp_path / "bad.parquet"
