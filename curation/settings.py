@@ -56,14 +56,13 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
         ):
             if type(None) in args:
                 return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return coerce(value, arg, name)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                pass  # try the next member of the union; the message below names them all
         raise ConfigError(f"setting `{name}`: {value!r} is not {_describe(tp)}")
     if origin is Literal:
         choices = get_args(tp)

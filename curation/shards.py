@@ -78,8 +78,7 @@ class Manifest:
         return sum(e.rows for e in self.shards.values())
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        return data
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict, source: str) -> Manifest:
