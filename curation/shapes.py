@@ -59,6 +59,7 @@ _BACKGROUND_TINTS: list[tuple[int, int, int]] = [
     (225, 238, 225),
 ]
 _SUPERSAMPLE = 3  # draw large and downsample: anti-aliased edges like a real picture
+STYLES: tuple[str, ...] = ("filled", "outline")
 
 
 def split_class(cls: str) -> tuple[str, str]:
@@ -138,15 +139,57 @@ def _shape_outline(shape: str, radius: float, rotation: float) -> list[tuple[flo
     return [(x * cos_a - y * sin_a, x * sin_a + y * cos_a) for x, y in base]
 
 
-def render_shape_image(cls: str, rng: np.random.Generator, size: int = 128) -> Image.Image:
+def _draw_pen_outline(
+    draw: ImageDraw.ImageDraw,
+    canvas: Image.Image,
+    outline: list[tuple[float, float]] | None,
+    centre: tuple[float, float],
+    radius: float,
+    pen: tuple[int, int, int],
+    rng: np.random.Generator,
+) -> None:
+    """The shape's outline as a hand-drawn pen line on near-white paper (replaces the background)."""
+    big = canvas.size[0]
+    paper = tuple(int(v) for v in rng.uniform(238, 255, size=3))
+    draw.rectangle((0, 0, big, big), fill=paper)
+    if outline is None:  # the circle, as a closed polygon
+        outline = [
+            (radius * math.cos(2 * math.pi * k / 64), radius * math.sin(2 * math.pi * k / 64))
+            for k in range(64)
+        ]
+    # Densify the closed outline, then add a smooth wobble along it so no two drawings match.
+    corners = np.asarray(outline + outline[:1], dtype=np.float64)
+    lengths = np.hypot(*np.diff(corners, axis=0).T)
+    t = np.concatenate([[0.0], np.cumsum(lengths)])
+    samples = np.linspace(0.0, t[-1], 160)
+    path = np.stack([np.interp(samples, t, corners[:, 0]), np.interp(samples, t, corners[:, 1])], 1)
+    # A few low harmonics along the path (2, 4 and 6 waves per lap), each half the previous one.
+    angle = 2 * np.pi * samples / t[-1]
+    phase = rng.uniform(0, 2 * math.pi, size=(2, 3))
+    wobble = sum(
+        np.stack([np.sin(2 * k * angle + phase[0, k - 1]), np.cos(2 * k * angle + phase[1, k - 1])], 1) / k
+        for k in range(1, 4)
+    )
+    path = path + wobble * radius * rng.uniform(0.0, 0.04) + np.asarray(centre)
+    width = max(1, int(big * rng.uniform(0.025, 0.05)))
+    draw.line([tuple(p) for p in path], fill=pen, width=width, joint="curve")
+
+
+def render_shape_image(
+    cls: str, rng: np.random.Generator, size: int = 128, style: str = "filled"
+) -> Image.Image:
     """Draw one picture of class `cls` ("red circle"): random light background, position, size, rotation.
 
     Colour and background are jittered and light noise is added, so no two pictures are identical
-    and a model has to learn colour and shape rather than exact pixels.
+    and a model has to learn colour and shape rather than exact pixels. `style="outline"` draws the
+    shape as a wobbly pen line in its colour on near-white paper, like a hand-drawn sketch (the web has
+    line drawings too; a CLIP that never saw one cannot recognise a sketch).
     """
     color, shape = split_class(cls)
     if size < 8:
         raise ValueError(f"image size {size} is too small to draw a shape: use size >= 8")
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}: expected one of {STYLES}")
     big = size * _SUPERSAMPLE
 
     tint = np.array(_BACKGROUND_TINTS[rng.integers(len(_BACKGROUND_TINTS))], dtype=np.float32)
@@ -170,7 +213,9 @@ def render_shape_image(cls: str, rng: np.random.Generator, size: int = 128) -> I
 
     draw = ImageDraw.Draw(canvas)
     outline = _shape_outline(shape, radius, rotation)
-    if outline is None:
+    if style == "outline":
+        _draw_pen_outline(draw, canvas, outline, (cx, cy), radius, fill_rgb, rng)
+    elif outline is None:
         box = (cx - radius, cy - radius, cx + radius, cy + radius)
         draw.ellipse(box, fill=fill_rgb, outline=outline_rgb if line_width else None, width=line_width)
     else:

@@ -46,6 +46,7 @@ import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -208,6 +209,7 @@ class SiteOptions:
     hostile: bool = False
     corpus: Path | None = None
     corpus_limit: int = 400
+    line_drawing_fraction: float = 0.2  # pictures drawn as a pen outline instead of a filled shape
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,7 @@ class ImageEntry:
     duplicate_of: str | None = None
     dup_group: int | None = None
     in_figure: bool = True
+    style: str = "filled"  # or "outline": a pen line drawing (curation.shapes.STYLES)
     is_main_image: bool = False
     in_wit: bool = True
     section_title: str = ""
@@ -308,6 +311,7 @@ class Site:
         for entry in self.images:
             images[base + entry.path] = {
                 "class": entry.cls,
+                "style": entry.style,
                 "caption_class": entry.caption_class,
                 "page_url": base + entry.page_path,
                 "caption_reference_description": entry.reference,
@@ -432,6 +436,11 @@ def _encode(image: Image.Image, fmt: str, quality: int = 90) -> bytes:
     else:
         image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def _style(path: str, line_drawing_fraction: float) -> str:
+    """Filled shape or pen outline, decided by the picture's path (so the site's other draws do not move)."""
+    return "outline" if zlib.crc32(path.encode()) % 1000 < line_drawing_fraction * 1000 else "filled"
 
 
 def _banner(cls: str, rng: np.random.Generator, short_side: int) -> Image.Image:
@@ -574,7 +583,8 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
         elif kind == "extreme_aspect":
             picture = _banner(cls, rng, int(rng.integers(40, 64)))
         else:
-            picture = render_shape_image(cls, rng, size)
+            entry.style = _style(entry.path, options.line_drawing_fraction)
+            picture = render_shape_image(cls, rng, size, entry.style)
         body = _encode(picture, fmt, int(rng.integers(80, 96)))
         entry.width, entry.height = picture.size
         headers: list[tuple[str, str]] = []
@@ -1120,6 +1130,12 @@ def _parser() -> argparse.ArgumentParser:
         "--junk-fraction", type=float, default=0.22, help="share of junk pictures (default: 0.22)"
     )
     parser.add_argument(
+        "--line-drawing-fraction",
+        type=float,
+        default=0.2,
+        help="share of pictures drawn as a pen outline rather than a filled shape (default: 0.2)",
+    )
+    parser.add_argument(
         "--slow-delay", type=float, default=3.0, help="seconds the slow response waits (default: 3)"
     )
     parser.add_argument(
@@ -1143,9 +1159,16 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.junk_fraction <= 0.9:
         print(f"error: --junk-fraction {args.junk_fraction} must be between 0 and 0.9", file=sys.stderr)
         return 2
+    if not 0.0 <= args.line_drawing_fraction <= 1.0:
+        print(
+            f"error: --line-drawing-fraction {args.line_drawing_fraction} must be between 0 and 1",
+            file=sys.stderr,
+        )
+        return 2
     options = SiteOptions(
         image_size=args.image_size,
         junk_fraction=args.junk_fraction,
+        line_drawing_fraction=args.line_drawing_fraction,
         slow_delay_s=args.slow_delay,
         latency_s=args.latency,
         hostile=args.hostile,

@@ -61,6 +61,7 @@ def start_web(out: Path, pages: int, seed: int) -> tuple[Any, Path, Path, dict]:
         "pages": pages,
         "images": len(site.images),
         "junk": sum(1 for i in site.images if i.junk),
+        "line_drawings": sum(1 for i in site.images if i.style == "outline"),
         "wit_rows": rows,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -134,7 +135,8 @@ def write_report(out: Path, web: dict, result: dict, truth: Path, seconds: float
         "",
         "## 1. The loopback web",
         "",
-        f"{web['pages']} generated pages at {web['url']} with {web['images']} pictures of coloured shapes, "
+        f"{web['pages']} generated pages at {web['url']} with {web['images']} pictures of coloured shapes "
+        f"({web.get('line_drawings', 0)} drawn as pen outlines, so the model learns line drawings too), "
         f"{web['junk']} of them injected junk (broken bytes, 404/500, redirect loops, tiny images, "
         "duplicates, file-name captions, other languages, noai headers...). WIT TSV: `web/site.tsv`, "
         "truth: `web/truth.json`.",

@@ -17,7 +17,7 @@ from PIL import Image
 
 from apps.clipasso.__main__ import main
 from apps.clipasso.augment import AugmentConfig, apply_views, sample_views
-from apps.clipasso.losses import ClipImageEncoder, LossConfig
+from apps.clipasso.losses import ClipImageEncoder, LossConfig, resnet_stages_for
 from apps.clipasso.optimize import SketchConfig, fit_pixels, sketch_picture
 from apps.clipasso.picture import PictureError, load_picture
 from apps.clipasso.render import BackendUnavailable, black_strokes, get_rasterizer, render
@@ -149,6 +149,8 @@ def _not_a_clip(path: Path) -> Path:
         ("width-neg", "--width -1.0"),
         ("iterations0", "--iterations 0"),
         ("threads0", "--threads 0"),
+        ("semantic-neg", "--semantic-weight -1.0"),
+        ("geometric-nan", "--geometric-weight nan"),
         ("unwritable", "not writable"),
         ("no-checkpoint", "no such checkpoint"),
         ("not-a-clip", "not a CLIP checkpoint"),
@@ -188,6 +190,8 @@ def test_hostile_inputs_give_one_line_and_leave_nothing(case, message, tmp_path,
             "width-neg": ("--width", "-1"),
             "iterations0": ("--iterations", "0"),
             "threads0": ("--threads", "0"),
+            "semantic-neg": ("--semantic-weight", "-1"),
+            "geometric-nan": ("--geometric-weight", "nan"),
         }[case]
         extra = [flag, value]
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -226,6 +230,18 @@ def test_encoder_catches_intermediate_activations_with_gradients(name, kind, cou
     (embedding.sum() + sum(a.square().mean() for a in activations)).backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in loaded.model.parameters()), "the CLIP stays frozen"
+
+
+def test_resnet_geometric_stages_follow_the_grid_size():
+    """The paper's layer2 + layer3 at 224 px; a 64 px model's layer3 is 4 x 4, so it uses layer1 + layer2."""
+    assert resnet_stages_for(224) == (2, 3) and resnet_stages_for(288) == (2, 3)
+    assert resnet_stages_for(64) == (1, 2) and resnet_stages_for(48) == (0, 1)
+    encoder = ClipImageEncoder(load_pretrained("clip-small", None), LossConfig())
+    assert encoder.description == "resnet stages [1, 2]"
+    _, activations = encoder(torch.rand(1, 3, 64, 64))
+    assert [a.shape[-1] for a in activations] == [16, 8]
+    stem = ClipImageEncoder(load_pretrained("clip-small", None), LossConfig(resnet_stages=(0, 1)))
+    assert [a.shape[-1] for a in stem(torch.rand(1, 3, 64, 64))[1]] == [16, 16]
 
 
 def test_command_end_to_end_with_a_saved_checkpoint(tiny_checkpoint, picture_file, tmp_path):

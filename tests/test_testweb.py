@@ -64,18 +64,42 @@ def _shape_mask(image: Image.Image) -> np.ndarray:
     return np.linalg.norm(pixels - np.median(border, axis=0), axis=2) > 60
 
 
+def _drawn_colour(image: Image.Image) -> str:
+    """The class colour nearest to the ink: the pixels at least 70 % as far from the background as the
+    farthest one (a thin outline's anti-aliased edge, blended with the paper, is left out)."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    distance = np.linalg.norm(pixels - np.median(border, axis=0), axis=2)
+    mean = pixels[distance >= 0.7 * distance.max()].mean(axis=0)
+    return min(shapes.COLOR_RGB, key=lambda c: np.linalg.norm(mean - np.array(shapes.COLOR_RGB[c])))
+
+
+@pytest.mark.parametrize("style", shapes.STYLES)
 @pytest.mark.parametrize("cls", shapes.CLASSES)
-def test_drawn_colour_is_the_class_colour(cls):
-    """The shape's mean colour is nearest to its own colour among the six, on several random draws."""
-    rng = np.random.default_rng(hash(cls) % 1000)
+def test_drawn_colour_is_the_class_colour(cls, style):
+    """The ink is nearest to its own colour among the six, on several random draws, in both styles."""
+    rng = np.random.default_rng(shapes.CLASSES.index(cls))  # not hash(): it changes every process
     color, _ = shapes.split_class(cls)
     for _ in range(3):
-        image = shapes.render_shape_image(cls, rng, 64)
+        image = shapes.render_shape_image(cls, rng, 64, style)
         mask = _shape_mask(image)
-        assert mask.mean() > 0.05, f"{cls}: shape covers only {mask.mean():.1%} of the picture"
-        mean = np.asarray(image, dtype=np.float32)[mask].mean(axis=0)
-        nearest = min(shapes.COLOR_RGB, key=lambda c: np.linalg.norm(mean - np.array(shapes.COLOR_RGB[c])))
-        assert nearest == color
+        assert mask.mean() > 0.02, f"{cls}: the shape covers only {mask.mean():.1%} of the picture"
+        assert _drawn_colour(image) == color
+
+
+def test_outline_style_is_a_line_on_paper():
+    """A line drawing: near-white paper, ink on a thin band only, and far less ink than the filled shape."""
+    ink = {}
+    for style in shapes.STYLES:
+        rng = np.random.default_rng(3)
+        images = [shapes.render_shape_image("blue square", rng, 64, style) for _ in range(6)]
+        ink[style] = np.mean([_shape_mask(image).mean() for image in images])
+        if style == "outline":
+            corners = np.concatenate([np.asarray(im)[:4, :4].reshape(-1, 3) for im in images])
+            assert corners.mean() > 225, "outline pictures are drawn on near-white paper"
+    assert ink["outline"] < 0.5 * ink["filled"], ink
+    with pytest.raises(ValueError, match="unknown style"):
+        shapes.render_shape_image("blue square", np.random.default_rng(0), 64, "dotted")
 
 
 def test_shapes_differ_in_outline():
@@ -203,12 +227,7 @@ def test_served_images_match_truth(web, fetched):
         if "slow_response" in kinds:
             assert seconds >= SLOW_DELAY * 0.9
         if truth["class"] and not kinds:
-            mask = _shape_mask(image.convert("RGB"))
-            mean = np.asarray(image.convert("RGB"), dtype=np.float32)[mask].mean(axis=0)
-            nearest = min(
-                shapes.COLOR_RGB, key=lambda c: np.linalg.norm(mean - np.array(shapes.COLOR_RGB[c]))
-            )
-            assert nearest == truth["class"].split()[0], url
+            assert _drawn_colour(image) == truth["class"].split()[0], url
 
 
 def test_expected_rejects_and_captions(web):

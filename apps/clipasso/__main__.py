@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from apps.clip import ClipLoadError
+from apps.clipasso.losses import LossConfig
 from apps.clipasso.optimize import SketchConfig, SketchConfigError
 from apps.clipasso.output import OutputError
 from apps.clipasso.picture import PictureError
@@ -105,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("image", type=Path, help="picture to sketch (PNG, JPEG, WebP, ...)")
     add_sketch_arguments(parser, SketchConfig())
     parser.add_argument(
+        "--geometric-weight",
+        type=float,
+        default=LossConfig.geometric_weight,
+        help="weight of the L2 between intermediate CLIP activations (default: %(default)s, the paper's)",
+    )
+    parser.add_argument(
+        "--semantic-weight",
+        type=float,
+        help="weight of 1 - cosine of the CLIP embeddings (default: the paper's 0.1 for models of 224 px "
+        "and more, 1.0 for smaller inputs such as the demo model; see docs/clipasso.md)",
+    )
+    parser.add_argument(
         "--mask",
         choices=("auto", "alpha", "none"),
         default="auto",
@@ -126,6 +139,7 @@ def config_from_args(args: argparse.Namespace) -> SketchConfig:
         lr=args.lr,
         backend=args.backend,
         mask=args.mask,
+        loss=LossConfig(geometric_weight=args.geometric_weight, semantic_weight=args.semantic_weight),
     )
 
 

@@ -74,8 +74,8 @@ def plain_loss(
         target = to_model_input(picture.rgb[None], encoder.image_size)
         sketch_f = encoder(apply_views(to_model_input(canvas, encoder.image_size), grids).flatten(0, 1))
         target_f = encoder(apply_views(target, grids).flatten(0, 1))
-        g, s = sketch_losses(sketch_f, target_f, grids.shape[0], config.loss)
-        return float(total_loss(g, s, config.loss).mean())
+        g, s = sketch_losses(sketch_f, target_f, grids.shape[0], encoder.config)
+        return float(total_loss(g, s, encoder.config).mean())
 
 
 def random_points(count: int, size: int, seed: int) -> torch.Tensor:

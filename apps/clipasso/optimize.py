@@ -70,6 +70,16 @@ class SketchConfig:
         for name, value, low, high in checks:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
                 raise SketchConfigError(f"{name} {value}: must be between {low} and {high}")
+        weights = [("--geometric-weight", self.loss.geometric_weight)]
+        if self.loss.semantic_weight is not None:
+            weights.append(("--semantic-weight", self.loss.semantic_weight))
+        for name, value in weights:
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1000):
+                raise SketchConfigError(f"{name} {value}: must be between 0 and 1000")
+        if self.loss.geometric_weight == 0 and self.loss.semantic_weight == 0:
+            raise SketchConfigError(
+                "--geometric-weight and --semantic-weight are both 0: nothing to optimise"
+            )
         if self.mask not in ("auto", "alpha", "none"):
             raise SketchConfigError(f"--mask {self.mask!r}: choose auto, alpha or none")
 
@@ -98,6 +108,7 @@ class SketchResult:
     seconds: float
     encoder: str
     stroke_width: float
+    loss: LossConfig  # the weights and layers used, resolved for the model (no None)
 
 
 def optimisation_canvas(size: int, model_size: int) -> int:
@@ -171,8 +182,8 @@ def sketch_picture(
             target_features = encoder(apply_views(target, grids).flatten(0, 1))
         canvas = rasterize(points * scale, widths * scale, colors, render_size, config.raster)
         sketch_features = encoder(apply_views(to_model_input(canvas, model_size), grids).flatten(0, 1))
-        geometric, semantic = sketch_losses(sketch_features, target_features, views, config.loss)
-        loss = total_loss(geometric, semantic, config.loss)  # (seeds, views)
+        geometric, semantic = sketch_losses(sketch_features, target_features, views, encoder.config)
+        loss = total_loss(geometric, semantic, encoder.config)  # (seeds, views)
         optimizer.zero_grad(set_to_none=True)
         loss.mean(1).sum().backward()
 
@@ -225,6 +236,7 @@ def sketch_picture(
         seconds=time.perf_counter() - started,
         encoder=encoder.description,
         stroke_width=canvas_width(config, model_size),
+        loss=encoder.config,
     )
 
 

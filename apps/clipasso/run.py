@@ -53,6 +53,10 @@ def report_of(
         "model": loaded.model_name,
         "checkpoint": loaded.path,
         "geometric_layers": result.encoder,
+        "loss_weights": {
+            "geometric": result.loss.geometric_weight,
+            "semantic": result.loss.semantic_weight,
+        },
         "strokes": config.strokes,
         "stroke_width_canvas_px": result.stroke_width,
         "best_seed": result.best_seed,
