@@ -30,6 +30,7 @@ from apps.clipasso.optimize import SketchConfig, optimisation_canvas, sketch_pic
 from apps.clipasso.picture import Picture, load_picture
 from apps.clipasso.render import black_strokes, render
 from apps.clipasso.run import ModelChoice
+from apps.clipasso.saliency import xdog_edges
 from training.model import LoadedCLIP
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "horse")
@@ -54,6 +55,12 @@ def evaluation_pictures(
         paths.append(folder / f"{cls.replace(' ', '_')}.png")
         render_shape_image(cls, np.random.default_rng(i), 224).convert("RGB").save(paths[-1])
     return paths
+
+
+def edge_drawing(rgb: torch.Tensor) -> torch.Tensor:
+    """The picture's XDoG edges in black on white (3, H, W): a tracing to compare the sketches with."""
+    edges = xdog_edges(rgb.permute(1, 2, 0).numpy())
+    return torch.tensor(1.0 - edges, dtype=torch.float32).expand(3, -1, -1)
 
 
 def embed(encoder: ClipImageEncoder, images: torch.Tensor) -> torch.Tensor:
@@ -162,12 +169,16 @@ def evaluate(
         record["own_source_closest"] = nearest[i] == i
         record["beats_random"] = record["sketch_loss"] < record["random_loss"]
     own = float(np.mean([r["own_source_closest"] for r in per_image]))
+    # Reference: can this CLIP recognise line drawings at all? Each source's own edge map, same question.
+    edge_emb = embed(encoder, torch.stack([edge_drawing(rgb) for rgb in sources]))
+    edge_own = float((((edge_emb @ source_emb.T).argmax(1)) == torch.arange(len(sources))).float().mean())
     report = {
         "model": loaded.model_name,
         "checkpoint": loaded.path,
         "strokes": config.strokes,
         "own_source_closest_fraction": own,
         "beats_random_fraction": float(np.mean([r["beats_random"] for r in per_image])),
+        "edge_map_own_source_fraction": edge_own,
         "passes": own >= 0.8 and all(r["beats_random"] for r in per_image),
         "images": per_image,
         "similarity": [[round(v, 4) for v in row] for row in similarity.tolist()],
@@ -220,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"own source closest: {report['own_source_closest_fraction']:.0%} (goal >= 80 %); "
-        f"beats random strokes: {report['beats_random_fraction']:.0%}; contact sheet: {args.sheet}; "
+        f"beats random strokes: {report['beats_random_fraction']:.0%}; the sources' own XDoG edge maps: "
+        f"{report['edge_map_own_source_fraction']:.0%}; contact sheet: {args.sheet}; "
         f"report: {args.out / 'report.json'}"
     )
     return 0 if report["passes"] else 1
