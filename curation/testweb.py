@@ -4,7 +4,8 @@
 
 serves, on 127.0.0.1 only, a generated gallery site (deterministic from the seed): HTML pages with a
 <title>, <h2> sections, paragraphs, links, and pictures of coloured shapes (curation/shapes.py) in
-<figure> elements with <figcaption>, `alt` and `title`. About a quarter of the pictures are junk of a
+<figure> elements with <figcaption>, `alt` and `title`. One picture in five is a pen-outline drawing
+of its shape (`--line-drawing-fraction`, the truth's `style`), as the web has line drawings too. About a quarter of the pictures are junk of a
 known kind, each recorded in the truth file with the reject a correct pipeline makes (`EXPECTED_REJECTS`):
 broken bytes, 404/500, a redirect loop, tiny and banner-shaped images, exact and near duplicates,
 file-name / empty / "image" captions, captions of another picture, non-English captions, a page under a
