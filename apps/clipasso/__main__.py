@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -143,23 +144,36 @@ def config_from_args(args: argparse.Namespace) -> SketchConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    model = ModelChoice(
+def model_choice(args: argparse.Namespace) -> ModelChoice:
+    """The model the `add_model_arguments` options name."""
+    return ModelChoice(
         checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, device=args.device
     )
+
+
+def run_command(name: str, threads: int, produce: Callable[[], dict[str, Path]]) -> int:
+    """Apply --threads, call `produce` and print the files it wrote (exit 0). A user error is one line
+    on stderr (exit 2); Ctrl-C says nothing was written (exit 130, the writers are atomic)."""
     try:
-        set_threads(args.threads)
-        files = sketch_file(args.image, args.out, config_from_args(args), model)
+        set_threads(threads)
+        files = produce()
     except USER_ERRORS as exc:
-        print(f"clipasso: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("clipasso: interrupted; nothing written", file=sys.stderr)
+        print(f"{name}: interrupted; nothing written", file=sys.stderr)
         return 130
     for path in files.values():
         print(path)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    model = model_choice(args)
+    return run_command(
+        "clipasso", args.threads, lambda: sketch_file(args.image, args.out, config_from_args(args), model)
+    )
 
 
 if __name__ == "__main__":

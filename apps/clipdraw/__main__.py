@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.clipasso.__main__ import USER_ERRORS, add_model_arguments, set_threads
+from apps.clipasso.__main__ import add_model_arguments, model_choice, run_command
 from apps.clipasso.optimize import SketchConfigError
 from apps.clipasso.output import check_writable, sketch_files, write_files
 from apps.clipasso.render import get_rasterizer
@@ -107,21 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         size=args.size,
         backend=args.backend,
     )
-    model = ModelChoice(
-        checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, device=args.device
-    )
-    try:
-        set_threads(args.threads)
-        files = draw_to_files(args.prompt, args.out, config, model)
-    except USER_ERRORS as exc:
-        print(f"clipdraw: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("clipdraw: interrupted; nothing written", file=sys.stderr)
-        return 130
-    for path in files.values():
-        print(path)
-    return 0
+    model = model_choice(args)
+    return run_command("clipdraw", args.threads, lambda: draw_to_files(args.prompt, args.out, config, model))
 
 
 if __name__ == "__main__":
