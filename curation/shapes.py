@@ -152,18 +152,15 @@ def _draw_pen_outline(
     big = canvas.size[0]
     paper = tuple(int(v) for v in rng.uniform(238, 255, size=3))
     draw.rectangle((0, 0, big, big), fill=paper)
-    if outline is None:  # the circle, as a closed polygon
-        outline = [
-            (radius * math.cos(2 * math.pi * k / 64), radius * math.sin(2 * math.pi * k / 64))
-            for k in range(64)
-        ]
+    if outline is None:  # the circle, as a 64-gon starting at angle 0
+        outline = _regular_polygon(64, radius, math.pi / 2)
     # Densify the closed outline, then add a smooth wobble along it so no two drawings match.
     corners = np.asarray(outline + outline[:1], dtype=np.float64)
     lengths = np.hypot(*np.diff(corners, axis=0).T)
     t = np.concatenate([[0.0], np.cumsum(lengths)])
     samples = np.linspace(0.0, t[-1], 160)
     path = np.stack([np.interp(samples, t, corners[:, 0]), np.interp(samples, t, corners[:, 1])], 1)
-    # A few low harmonics along the path (2, 4 and 6 waves per lap), each half the previous one.
+    # A few low harmonics along the path (2, 4 and 6 waves per lap), of amplitude 1, 1/2 and 1/3.
     angle = 2 * np.pi * samples / t[-1]
     phase = rng.uniform(0, 2 * math.pi, size=(2, 3))
     wobble = sum(

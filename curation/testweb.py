@@ -5,12 +5,13 @@
 serves, on 127.0.0.1 only, a generated gallery site (deterministic from the seed): HTML pages with a
 <title>, <h2> sections, paragraphs, links, and pictures of coloured shapes (curation/shapes.py) in
 <figure> elements with <figcaption>, `alt` and `title`. One picture in five is a pen-outline drawing
-of its shape (`--line-drawing-fraction`, the truth's `style`), as the web has line drawings too. About a quarter of the pictures are junk of a
-known kind, each recorded in the truth file with the reject a correct pipeline makes (`EXPECTED_REJECTS`):
-broken bytes, 404/500, a redirect loop, tiny and banner-shaped images, exact and near duplicates,
-file-name / empty / "image" captions, captions of another picture, non-English captions, a page under a
-robots.txt `Disallow`, `X-Robots-Tag: noai`; plus hostile-but-valid ones that must be kept: a redirect
-chain that resolves and one slow response (`--slow-delay`).
+of its shape (`--line-drawing-fraction`, the truth's `style`), as the web has line drawings too. About a
+quarter of the pictures are junk of a known kind, each recorded in the truth file with the reject a
+correct pipeline makes (`EXPECTED_REJECTS`): broken bytes, 404/500, a redirect loop, tiny and
+banner-shaped images, exact and near duplicates, file-name / empty / "image" captions, captions of
+another picture, non-English captions, a page under a robots.txt `Disallow`, `X-Robots-Tag: noai`;
+plus hostile-but-valid ones that must be kept: a redirect chain that resolves and one slow response
+(`--slow-delay`).
 
 `--wit out.tsv` writes the same site as a WIT-format TSV (the 17 public columns, header first) whose
 image URLs point at this server; `--truth truth.json` writes what every image URL is.

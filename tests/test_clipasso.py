@@ -22,25 +22,12 @@ from apps.clipasso.optimize import SketchConfig, fit_pixels, sketch_picture
 from apps.clipasso.picture import PictureError, load_picture
 from apps.clipasso.render import BackendUnavailable, black_strokes, get_rasterizer, render
 from apps.clipasso.svg import read_svg
-from training.model import create_model, load_clip, load_pretrained, save_checkpoint
+from training.model import load_clip, load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two busy cores: a second intra-op thread mostly waits on the first (measured 9x slower under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("clip-tiny")[0]
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "clip-tiny.pt", model, "clip-tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py, with tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

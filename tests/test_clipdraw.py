@@ -11,23 +11,9 @@ import torch
 from apps.clipasso.svg import read_svg
 from apps.clipdraw.__main__ import draw_to_files, main
 from apps.clipdraw.draw import DrawConfig, draw_prompt, prompt_stem, random_strokes
-from training.model import create_model, load_clip, save_checkpoint
+from training.model import load_clip
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(1)
-    return save_checkpoint(
-        tmp_path_factory.mktemp("ckpt") / "tiny.pt", create_model("clip-tiny")[0], "clip-tiny"
-    )
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py, with tiny_checkpoint
 
 
 def test_drawing_moves_points_widths_and_colours_towards_the_text(tiny_checkpoint):

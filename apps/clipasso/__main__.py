@@ -98,14 +98,7 @@ def add_sketch_arguments(parser: argparse.ArgumentParser, defaults: SketchConfig
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m apps.clipasso",
-        description="Sketch a picture with N cubic Bézier strokes optimised against a CLIP model (CLIPasso). "
-        "Writes OUT/<stem>.svg, .png, _progress.gif and .json.",
-    )
-    parser.add_argument("image", type=Path, help="picture to sketch (PNG, JPEG, WebP, ...)")
-    add_sketch_arguments(parser, SketchConfig())
+def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--geometric-weight",
         type=float,
@@ -118,6 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of 1 - cosine of the CLIP embeddings (default: the paper's 0.1 for models of 224 px "
         "and more, 1.0 for smaller inputs such as the demo model; see docs/clipasso.md)",
     )
+
+
+def loss_from_args(args: argparse.Namespace) -> LossConfig:
+    return LossConfig(geometric_weight=args.geometric_weight, semantic_weight=args.semantic_weight)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.clipasso",
+        description="Sketch a picture with N cubic Bézier strokes optimised against a CLIP model (CLIPasso). "
+        "Writes OUT/<stem>.svg, .png, _progress.gif and .json.",
+    )
+    parser.add_argument("image", type=Path, help="picture to sketch (PNG, JPEG, WebP, ...)")
+    add_sketch_arguments(parser, SketchConfig())
+    add_loss_arguments(parser)
     parser.add_argument(
         "--mask",
         choices=("auto", "alpha", "none"),
@@ -140,7 +148,7 @@ def config_from_args(args: argparse.Namespace) -> SketchConfig:
         lr=args.lr,
         backend=args.backend,
         mask=args.mask,
-        loss=LossConfig(geometric_weight=args.geometric_weight, semantic_weight=args.semantic_weight),
+        loss=loss_from_args(args),
     )
 
 

@@ -24,8 +24,9 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from apps.clip import ClipLoadError
+from apps.clipasso.__main__ import add_loss_arguments, loss_from_args
 from apps.clipasso.augment import AugmentConfig, apply_views, sample_views
-from apps.clipasso.losses import ClipImageEncoder, LossConfig, sketch_losses, total_loss
+from apps.clipasso.losses import ClipImageEncoder, sketch_losses, total_loss
 from apps.clipasso.optimize import SketchConfig, optimisation_canvas, sketch_picture, to_model_input
 from apps.clipasso.picture import Picture, load_picture
 from apps.clipasso.render import black_strokes, render
@@ -203,17 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--iterations", type=int, default=SketchConfig.iterations)
     parser.add_argument("--seeds", type=int, default=SketchConfig.seeds)
-    parser.add_argument(
-        "--semantic-weight", type=float, help="as apps.clipasso (default: chosen by the model's input size)"
-    )
-    parser.add_argument("--geometric-weight", type=float, default=LossConfig.geometric_weight)
+    add_loss_arguments(parser)
     parser.add_argument("--photos", nargs="*", default=list(PHOTOS), help="skimage.data pictures")
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES), help="generated shape classes")
     parser.add_argument("--out", type=Path, default=Path("runs/clipasso_eval"), help="report directory")
     parser.add_argument("--sheet", type=Path, default=Path("docs/img/clipasso_contact_sheet.png"))
     args = parser.parse_args(argv)
-    loss = LossConfig(geometric_weight=args.geometric_weight, semantic_weight=args.semantic_weight)
-    config = SketchConfig(strokes=args.strokes, iterations=args.iterations, seeds=args.seeds, loss=loss)
+    config = SketchConfig(
+        strokes=args.strokes, iterations=args.iterations, seeds=args.seeds, loss=loss_from_args(args)
+    )
     try:
         config.validate()
         loaded = ModelChoice(args.checkpoint, args.model, args.pretrained).load()

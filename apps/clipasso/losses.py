@@ -62,6 +62,11 @@ def resnet_stages_for(image_size: int) -> tuple[int, ...]:
     return tuple(fine[-2:])
 
 
+def _stage_module(stage: int) -> str:
+    """ModifiedResNet attribute whose output is `stage`: the stem ends with its average pool."""
+    return f"layer{stage}" if stage else "avgpool"
+
+
 PAPER_INPUT = 224  # ViT-B/32 and RN101, whose activations the paper's weights balance
 
 
@@ -115,16 +120,13 @@ class ClipImageEncoder:
                 {min(depth - 1, max(0, round(f * depth) - 1)) for f in self.config.vit_depth_fractions}
             )
         if hasattr(self.visual, "layer1"):
-            return [
-                i for i in self.config.resnet_stages if hasattr(self.visual, f"layer{i}" if i else "avgpool")
-            ]
+            return [i for i in self.config.resnet_stages if hasattr(self.visual, _stage_module(i))]
         return []
 
     def _layer_modules(self) -> list[torch.nn.Module]:
         if self.is_vit:
             return [self.visual.transformer.resblocks[i] for i in self.layers]
-        # Stage 0 is the stem, whose last module is the average pool.
-        return [getattr(self.visual, f"layer{i}" if i else "avgpool") for i in self.layers]
+        return [getattr(self.visual, _stage_module(i)) for i in self.layers]
 
     @property
     def description(self) -> str:

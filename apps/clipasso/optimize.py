@@ -66,16 +66,13 @@ class SketchConfig:
             ("--size", self.size, 32, 2048),
             ("--eval-every", self.eval_every, 1, 100_000),
             ("--lr", self.lr, 1e-6, 100.0),
+            ("--geometric-weight", self.loss.geometric_weight, 0, 1000),
         ]
+        if self.loss.semantic_weight is not None:  # None: chosen by the model's input size
+            checks.append(("--semantic-weight", self.loss.semantic_weight, 0, 1000))
         for name, value, low, high in checks:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
                 raise SketchConfigError(f"{name} {value}: must be between {low} and {high}")
-        weights = [("--geometric-weight", self.loss.geometric_weight)]
-        if self.loss.semantic_weight is not None:
-            weights.append(("--semantic-weight", self.loss.semantic_weight))
-        for name, value in weights:
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1000):
-                raise SketchConfigError(f"{name} {value}: must be between 0 and 1000")
         if self.loss.geometric_weight == 0 and self.loss.semantic_weight == 0:
             raise SketchConfigError(
                 "--geometric-weight and --semantic-weight are both 0: nothing to optimise"
