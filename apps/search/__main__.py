@@ -1,0 +1,186 @@
+"""`python -m apps.search {index,serve}`: CLIP search over a dataset version, with a web page.
+
+    python -m apps.search index runs/demo/data --out runs/search --checkpoint runs/demo/train
+    python -m apps.search serve runs/search --port 8000          # then open http://127.0.0.1:8000/
+    python -m apps.search serve runs/search --videos runs/demo/video/index
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'4G', '512M', '1.5GiB', '1000000' -> bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use e.g. 4G, 512M or a number of bytes")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** "_kmgt".index(unit.lower() or "_"))
+
+
+def _add_clip_args(parser: argparse.ArgumentParser, default: str) -> None:
+    group = parser.add_argument_group(f"CLIP ({default})")
+    group.add_argument("--checkpoint", type=Path, help="checkpoint file or training run directory")
+    group.add_argument("--model", help="open_clip model name, e.g. ViT-B-32 or clip-small")
+    group.add_argument("--pretrained", help="open_clip weights tag or weights file for --model")
+    group.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
+    group.add_argument(
+        "--threads", type=int, default=1, help="CPU threads for torch and faiss (default 1: best under many clients)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.search",
+        description="Search a dataset's pictures and captions with CLIP: build an index, then serve it "
+        "(an HTTP API and a web page) on this machine.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{index,serve}")
+
+    index = sub.add_parser(
+        "index",
+        help="embed a dataset version into a search index (resumable; only new shards are embedded)",
+        description="Embed every picture and caption of a dataset (a `python -m curation build` output) "
+        "with a CLIP, group near-duplicates, and write faiss indexes. Rerun on a new version of the "
+        "dataset: only shards not embedded yet are embedded.",
+    )
+    index.add_argument("dataset", type=Path, help="dataset directory (shards/ + manifest.json)")
+    index.add_argument("--out", type=Path, required=True, help="index directory to write (or update)")
+    _add_clip_args(index, "default: the checkpoint `make demo` trains")
+    index.add_argument("--batch-size", type=int, default=64, help="pairs embedded per batch")
+    index.add_argument(
+        "--max-memory",
+        type=parse_size,
+        default="4G",
+        help="memory the two faiss indexes may take (e.g. 4G): decides flat, IVF-flat, IVF-SQ8 or IVF-PQ",
+    )
+    index.add_argument("--index-type", help="faiss factory string instead of the automatic choice, e.g. HNSW32")
+    index.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve an index: /knn, /metadata, /health, /metrics and the web page",
+        description="Serve a search index over HTTP (FastAPI + uvicorn). Open http://HOST:PORT/ for the page.",
+    )
+    serve.add_argument("index", type=Path, help="index directory written by `index`")
+    serve.add_argument("--videos", type=Path, help="a `python -m apps.clip4clip index` directory to search too")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port")
+    serve.add_argument("--nprobe", type=int, help="inverted lists scanned per query (IVF indexes; more = better recall)")
+    serve.add_argument("--max-upload", type=parse_size, default="8M", help="largest picture upload (default 8M)")
+    serve.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="let image_url queries fetch from private, loopback and link-local addresses",
+    )
+    serve.add_argument(
+        "--allowed-network", action="append", default=[], help="CIDR image_url may reach despite being private"
+    )
+    _add_clip_args(serve, "default: the one the index was built with")
+    return parser
+
+
+def _load_clip(ns: argparse.Namespace, default: str | None):
+    from apps.clip import load_app_clip
+
+    checkpoint = ns.checkpoint if ns.checkpoint is not None or ns.model is not None else default
+    return load_app_clip(checkpoint=checkpoint, model=ns.model, pretrained=ns.pretrained, device=ns.device)
+
+
+def _set_threads(threads: int) -> None:
+    import faiss
+    import torch
+
+    if threads < 1:
+        raise ValueError(f"--threads {threads}: at least 1")
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+
+
+def run_index(ns: argparse.Namespace) -> None:
+    from apps.search.index import IndexSettings, build_index
+
+    _set_threads(ns.threads)
+    if ns.batch_size < 1:
+        raise ValueError(f"--batch-size {ns.batch_size}: at least 1")
+    clip = _load_clip(ns, None)
+    settings = IndexSettings(
+        batch_size=ns.batch_size, max_memory=ns.max_memory, index_type=ns.index_type, progress=not ns.no_progress
+    )
+    report = build_index(ns.dataset, ns.out, clip, settings)
+    print(
+        f"indexed {report.rows:,} pairs of {ns.dataset} into {report.index_dir} "
+        f"({len(report.embedded_shards)} shards embedded, {len(report.reused_shards)} reused, "
+        f"{report.rejected} rows rejected, {report.duplicate_groups} near-duplicate groups, "
+        f"faiss {report.index_types['image']}, {report.bytes / 1e6:.1f} MB)"
+    )
+    print(f"serve it: python -m apps.search serve {report.index_dir} --port 8000")
+
+
+def run_serve(ns: argparse.Namespace) -> None:
+    import uvicorn
+
+    from apps.search.index import SearchIndexError, read_index_meta
+    from apps.search.query import QueryEncoder, UrlPolicy
+    from apps.search.service import ServiceState, create_app
+    from apps.search.store import SearchIndex
+
+    _set_threads(ns.threads)
+    meta = read_index_meta(ns.index)
+    clip = None
+    if meta["clip"] is not None or ns.checkpoint is not None or ns.model is not None:
+        recorded = (meta["clip"] or {}).get("checkpoint")
+        if ns.checkpoint is None and ns.model is None and (recorded is None or not Path(recorded).is_file()):
+            raise SearchIndexError(
+                f"{ns.index} was built with {recorded or 'a CLIP without a checkpoint file'}, which is not "
+                "here: pass --checkpoint with the same model"
+            )
+        clip = _load_clip(ns, recorded)
+        if meta["clip"] is not None:
+            from apps.clip4clip.index import check_same_clip
+
+            check_same_clip(ns.index, meta["clip"], clip)
+    videos = None
+    if ns.videos is not None:
+        if clip is None:
+            raise SearchIndexError("--videos needs a CLIP to embed text queries: pass --checkpoint")
+        from apps.clip4clip.search import open_index
+
+        videos = open_index(ns.videos, clip)
+    encoder = QueryEncoder(
+        clip, max_upload=ns.max_upload, url_policy=UrlPolicy(ns.allow_private, tuple(ns.allowed_network))
+    )
+    state = ServiceState(SearchIndex(ns.index, nprobe=ns.nprobe), encoder, videos)
+    app = create_app(state)
+    print(f"serving {ns.index} ({state.index.count:,} pairs) on http://{ns.host}:{ns.port}/", flush=True)
+    uvicorn.run(app, host=ns.host, port=ns.port, log_level="warning", access_log=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    from apps.clip import ClipLoadError
+    from apps.clip4clip.index import VideoIndexError
+    from apps.search.index import SearchIndexError
+    from apps.search.query import QueryError
+
+    try:
+        run_index(ns) if ns.command == "index" else run_serve(ns)
+    except (SearchIndexError, QueryError, ClipLoadError, VideoIndexError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
