@@ -50,7 +50,11 @@ def test_more_like_this_and_captions_find_their_own_row(world, server):
     for key in ("000000010", "000000031", "unicode"):
         row = world.id_of(key)
         hits = knn(server, id=row, k=5)["results"]
-        assert hits[0]["id"] == row and hits[0]["key"] == key and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+        assert (
+            hits[0]["id"] == row
+            and hits[0]["key"] == key
+            and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+        )
     hits = knn(server, text=UNICODE_CAPTION, index="text", k=3)["results"]
     assert hits[0]["key"] == "unicode" and hits[0]["caption"] == UNICODE_CAPTION
 
@@ -81,7 +85,11 @@ def test_eight_clients_four_hundred_queries_in_parallel(world, server):
         t.join()
     assert not errors and not wrong, (errors[:3], wrong[:3])
     metrics = httpx.get(f"{server}/metrics").text
-    served = [line for line in metrics.splitlines() if line.startswith('search_requests_total{endpoint="/knn",status="200"}')]
+    served = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('search_requests_total{endpoint="/knn",status="200"}')
+    ]
     assert served and float(served[0].split()[-1]) >= 400
 
 
@@ -92,7 +100,9 @@ def test_uploaded_picture_finds_itself_and_duplicates_can_be_hidden(world, serve
     top = reply.json()["results"][:2]
     assert {h["key"] for h in top} == {"000000001", "copy-1"} and top[0]["dup_group"] == top[1]["dup_group"]
     assert top[0]["dup_count"] == 2
-    hidden = httpx.post(f"{server}/knn", params={"k": 5, "hide_duplicates": "true"}, content=jpg).json()["results"]
+    hidden = httpx.post(f"{server}/knn", params={"k": 5, "hide_duplicates": "true"}, content=jpg).json()[
+        "results"
+    ]
     groups = [h["dup_group"] for h in hidden]
     assert len(set(groups)) == len(groups) and hidden[0]["key"] in {"000000001", "copy-1"}
     assert {"000000001", "copy-1"} - {h["key"] for h in hidden}  # one of the two copies is gone
@@ -113,7 +123,9 @@ def test_filters_paging_metadata_and_downloads(world, server):
     assert [m["id"] for m in meta] == [0, 3] and meta[0]["key"] == world.rows[0]["key"]
     image = httpx.get(f"{server}/image/0")
     assert image.headers["content-type"] == "image/jpeg" and image.content == world.rows[0]["jpg"]
-    table = pq.read_table(io.BytesIO(httpx.get(f"{server}/knn", params={"id": 5, "k": 7, "format": "parquet"}).content))
+    table = pq.read_table(
+        io.BytesIO(httpx.get(f"{server}/knn", params={"id": 5, "k": 7, "format": "parquet"}).content)
+    )
     assert table.num_rows == 7 and table["id"].to_pylist() == [h["id"] for h in everything[:7]]
     saved = json.loads(httpx.get(f"{server}/knn", params={"id": 5, "k": 7, "format": "json"}).content)
     assert [h["id"] for h in saved["results"]] == [h["id"] for h in everything[:7]]
@@ -134,7 +146,11 @@ def test_hostile_requests_get_one_line_errors(world, server):
     error(httpx.post(f"{server}/knn", content=b"%PDF-1.4 not a picture"), 400, "not a picture")
     ten_mb = np.random.default_rng(0).integers(0, 256, 10 * 1024 * 1024, dtype=np.uint8).tobytes()
     error(httpx.post(f"{server}/knn", content=ten_mb, timeout=60), 413, "at most")
-    error(httpx.post(f"{server}/knn", content=b"{not json", headers={"content-type": "application/json"}), 400, "JSON")
+    error(
+        httpx.post(f"{server}/knn", content=b"{not json", headers={"content-type": "application/json"}),
+        400,
+        "JSON",
+    )
     error(httpx.get(f"{server}/knn", params={"text": "x", "id": 1}), 400, "one query at a time")
     # Unicode, emoji and markup are plain words to the service; the caption comes back unchanged.
     assert knn(server, text="赤い三角形 🔺 <b>ß</b>", k=3)["results"]
@@ -147,14 +163,21 @@ def test_hostile_requests_get_one_line_errors(world, server):
 
 def test_image_url_goes_through_the_address_guard(world, server):
     with serve_testweb(pages=3, seed=0) as web:
-        picture = next(u for u, info in web.truth["images"].items() if not info["junk"] and info["status"] == 200)
+        picture = next(
+            u for u, info in web.truth["images"].items() if not info["junk"] and info["status"] == 200
+        )
         by_url = knn(server, image_url=picture, k=5)["results"]
-        same = httpx.post(f"{server}/knn", params={"k": 5}, content=httpx.get(picture).content).json()["results"]
+        same = httpx.post(f"{server}/knn", params={"k": 5}, content=httpx.get(picture).content).json()[
+            "results"
+        ]
         assert [h["id"] for h in by_url] == [h["id"] for h in same]
         assert any(path.endswith(picture.rsplit("/", 1)[1]) for path in web.requests)
     refused = httpx.get(f"{server}/knn", params={"image_url": "http://10.1.2.3/x.jpg"}).json()["error"]
     assert "private address 10.1.2.3" in refused
-    assert "scheme 'file'" in httpx.get(f"{server}/knn", params={"image_url": "file:///etc/passwd"}).json()["error"]
+    assert (
+        "scheme 'file'"
+        in httpx.get(f"{server}/knn", params={"image_url": "file:///etc/passwd"}).json()["error"]
+    )
 
 
 def test_videos_come_with_text_queries_as_frame_strips(world, server):

@@ -1,8 +1,8 @@
 """`python -m apps.search {index,serve}`: CLIP search over a dataset version, with a web page.
 
-    python -m apps.search index runs/demo/data --out runs/search --checkpoint runs/demo/train
-    python -m apps.search serve runs/search --port 8000          # then open http://127.0.0.1:8000/
-    python -m apps.search serve runs/search --videos runs/demo/video/index
+python -m apps.search index runs/demo/data --out runs/search --checkpoint runs/demo/train
+python -m apps.search serve runs/search --port 8000          # then open http://127.0.0.1:8000/
+python -m apps.search serve runs/search --videos runs/demo/video/index
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ def _add_clip_args(parser: argparse.ArgumentParser, default: str) -> None:
     group.add_argument("--pretrained", help="open_clip weights tag or weights file for --model")
     group.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     group.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch and faiss (default 1: best under many clients)"
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch and faiss (default 1: best under many clients)",
     )
 
 
@@ -63,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="4G",
         help="memory the two faiss indexes may take (e.g. 4G): decides flat, IVF-flat, IVF-SQ8 or IVF-PQ",
     )
-    index.add_argument("--index-type", help="faiss factory string instead of the automatic choice, e.g. HNSW32")
+    index.add_argument(
+        "--index-type", help="faiss factory string instead of the automatic choice, e.g. HNSW32"
+    )
     index.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     serve = sub.add_parser(
@@ -72,18 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a search index over HTTP (FastAPI + uvicorn). Open http://HOST:PORT/ for the page.",
     )
     serve.add_argument("index", type=Path, help="index directory written by `index`")
-    serve.add_argument("--videos", type=Path, help="a `python -m apps.clip4clip index` directory to search too")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument(
+        "--videos", type=Path, help="a `python -m apps.clip4clip index` directory to search too"
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
+    )
     serve.add_argument("--port", type=int, default=8000, help="TCP port")
-    serve.add_argument("--nprobe", type=int, help="inverted lists scanned per query (IVF indexes; more = better recall)")
-    serve.add_argument("--max-upload", type=parse_size, default="8M", help="largest picture upload (default 8M)")
+    serve.add_argument(
+        "--nprobe", type=int, help="inverted lists scanned per query (IVF indexes; more = better recall)"
+    )
+    serve.add_argument(
+        "--max-upload", type=parse_size, default="8M", help="largest picture upload (default 8M)"
+    )
     serve.add_argument(
         "--allow-private",
         action="store_true",
         help="let image_url queries fetch from private, loopback and link-local addresses",
     )
     serve.add_argument(
-        "--allowed-network", action="append", default=[], help="CIDR image_url may reach despite being private"
+        "--allowed-network",
+        action="append",
+        default=[],
+        help="CIDR image_url may reach despite being private",
     )
     _add_clip_args(serve, "default: the one the index was built with")
     return parser
@@ -114,7 +130,10 @@ def run_index(ns: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size {ns.batch_size}: at least 1")
     clip = _load_clip(ns, None)
     settings = IndexSettings(
-        batch_size=ns.batch_size, max_memory=ns.max_memory, index_type=ns.index_type, progress=not ns.no_progress
+        batch_size=ns.batch_size,
+        max_memory=ns.max_memory,
+        index_type=ns.index_type,
+        progress=not ns.no_progress,
     )
     report = build_index(ns.dataset, ns.out, clip, settings)
     print(

@@ -88,7 +88,9 @@ def embed_shard(
     image_parts, text_parts, rejects = [], [], []
     for batch in iter_batches(shard, columns=list(SHARD_COLUMNS), batch_size=batch_size, verify=False):
         names = batch.schema.names
-        data = {c: batch.column(c).to_pylist() if c in names else [None] * batch.num_rows for c in SHARD_COLUMNS}
+        data = {
+            c: batch.column(c).to_pylist() if c in names else [None] * batch.num_rows for c in SHARD_COLUMNS
+        }
         pictures, kept = [], []
         for i, jpg in enumerate(data["jpg"]):
             picture, problem = _decode(jpg)

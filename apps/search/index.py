@@ -41,7 +41,9 @@ from curation.shards import (
 
 INDEX_FORMAT = "clip-search-index/1"
 MODALITIES = ("image", "text")
-FLAT_LIMIT = 50_000  # exact search below this many vectors: a few ms per query on one core at dim 512
+FLAT_LIMIT = (
+    20_000  # exact search below this many vectors: 10k x 512 takes about 5-15 ms per query on a busy core
+)
 DEFAULT_MAX_MEMORY = 4 << 30
 DEFAULT_DEDUP_RADIUS = 8  # curation's default pHash radius (candidates are then checked on the pixels)
 METADATA_COLUMNS = [n for n in PART_SCHEMA.names if n not in ("jpg", "colour")]
@@ -91,8 +93,9 @@ def bytes_per_vector(kind: str, dim: int) -> float:
 
 
 def ivf_lists(n: int) -> int:
-    """About 4 sqrt(n) lists (faiss's guideline), a power of two."""
-    return int(2 ** round(math.log2(max(16, 4 * math.sqrt(n)))))
+    """About sqrt(n) lists, a power of two: faiss suggests 4-16 sqrt(n), but k-means over that many
+    lists takes minutes at a million vectors on 2 cores; more probes make up the recall (bench/search.py)."""
+    return int(2 ** round(math.log2(max(16, math.sqrt(n)))))
 
 
 def choose_index_type(n: int, dim: int, max_memory: int = DEFAULT_MAX_MEMORY) -> str:
@@ -179,7 +182,8 @@ def _save_part(out: Path, shard_name: str, sha256: str, part: Part) -> None:
     _write_npy(paths["image"], part.image)
     _write_npy(paths["text"], part.text)
     atomic_write_json(
-        paths["marker"], {"shard": shard_name, "sha256": sha256, "rows": part.rows.num_rows, "rejects": part.rejects}
+        paths["marker"],
+        {"shard": shard_name, "sha256": sha256, "rows": part.rows.num_rows, "rejects": part.rejects},
     )
 
 
@@ -200,7 +204,9 @@ def read_index_meta(index_dir: Path | str) -> dict:
     return meta
 
 
-def build_index(dataset: Path | str, out_dir: Path | str, clip, settings: IndexSettings = IndexSettings()) -> IndexReport:
+def build_index(
+    dataset: Path | str, out_dir: Path | str, clip, settings: IndexSettings = IndexSettings()
+) -> IndexReport:
     """Embed every trusted shard of `dataset` not embedded yet, then write the index files (module doc)."""
     dataset, out = Path(dataset), Path(out_dir)
     try:
@@ -225,7 +231,9 @@ def build_index(dataset: Path | str, out_dir: Path | str, clip, settings: IndexS
 
     parts = [_part_paths(out, p.name) for p in shard_paths]
     rows = pa.concat_tables([pq.read_table(p["rows"]) for p in parts])
-    rejects = [r | {"shard": p["marker"].stem} for p in parts for r in json.loads(p["marker"].read_text())["rejects"]]
+    rejects = [
+        r | {"shard": p["marker"].stem} for p in parts for r in json.loads(p["marker"].read_text())["rejects"]
+    ]
     image = np.concatenate([np.load(p["image"]) for p in parts])
     text = np.concatenate([np.load(p["text"]) for p in parts])
     radius = manifest.config.get("dedup_radius", settings.dedup_radius)
@@ -234,7 +242,11 @@ def build_index(dataset: Path | str, out_dir: Path | str, clip, settings: IndexS
         rows,
         {"image": image, "text": text},
         clip=clip_record(clip),
-        dataset={"path": str(dataset.resolve()), "shards": [p.name for p in shard_paths], "rows": manifest.num_rows},
+        dataset={
+            "path": str(dataset.resolve()),
+            "shards": [p.name for p in shard_paths],
+            "rows": manifest.num_rows,
+        },
         rejects=rejects,
         settings=settings,
         dedup_radius=radius,
@@ -259,7 +271,7 @@ def near_duplicate_group_ids(rows: pa.Table, jpgs: list[bytes] | None, radius: i
     """
     n = rows.num_rows
     group = np.arange(n, dtype=np.int64)
-    if n < 2 or "phash" not in rows.column_names:
+    if n < 2 or "phash" not in rows.column_names or rows["phash"].null_count == n:
         return group
     verify = None
     if jpgs is not None:
@@ -268,7 +280,9 @@ def near_duplicate_group_ids(rows: pa.Table, jpgs: list[bytes] | None, radius: i
             return [same_picture(jpgs[i], jpgs[j]) for i, j in pairs]
 
     colours = rows["colour"].to_pylist() if "colour" in rows.column_names else None
-    for members in duplicate_groups(rows["sha256"].to_pylist(), rows["phash"].to_pylist(), radius, colours, verify):
+    for members in duplicate_groups(
+        rows["sha256"].to_pylist(), rows["phash"].to_pylist(), radius, colours, verify
+    ):
         group[members] = min(members)
     return group
 
@@ -292,10 +306,12 @@ def write_index_files(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n = rows.num_rows
-    for name in MODALITIES:
-        if vectors[name].shape[0] != n:
-            raise ValueError(f"{name} vectors: {vectors[name].shape[0]} rows for {n} metadata rows")
-    dim = vectors["image"].shape[1]
+    if not vectors or set(vectors) - set(MODALITIES):
+        raise ValueError(f"vectors: a dict with keys among {MODALITIES}, got {sorted(vectors)}")
+    for name, array in vectors.items():
+        if array.shape[0] != n:
+            raise ValueError(f"{name} vectors: {array.shape[0]} rows for {n} metadata rows")
+    dim = next(iter(vectors.values())).shape[1]
     jpgs = rows["jpg"].to_pylist() if "jpg" in rows.column_names else None
     group = near_duplicate_group_ids(rows, jpgs, dedup_radius)
 
@@ -306,7 +322,9 @@ def write_index_files(
     columns["dup_count"] = pa.array(np.bincount(group, minlength=n)[group].astype(np.int64))
     write_parquet_atomic(pa.table(columns), out / "metadata.parquet", row_group_size=65_536)
 
-    sizes = np.array([len(j or b"") for j in jpgs], dtype=np.int64) if jpgs is not None else np.zeros(n, np.int64)
+    sizes = (
+        np.array([len(j or b"") for j in jpgs], dtype=np.int64) if jpgs is not None else np.zeros(n, np.int64)
+    )
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     with atomic_path(out / "images.bin") as tmp, open(tmp, "wb") as handle:
         for jpg in jpgs or []:
@@ -314,9 +332,11 @@ def write_index_files(
     with atomic_path(out / "image_offsets.npy") as tmp, open(tmp, "wb") as handle:
         np.save(handle, offsets)
 
-    budget = settings.max_memory // len(MODALITIES)
+    budget = settings.max_memory // len(vectors)
     faiss_meta = {}
     for name in MODALITIES:
+        if name not in vectors:
+            continue
         _write_npy(out / f"{name}.npy", vectors[name])
         kind = settings.index_type or choose_index_type(n, dim, budget)
         if n == 0:
@@ -341,4 +361,3 @@ def write_index_files(
     }
     atomic_write_json(out / "index.json", meta)
     return meta
-

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from apps.search.embed import encode_images, encode_texts
-from curation.crawl import CrawlConfig, FetchError, Fetcher
+from curation.crawl import CrawlConfig, Fetcher, FetchError
 
 MAX_QUERY_CHARS = 1_000
 MAX_PIXELS = 40_000_000  # a decoded picture larger than this is refused (decompression bombs)
@@ -54,7 +54,9 @@ class QueryEncoder:
 
     def _need_clip(self, what: str):
         if self.clip is None:
-            raise QueryError(f"this index has no CLIP (built from vectors): {what} needs one; query by id or vector")
+            raise QueryError(
+                f"this index has no CLIP (built from vectors): {what} needs one; query by id or vector"
+            )
         return self.clip
 
     def text(self, query: str) -> np.ndarray:
@@ -102,7 +104,9 @@ def decode_picture(data: bytes, source: str) -> Image.Image:
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
         if isinstance(exc, QueryError):
             raise
-        raise QueryError(f"{source}: not a picture this server can read ({type(exc).__name__}); send a JPEG, PNG, GIF or WebP") from None
+        raise QueryError(
+            f"{source}: not a picture this server can read ({type(exc).__name__}); send a JPEG, PNG, GIF or WebP"
+        ) from None
 
 
 def fetch_picture(url: str, policy: UrlPolicy) -> bytes:
@@ -117,7 +121,9 @@ def fetch_picture(url: str, policy: UrlPolicy) -> bytes:
     )
 
     async def get() -> bytes:
-        async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=policy.timeout_s) as client:
+        async with httpx.AsyncClient(
+            follow_redirects=False, trust_env=False, timeout=policy.timeout_s
+        ) as client:
             response = await Fetcher(cfg, client).get(url, accept_html=False)
         if response.status != 200:
             raise QueryError(f"{url}: the server answered HTTP {response.status}")

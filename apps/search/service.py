@@ -28,7 +28,14 @@ import pyarrow.parquet as pq
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.concurrency import run_in_threadpool
 
 from apps.search.index import MODALITIES, SearchIndexError
@@ -101,7 +108,7 @@ def answer(state: ServiceState, params: dict, body: bytes | None) -> dict:
     if body:
         given.append("upload")
     if not given:
-        raise BadRequest('empty query: send text=..., id=..., image_url=..., or a picture as the POST body')
+        raise BadRequest("empty query: send text=..., id=..., image_url=..., or a picture as the POST body")
     if len(given) > 1:
         raise BadRequest(f"one query at a time: got {', '.join(given)}")
     modality = str(params.get("index") or "image")
@@ -142,7 +149,12 @@ def answer(state: ServiceState, params: dict, body: bytes | None) -> dict:
         "results": results,
         "more": len(results) == k,
     }
-    if source == "text" and state.videos is not None and offset == 0 and _flag(params.get("videos", True), "videos"):
+    if (
+        source == "text"
+        and state.videos is not None
+        and offset == 0
+        and _flag(params.get("videos", True), "videos")
+    ):
         reply["videos"] = _video_hits(state, str(params["text"]))
     return reply
 
@@ -187,7 +199,9 @@ def create_app(state: ServiceState) -> FastAPI:
         limit = state.encoder.max_upload
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise BadRequest(f"upload of {int(declared):,} bytes: at most {limit:,} (send a smaller picture)", 413)
+            raise BadRequest(
+                f"upload of {int(declared):,} bytes: at most {limit:,} (send a smaller picture)", 413
+            )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -208,7 +222,7 @@ def create_app(state: ServiceState) -> FastAPI:
                     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                         raise BadRequest(f"request body is not valid JSON ({exc})") from None
                     if not isinstance(payload, dict):
-                        raise BadRequest("request body: a JSON object such as {\"text\": \"a red circle\"}")
+                        raise BadRequest('request body: a JSON object such as {"text": "a red circle"}')
                     params.update(payload)
                     body = None
             reply = await run_in_threadpool(answer, state, params, body)

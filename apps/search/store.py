@@ -39,10 +39,13 @@ class SearchIndex:
         self._group = self.metadata["dup_group"].to_numpy()
         self._clip_score = self.metadata["clip_score"].to_numpy(zero_copy_only=False).astype(np.float32)
         self._clip_score = np.where(np.isnan(self._clip_score), -np.inf, self._clip_score)
-        self.vectors = {m: np.load(self.path / f"{m}.npy", mmap_mode="r") for m in MODALITIES}
+        self.modalities = [m for m in MODALITIES if m in self.meta["faiss"]]
+        self.vectors = {m: np.load(self.path / f"{m}.npy", mmap_mode="r") for m in self.modalities}
         self.faiss = {}
-        for m in MODALITIES:
-            index = faiss.read_index(str(self.path / f"{m}.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        for m in self.modalities:
+            index = faiss.read_index(
+                str(self.path / f"{m}.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+            )
             if nprobe is not None or self.meta["faiss"][m]["nprobe"] > 1:
                 try:
                     faiss.extract_index_ivf(index).nprobe = nprobe or self.meta["faiss"][m]["nprobe"]
@@ -60,7 +63,17 @@ class SearchIndex:
             raise SearchIndexError(f"id {row} is not in the index (ids are 0-{self.count - 1})")
         return row
 
+    def check_modality(self, modality: str) -> str:
+        if modality not in MODALITIES:
+            raise SearchIndexError(f"index={modality!r}: choose image (pictures) or text (captions)")
+        if modality not in self.modalities:
+            raise SearchIndexError(
+                f"this index has no {modality} vectors (it has {', '.join(self.modalities)})"
+            )
+        return modality
+
     def vector(self, row: int, modality: str) -> np.ndarray:
+        self.check_modality(modality)
         return np.asarray(self.vectors[modality][self.check_id(row)], dtype=np.float32)
 
     def image_bytes(self, row: int) -> bytes | None:
@@ -98,8 +111,7 @@ class SearchIndex:
         min_score: float | None = None,
     ) -> list[Hit]:
         """Results `offset` to `offset + k` (best first) after the filters; fewer at the end of the index."""
-        if modality not in MODALITIES:
-            raise SearchIndexError(f"index {modality!r}: choose one of {', '.join(MODALITIES)}")
+        self.check_modality(modality)
         if k < 1 or offset < 0:
             raise SearchIndexError(f"k={k}, offset={offset}: k must be at least 1 and offset at least 0")
         if offset + k > MAX_K:
@@ -108,7 +120,9 @@ class SearchIndex:
                 "offset (the web page loads more on scroll)"
             )
         if query.shape != (self.dim,) or not np.isfinite(query).all():
-            raise SearchIndexError(f"query vector: expected {self.dim} finite numbers, got shape {query.shape}")
+            raise SearchIndexError(
+                f"query vector: expected {self.dim} finite numbers, got shape {query.shape}"
+            )
         if self.count == 0:
             return []
         query = query / max(float(np.linalg.norm(query)), 1e-12)
