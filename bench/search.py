@@ -139,13 +139,14 @@ class Server:
                 )
             time.sleep(0.2)
 
-    def query(self, vector: np.ndarray) -> tuple[float, list[int]]:
+    def query(self, vector: np.ndarray) -> tuple[float, list[int], float]:
         body = json.dumps({"vector": [round(float(x), 6) for x in vector], "k": K})
         t0 = time.perf_counter()
         reply = self.client.post("/knn", content=body, headers={"content-type": "application/json"})
         elapsed = time.perf_counter() - t0
         reply.raise_for_status()
-        return elapsed, [h["id"] for h in reply.json()["results"]]
+        data = reply.json()
+        return elapsed, [h["id"] for h in data["results"]], data["cpu_ms"]
 
     def close(self) -> None:
         self.client.close()
@@ -177,14 +178,16 @@ def run_size(n: int, args, work: Path, port: int) -> dict:
                 server.query(q)
         latencies = {name: [] for name in servers}
         answers = {name: [] for name in servers}
+        cpu = {name: [] for name in servers}
         loads = [os.getloadavg()[0]]
         for rep in range(args.repeats):
             order = list(servers) if rep % 2 == 0 else list(reversed(servers))
             for name in order:
                 times = []
                 for q in queries:
-                    elapsed, ids = servers[name].query(q)
+                    elapsed, ids, cpu_ms = servers[name].query(q)
                     times.append(elapsed)
+                    cpu[name].append(cpu_ms)
                     if rep == 0:
                         answers[name].append(ids)
                 latencies[name].append(times)
@@ -208,6 +211,7 @@ def run_size(n: int, args, work: Path, port: int) -> dict:
             "p95_ms": float(np.percentile(flat, 95)),
             "p95_per_repeat_ms": [float(np.percentile(r, 95)) for r in reps],
             "recall_at_10": recall(answers[name], truth),
+            "server_cpu_ms_p50": float(np.percentile(cpu[name], 50)),
         }
     result["p95_ratio_exact_over_ours"] = result["exact"]["p95_ms"] / result["ours"]["p95_ms"]
     for name in servers:
@@ -215,7 +219,8 @@ def run_size(n: int, args, work: Path, port: int) -> dict:
         spread = r["p95_per_repeat_ms"]
         print(
             f"  {name:>5}: p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms "
-            f"(repeats {min(spread):.1f}-{max(spread):.1f}), recall@10 {r['recall_at_10']:.3f}",
+            f"(repeats {min(spread):.1f}-{max(spread):.1f}), recall@10 {r['recall_at_10']:.3f}, "
+            f"server CPU per query p50 {r['server_cpu_ms_p50']:.2f} ms",
             flush=True,
         )
     print(f"  p95 exact / ours: {result['p95_ratio_exact_over_ours']:.2f}x; load average {loads}", flush=True)
@@ -258,7 +263,8 @@ def main() -> None:
         print(
             f"| {r['n']:,} x {r['dim']} | {r['index']} | {r['nprobe']} | {r['ours']['p50_ms']:.1f} ms | "
             f"{r['ours']['p95_ms']:.1f} ms | {r['exact']['p50_ms']:.1f} ms | {r['exact']['p95_ms']:.1f} ms | "
-            f"{r['p95_ratio_exact_over_ours']:.2f}x | {r['ours']['recall_at_10']:.3f} |"
+            f"{r['p95_ratio_exact_over_ours']:.2f}x | {r['ours']['recall_at_10']:.3f} | "
+            f"{r['ours']['server_cpu_ms_p50']:.2f} ms, {r['exact']['server_cpu_ms_p50']:.2f} ms |"
         )
 
 

@@ -140,9 +140,8 @@ def test_markup_in_captions_is_text_scrolling_loads_more_and_videos_show(base_ur
     page.goto(url + "/?index=text")
     page.locator("#q").fill(SCRIPT_CAPTION)
     page.locator("#q").press("Enter")
-    page.wait_for_function(
-        "document.querySelector('#results .hit .caption')?.textContent.includes('<script>')"
-    )
+    # The status line repeats the query (as text): wait for it, then look at what the caption shows.
+    page.wait_for_function("document.getElementById('status').textContent.includes('results for “<script>')")
     assert page.locator("#results .hit .caption").first.text_content() == SCRIPT_CAPTION
     assert page.evaluate("window.__xss") is None
     assert page.locator("#results script").count() == 0
