@@ -24,13 +24,14 @@ from apps.clipasso.render import RasterConfig, black_strokes, get_rasterizer
 from apps.clipasso.render import render as render_strokes
 from apps.clipasso.saliency import initial_strokes, saliency_map, sample_start_points
 from apps.clipasso.svg import Sketch
-from training.model import LoadedCLIP
+from common.errors import UserError
+from models import LoadedCLIP
 
 # CLIPasso's learning rate is 1.0 in pixels of a 224 px canvas.
 PAPER_CANVAS = 224
 
 
-class SketchConfigError(ValueError):
+class SketchConfigError(UserError, ValueError):
     """A sketch option is out of range; the message names the option and the allowed range."""
 
 

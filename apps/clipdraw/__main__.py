@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.clipasso.__main__ import add_model_arguments, model_choice, run_command
+from apps.cli import ModelChoice, add_model_arguments, model_choice, run_command
 from apps.clipasso.optimize import SketchConfigError
 from apps.clipasso.output import check_writable, sketch_files, write_files
 from apps.clipasso.render import get_rasterizer
-from apps.clipasso.run import ModelChoice
 from apps.clipdraw.draw import DrawConfig, DrawResult, draw_prompt, prompt_stem
-from training.model import LoadedCLIP
+from models import LoadedCLIP
 
 
 def draw_to_files(

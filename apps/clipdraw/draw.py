@@ -22,7 +22,7 @@ from apps.clipasso.losses import ClipImageEncoder, LossConfig
 from apps.clipasso.optimize import PAPER_CANVAS, SketchConfigError, optimisation_canvas, to_model_input
 from apps.clipasso.render import RasterConfig, get_rasterizer
 from apps.clipasso.svg import Sketch
-from training.model import LoadedCLIP
+from models import LoadedCLIP
 
 
 @dataclass(frozen=True)
