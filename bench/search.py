@@ -35,7 +35,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apps.search.index import IndexSettings, build_faiss, read_index_meta, write_index_files  # noqa: E402
-from curation.shards import atomic_write_json  # noqa: E402
+from common.atomic import atomic_write_json  # noqa: E402
 
 K = 10
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 from PIL import Image
 
 from curation.shards import write_shard
-from tests.datasets import shape_rows
+from testbed.datasets import shape_rows
 
 SCRIPT_CAPTION = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"> a red circle'
 UNICODE_CAPTION = "Ein rotes Dreieck — 赤い三角形 — красный треугольник 🔺"
@@ -52,22 +52,22 @@ def search_rows(n: int = 60, seed: int = 0, size: int = 32) -> list[dict]:
 
 
 def build_search_world(root: Path, checkpoint: Path, videos: bool = False) -> SearchWorld:
-    from apps.clip import load_app_clip
     from apps.search.index import IndexSettings, build_index
+    from models import load_clip
 
     root = Path(root)
     rows = search_rows()
     half = len(rows) // 2
     write_shard(root / "data", "part-00000", pa.Table.from_pylist(rows[:half]))
     write_shard(root / "data", "part-00001", pa.Table.from_pylist(rows[half:]))
-    clip = load_app_clip(checkpoint=checkpoint)
+    clip = load_clip(checkpoint)
     build_index(root / "data", root / "index", clip, IndexSettings(progress=False))
     world = SearchWorld(root / "data", root / "index", Path(checkpoint), clip, rows)
     if videos:
         from apps.clip4clip.index import IndexOptions
         from apps.clip4clip.index import build_index as build_video_index
-        from apps.clip4clip.synth import SynthConfig, generate_synthetic_set
         from apps.clip4clip.video import FrameSampling
+        from testbed.videos import SynthConfig, generate_synthetic_set
 
         made = generate_synthetic_set(root / "synth", SynthConfig(n_train=2, n_test_pairs=1, size=32))
         options = IndexOptions(sampling=FrameSampling(max_frames=4, fps=2.0), batch_size=16)

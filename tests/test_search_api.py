@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from apps.search.store import MAX_K
+from testbed.web import serve_testweb
 from tests.searchdata import (
     COPIED,
     SCRIPT_CAPTION,
@@ -26,7 +27,6 @@ from tests.searchdata import (
     png_bytes,
     serve_search,
 )
-from tests.web import serve_testweb
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from apps.search.index import (
 )
 from apps.search.store import SearchIndex
 from curation.shards import write_shard
-from tests.datasets import shape_rows
+from testbed.datasets import shape_rows
 from tests.searchdata import COPIED, SCRIPT_CAPTION, build_search_world
 
 
@@ -94,16 +94,14 @@ def test_a_new_dataset_version_embeds_only_its_new_shard(world, tmp_path):
 def test_an_index_refuses_a_different_clip(world, tmp_path):
     import torch
 
-    from training.model import create_model, save_checkpoint
+    from models import create_model, load_clip, save_checkpoint
 
     torch.manual_seed(1)
     other = save_checkpoint(tmp_path / "other.pt", create_model("clip-tiny")[0], "clip-tiny")
     out = tmp_path / "index"
     shutil.copytree(world.index, out)
-    from apps.clip import load_app_clip
-
     with pytest.raises(Exception, match="different image-encoder weights"):
-        build_index(world.dataset, out, load_app_clip(checkpoint=other), IndexSettings(progress=False))
+        build_index(world.dataset, out, load_clip(other), IndexSettings(progress=False))
 
 
 def test_index_type_follows_size_and_memory_budget():

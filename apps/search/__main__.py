@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-EXIT_USER_ERROR = 2
+from apps.cli import add_model_arguments, model_choice, set_threads
+from common.errors import run_cli
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
@@ -23,20 +26,6 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size: use e.g. 4G, 512M or a number of bytes")
     number, unit = match.groups()
     return int(float(number) * 1024 ** "_kmgt".index(unit.lower() or "_"))
-
-
-def _add_clip_args(parser: argparse.ArgumentParser, default: str) -> None:
-    group = parser.add_argument_group(f"CLIP ({default})")
-    group.add_argument("--checkpoint", type=Path, help="checkpoint file or training run directory")
-    group.add_argument("--model", help="open_clip model name, e.g. ViT-B-32 or clip-small")
-    group.add_argument("--pretrained", help="open_clip weights tag or weights file for --model")
-    group.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
-    group.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="CPU threads for torch and faiss (default 1: best under many clients)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.add_argument("dataset", type=Path, help="dataset directory (shards/ + manifest.json)")
     index.add_argument("--out", type=Path, required=True, help="index directory to write (or update)")
-    _add_clip_args(index, "default: the checkpoint `make demo` trains")
+    add_model_arguments(index)
     index.add_argument("--batch-size", type=int, default=64, help="pairs embedded per batch")
     index.add_argument(
         "--max-memory",
@@ -74,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="serve an index: /knn, /metadata, /health, /metrics and the web page",
-        description="Serve a search index over HTTP (FastAPI + uvicorn). Open http://HOST:PORT/ for the page.",
+        description="Serve a search index over HTTP (FastAPI + uvicorn). Open http://HOST:PORT/ for the page. "
+        "Queries are embedded by the CLIP the index recorded unless --checkpoint/--model name another "
+        "with the same weights.",
     )
     serve.add_argument("index", type=Path, help="index directory written by `index`")
     serve.add_argument(
@@ -101,34 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="CIDR image_url may reach despite being private",
     )
-    _add_clip_args(serve, "default: the one the index was built with")
+    add_model_arguments(serve)  # serve's default is the CLIP the index recorded, not the demo's
     return parser
-
-
-def _load_clip(ns: argparse.Namespace, default: str | None):
-    from apps.clip import load_app_clip
-
-    checkpoint = ns.checkpoint if ns.checkpoint is not None or ns.model is not None else default
-    return load_app_clip(checkpoint=checkpoint, model=ns.model, pretrained=ns.pretrained, device=ns.device)
 
 
 def _set_threads(threads: int) -> None:
     import faiss
-    import torch
 
-    if threads < 1:
-        raise ValueError(f"--threads {threads}: at least 1")
-    torch.set_num_threads(threads)
+    set_threads(threads)  # torch, checked
     faiss.omp_set_num_threads(threads)
 
 
 def run_index(ns: argparse.Namespace) -> None:
-    from apps.search.index import IndexSettings, build_index
+    from apps.search.index import IndexSettings, SearchIndexError, build_index
 
     _set_threads(ns.threads)
     if ns.batch_size < 1:
-        raise ValueError(f"--batch-size {ns.batch_size}: at least 1")
-    clip = _load_clip(ns, None)
+        raise SearchIndexError(f"--batch-size {ns.batch_size}: at least 1")
+    clip = model_choice(ns).load()
     settings = IndexSettings(
         batch_size=ns.batch_size,
         max_memory=ns.max_memory,
@@ -163,7 +144,10 @@ def run_serve(ns: argparse.Namespace) -> None:
                 f"{ns.index} was built with {recorded or 'a CLIP without a checkpoint file'}, which is not "
                 "here: pass --checkpoint with the same model"
             )
-        clip = _load_clip(ns, recorded)
+        choice = model_choice(ns)
+        if choice.checkpoint is None and choice.model is None:
+            choice = replace(choice, checkpoint=Path(recorded))
+        clip = choice.load()
         if meta["clip"] is not None:
             from apps.clip4clip.index import check_same_clip
 
@@ -186,19 +170,7 @@ def run_serve(ns: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    from apps.clip import ClipLoadError
-    from apps.clip4clip.index import VideoIndexError
-    from apps.search.index import SearchIndexError
-    from apps.search.query import QueryError
-
-    try:
-        run_index(ns) if ns.command == "index" else run_serve(ns)
-    except (SearchIndexError, QueryError, ClipLoadError, VideoIndexError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_cli(lambda: run_index(ns) if ns.command == "index" else run_serve(ns))
 
 
 if __name__ == "__main__":

@@ -20,17 +20,16 @@ import numpy as np
 from apps.search.index import IndexSettings, build_index
 from apps.search.query import QueryEncoder
 from apps.search.store import SearchIndex
+from models import load_clip
 
 
 def run_search_demo(
     out_dir: str | Path, checkpoint: str | Path, dataset: str | Path, queries: int = 200, port: int = 8000
 ) -> dict:
     """Build (or update) the index of `dataset` under OUT/index; returns figures and the serve command."""
-    from apps.clip import load_app_clip
-
     out = Path(out_dir)
     index_dir = out / "index"
-    clip = load_app_clip(checkpoint=checkpoint)
+    clip = load_clip(checkpoint)
     start = time.perf_counter()
     report = build_index(dataset, index_dir, clip, IndexSettings(progress=False))
     index_seconds = time.perf_counter() - start

@@ -30,14 +30,10 @@ from tqdm import tqdm
 
 from apps.clip4clip.index import check_same_clip, clip_record
 from apps.search.embed import PART_SCHEMA, Part, embed_shard
+from common.atomic import atomic_path, atomic_write_json
+from common.errors import UserError
 from curation.dedup import duplicate_groups, same_picture
-from curation.shards import (
-    atomic_path,
-    atomic_write_json,
-    load_manifest,
-    trusted_shards,
-    write_parquet_atomic,
-)
+from curation.shards import load_manifest, trusted_shards, write_parquet_atomic
 
 INDEX_FORMAT = "clip-search-index/1"
 MODALITIES = ("image", "text")
@@ -49,7 +45,7 @@ DEFAULT_DEDUP_RADIUS = 8  # curation's default pHash radius (candidates are then
 METADATA_COLUMNS = [n for n in PART_SCHEMA.names if n not in ("jpg", "colour")]
 
 
-class SearchIndexError(RuntimeError):
+class SearchIndexError(UserError, RuntimeError):
     """An index or dataset that cannot be used as asked; the message names it and the fix."""
 
 
@@ -209,10 +205,7 @@ def build_index(
 ) -> IndexReport:
     """Embed every trusted shard of `dataset` not embedded yet, then write the index files (module doc)."""
     dataset, out = Path(dataset), Path(out_dir)
-    try:
-        shard_paths = trusted_shards(dataset, verify=False)
-    except RuntimeError as exc:  # ShardError: no manifest, missing shard, ...
-        raise SearchIndexError(str(exc)) from exc
+    shard_paths = trusted_shards(dataset, verify=False)  # a ShardError (UserError) names what is wrong
     if not shard_paths:
         raise SearchIndexError(f"{dataset}: the manifest lists no shards; nothing to index")
     manifest = load_manifest(dataset)

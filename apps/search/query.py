@@ -19,13 +19,14 @@ import numpy as np
 from PIL import Image
 
 from apps.search.embed import encode_images, encode_texts
+from common.errors import UserError
 from curation.crawl import CrawlConfig, Fetcher, FetchError
 
 MAX_QUERY_CHARS = 1_000
 MAX_PIXELS = 40_000_000  # a decoded picture larger than this is refused (decompression bombs)
 
 
-class QueryError(ValueError):
+class QueryError(UserError, ValueError):
     """The query cannot be answered as sent; the message says what to send instead."""
 
 
