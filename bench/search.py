@@ -71,6 +71,9 @@ def write_indexes(work: Path, vectors: np.ndarray) -> tuple[Path, Path]:
     n = len(vectors)
     rows = pa.table({"key": pa.array([f"{i:09d}" for i in range(n)])})
     ours, base = work / "ours", work / "exact"
+    if all((d / "index.json").is_file() and read_index_meta(d)["count"] == n for d in (ours, base)):
+        print(f"  reusing the indexes in {work} (same seeds: same vectors)", flush=True)
+        return ours, base
     t0 = time.perf_counter()
     write_index_files(ours, rows, {"image": vectors}, clip=None, settings=IndexSettings(progress=False))
     build_s = time.perf_counter() - t0

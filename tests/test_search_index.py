@@ -172,3 +172,37 @@ def test_command_line_errors_are_one_line(world, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "indexed 64 pairs" in printed and f"python -m apps.search serve {out}" in printed
+
+
+def test_serve_command_answers_on_loopback(world, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "apps.search", "serve", str(world.index), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "the server did not start within 120 s"
+                time.sleep(0.3)
+        assert health["rows"] == 64 and health["text_queries"] is True  # the index's own CLIP was loaded
+        hits = httpx.get(f"http://127.0.0.1:{port}/knn", params={"text": "a red circle", "k": 3}).json()
+        assert len(hits["results"]) == 3
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

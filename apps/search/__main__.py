@@ -137,15 +137,16 @@ def run_serve(ns: argparse.Namespace) -> None:
     _set_threads(ns.threads)
     meta = read_index_meta(ns.index)
     clip = None
-    if meta["clip"] is not None or ns.checkpoint is not None or ns.model is not None:
+    choice = model_choice(ns)
+    named = choice.checkpoint is not None or choice.model is not None
+    if meta["clip"] is not None or named:
         recorded = (meta["clip"] or {}).get("checkpoint")
-        if ns.checkpoint is None and ns.model is None and (recorded is None or not Path(recorded).is_file()):
-            raise SearchIndexError(
-                f"{ns.index} was built with {recorded or 'a CLIP without a checkpoint file'}, which is not "
-                "here: pass --checkpoint with the same model"
-            )
-        choice = model_choice(ns)
-        if choice.checkpoint is None and choice.model is None:
+        if not named:
+            if recorded is None or not Path(recorded).is_file():
+                raise SearchIndexError(
+                    f"{ns.index} was built with {recorded or 'a CLIP without a checkpoint file'}, which is "
+                    "not here: pass --checkpoint with the same model"
+                )
             choice = replace(choice, checkpoint=Path(recorded))
         clip = choice.load()
         if meta["clip"] is not None:
