@@ -106,7 +106,7 @@ def test_an_index_refuses_a_different_clip(world, tmp_path):
 
 def test_index_type_follows_size_and_memory_budget():
     assert choose_index_type(10_000, 512) == "Flat"
-    assert choose_index_type(1_000_000, 512, 4 << 30) == "IVF1024,Flat"
+    assert choose_index_type(1_000_000, 512, 4 << 30) == "IVF1024,PQ128x4fs,RFlat"
     assert choose_index_type(1_000_000, 512, 1 << 30) == "IVF1024,SQ8"
     assert choose_index_type(100_000_000, 512, 16 << 30) == "IVF8192,PQ64"
     with pytest.raises(SearchIndexError, match="raise --max-memory"):
@@ -114,8 +114,9 @@ def test_index_type_follows_size_and_memory_budget():
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((5_000, 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ivf = build_faiss(vectors, "IVF64,Flat")
-    assert ivf.ntotal == 5_000 and ivf.search(vectors[:5], 1)[1][:, 0].tolist() == [0, 1, 2, 3, 4]
+    for kind in ("IVF64,Flat", "IVF64,PQ8x4fs,RFlat", "IVF64,SQ8"):
+        ivf = build_faiss(vectors, kind)
+        assert ivf.ntotal == 5_000 and ivf.search(vectors[:5], 1)[1][:, 0].tolist() == [0, 1, 2, 3, 4], kind
     with pytest.raises(SearchIndexError, match="not understood"):
         build_faiss(vectors, "IVF64,Bogus")
 
