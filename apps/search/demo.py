@@ -1,7 +1,7 @@
 """The search part of `make demo`: index the curated dataset with the trained CLIP, check it answers.
 
-    from apps.search.demo import run_search_demo
-    figures = run_search_demo("runs/demo/apps/search", "runs/demo/train", "runs/demo/data/round1")
+    from apps.search.demo import run_demo
+    figures = run_demo("runs/demo/apps/search", "runs/demo/train", "runs/demo/data/round1")
     print(figures["serve_command"])
 
 Figures: rows indexed, seconds to embed, index type, near-duplicate groups, and, for captions
@@ -33,7 +33,7 @@ def class_named(caption: str | None) -> str | None:
     return named[0] if len(named) == 1 else None
 
 
-def run_search_demo(
+def run_demo(
     out_dir: str | Path, checkpoint: str | Path, dataset: str | Path, queries: int = 200, port: int = 8000
 ) -> dict:
     """Build (or update) the index of `dataset` under OUT/index; returns figures and the serve command."""
