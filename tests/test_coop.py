@@ -279,3 +279,14 @@ def test_cli_train_then_evaluate(hues, tiny_checkpoint, tmp_path):
         "yellow green",
         "yellow orange",
     ]
+
+
+@pytest.mark.slow
+def test_demo_hook_writes_its_figure(tiny_checkpoint, tmp_path):
+    from apps.coop.demo import run_demo
+
+    figures = run_demo(tmp_path / "coop", tiny_checkpoint)
+    assert Path(figures["coop_png"]).stat().st_size > 10_000
+    assert set(figures["coop_top1_by_shots"]) == {1, 4, 16}
+    assert set(figures["base_to_new_hm"]) >= {"CoOp", "CoCoOp"}
+    assert json.loads((tmp_path / "coop" / "coop.json").read_text())["figures"]["seconds"] > 0

@@ -126,13 +126,14 @@ def plot(curve: dict, b2n: dict | None, path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     panels = 2 if b2n else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4.3), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels, 4.8), squeeze=False)
     ax = axes[0, 0]
     shots = sorted(curve["shots"], key=int)
     x = [int(k) for k in shots]
+    method = f"{curve['method']} (M={curve['spec']['n_ctx']}, learned context)"
     for key, label, colour in (
-        ("learned", curve["method"], "tab:red"),
-        ("linear_probe", "linear probe", "tab:gray"),
+        ("learned", method, "tab:red"),
+        ("linear_probe", "linear probe on the same shots", "tab:gray"),
     ):
         mean = np.array([curve["shots"][k][key]["mean"] for k in shots]) * 100
         lo = np.array([min(curve["shots"][k][key]["runs"]) for k in shots]) * 100
@@ -153,7 +154,8 @@ def plot(curve: dict, b2n: dict | None, path, title: str = "") -> None:
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(title or "accuracy vs shots (3 seeds: mean, band min..max)", fontsize=10)
+    seeds = len(next(iter(curve["shots"].values()))["learned"]["runs"])
+    ax.set_title(f"{title}\naccuracy vs shots ({seeds} seeds: line = mean, band = min..max)", fontsize=10)
     if b2n:
         ax = axes[0, 1]
         names = list(b2n["methods"])
@@ -171,12 +173,20 @@ def plot(curve: dict, b2n: dict | None, path, title: str = "") -> None:
                 color=colour,
                 label=key if key != "hm" else "harmonic mean",
             )
-        ax.set_xticks(np.arange(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
-        ax.set_ylim(0, 100)
+        ax.set_xticks(
+            np.arange(len(names)), [n.replace(" (", "\n(").replace(", ", ",\n") for n in names], fontsize=7
+        )
+        ax.set_ylim(0, 115)
+        ax.set_yticks(range(0, 101, 20))
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8)
-        ax.set_title("base-to-new (train on base classes only)", fontsize=10)
+        ax.legend(fontsize=8, loc="upper center", ncol=3)
+        runs = len(next(iter(b2n["methods"].values()))["hm"]["runs"])
+        ax.set_title(
+            f"base-to-new: trained on the {len(b2n['base_classes'])} base classes only\n"
+            f"(16 shots; mean of {runs} seeds, bar = std; zero-shot has no seed)",
+            fontsize=10,
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
