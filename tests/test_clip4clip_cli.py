@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from apps.clip4clip.__main__ import main
-from apps.clip4clip.synth import SynthConfig, generate_synthetic_set, write_mp4
-from training.model import create_model, save_checkpoint
+from models import create_model, save_checkpoint
+from testbed.videos import SynthConfig, generate_synthetic_set, write_mp4
 
 
 def _checkpoint(path: Path, name: str, seed: int) -> Path:

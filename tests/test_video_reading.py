@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from apps.clip4clip.synth import write_mp4
 from apps.clip4clip.video import FrameSampling, VideoRejected, choose_times, find_videos, read_video
+from testbed.videos import write_mp4
 
 
 def _frames(n: int, height: int = 48, width: int = 64) -> list[np.ndarray]:

@@ -16,7 +16,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from apps.clip4clip.errors import Clip4ClipError
 from apps.clip4clip.video import FrameSampling
+from common.errors import run_cli
 
 # User errors become one line on stderr and exit status 2; anything else is a bug and keeps its traceback.
 EXIT_USER_ERROR = 2
@@ -68,12 +70,12 @@ def _load_clip(
     default_model: str | None = None,
     default_pretrained: str | None = None,
 ):
-    from apps.clip import load_app_clip
+    from models import DEFAULT_CHECKPOINT, load_clip
 
     checkpoint, model, pretrained = ns.checkpoint, ns.model, ns.pretrained
     if checkpoint is None and model is None:
         checkpoint, model, pretrained = default_checkpoint, default_model, default_pretrained
-    return load_app_clip(checkpoint=checkpoint, model=model, pretrained=pretrained, device=ns.device)
+    return load_clip(checkpoint, ns.device, model=model, pretrained=pretrained, default=DEFAULT_CHECKPOINT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,7 +180,7 @@ def run_index(ns: argparse.Namespace) -> int:
     from apps.clip4clip.index import IndexOptions, build_index
 
     if ns.checkpoint is None and ns.model is not None and ns.pretrained is None:
-        raise ValueError(
+        raise Clip4ClipError(
             f"--model {ns.model} without --pretrained is randomly initialised: a search could never "
             "load the same weights again. Pass --checkpoint PATH, or --pretrained TAG"
         )
@@ -216,7 +218,7 @@ def run_search(ns: argparse.Namespace) -> int:
     if recorded["checkpoint"] is None:
         name, _, tag = recorded["identity"].partition(":")
         if tag in ("", "random") and ns.checkpoint is None and ns.model is None:
-            raise ValueError(
+            raise Clip4ClipError(
                 f"index {ns.index_dir} was built with a randomly initialised {name}: pass the same "
                 "weights with --checkpoint, or rebuild the index from a checkpoint"
             )
@@ -239,7 +241,7 @@ def run_train(ns: argparse.Namespace) -> int:
         metrics_report,
         train_head,
     )
-    from curation.shards import atomic_write_json
+    from common.atomic import atomic_write_json
 
     clip = _load_clip(ns)
     sampling = _sampling(ns)
@@ -313,7 +315,7 @@ def run_evaluate(ns: argparse.Namespace) -> int:
 
 
 def run_synth(ns: argparse.Namespace) -> int:
-    from apps.clip4clip.synth import SynthConfig, generate_synthetic_set
+    from testbed.videos import SynthConfig, generate_synthetic_set
 
     made = generate_synthetic_set(
         ns.out, SynthConfig(n_train=ns.n_train, n_test_pairs=ns.n_test_pairs, size=ns.size, seed=ns.seed)
@@ -337,30 +339,11 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    from apps.clip import ClipLoadError
-    from apps.clip4clip.captions import CaptionFileError
-    from apps.clip4clip.index import VideoIndexError
-    from apps.clip4clip.search import EmptyQueryError
-    from apps.clip4clip.train import HeadCheckpointError
-
-    user_errors = (
-        ClipLoadError,
-        CaptionFileError,
-        VideoIndexError,
-        EmptyQueryError,
-        HeadCheckpointError,
-        FileNotFoundError,
-        ValueError,
-    )
     if getattr(ns, "threads", None):
         import torch
 
         torch.set_num_threads(ns.threads)
-    try:
-        return COMMANDS[ns.command](ns)
-    except user_errors as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    return run_cli(lambda: COMMANDS[ns.command](ns))
 
 
 if __name__ == "__main__":

@@ -19,12 +19,14 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from apps.clip4clip.errors import Clip4ClipError
 from apps.clip4clip.heads import HeadConfig, SimilarityHead, build_head
 from apps.clip4clip.index import INDEX_FORMAT, VideoIndexError, check_same_clip
 from apps.clip4clip.train import encode_captions, load_head
+from common.errors import UserError
 
 
-class EmptyQueryError(ValueError):
+class EmptyQueryError(UserError, ValueError):
     """The query has no words."""
 
 
@@ -98,7 +100,7 @@ def search(index: VideoIndex, query: str, k: int = 5) -> list[SearchHit]:
             'empty query: give a few words describing the video, e.g. "a red circle moves left"'
         )
     if k < 1:
-        raise ValueError(f"-k {k}: ask for at least 1 result")
+        raise Clip4ClipError(f"-k {k}: ask for at least 1 result")
     if not index.videos:
         return []
     k = min(k, len(index.videos))

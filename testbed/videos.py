@@ -1,7 +1,7 @@
 """Synthetic video-caption set: coloured shapes moving one after the other, as real H.264 mp4 files.
 
 Each video shows two events in turn, e.g. a red square moving left, then a blue circle moving up.
-The shapes, colours and backgrounds are those of `curation.shapes`, so a CLIP trained on that world
+The shapes, colours and backgrounds are those of `testbed.shapes`, so a CLIP trained on that world
 recognises the frames. Every video gets captions of two kinds:
 
 - "order": names the events in the order they happen ("a red square moves left, then a blue
@@ -25,10 +25,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from apps.clip4clip.captions import Caption, write_captions
+from curation.video_captions import Caption, write_captions
 
-# `_shape_outline` draws exactly the outlines the shape pictures use; reused so the demo CLIP knows them.
-from curation.shapes import _BACKGROUND_TINTS, CLASSES, COLOR_RGB, _shape_outline, split_class
+# `shape_outline` draws exactly the outlines the shape pictures use; reused so the demo CLIP knows them.
+from testbed.shapes import BACKGROUND_TINTS, CLASSES, COLOR_RGB, shape_outline, split_class
 
 MOTIONS: dict[str, tuple[float, float]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 ORDER_TEMPLATES = [
@@ -85,7 +85,7 @@ def render_segments(
     per_event = max(2, int(round(config.event_seconds * config.fps)))
     supersample = 3
     big = size * supersample
-    tint = np.array(_BACKGROUND_TINTS[rng.integers(len(_BACKGROUND_TINTS))], dtype=np.float32)
+    tint = np.array(BACKGROUND_TINTS[rng.integers(len(BACKGROUND_TINTS))], dtype=np.float32)
     background = np.clip(tint + rng.uniform(-10, 10, size=3), 0, 255).astype(np.uint8)
     segments = []
     for event in events:
@@ -94,7 +94,7 @@ def render_segments(
         fill = tuple(int(v) for v in np.clip(np.array(COLOR_RGB[color]) + rng.uniform(-15, 15, 3), 0, 255))
         radius = big * rng.uniform(0.22, 0.3)
         rotation = rng.uniform(-math.pi, math.pi) if shape not in ("heart",) else rng.uniform(-0.4, 0.4)
-        outline = _shape_outline(shape, radius, rotation)
+        outline = shape_outline(shape, radius, rotation)
         dx, dy = MOTIONS[event.motion]
         margin = radius * 1.1
         # Travel from one side to the other; the cross axis stays near the centre with some jitter.
