@@ -1,6 +1,6 @@
 """Benchmark of apps.coop: learned prompts vs the hand prompt and the 80-prompt ensemble on a hard task.
 
-Task: the 12 fine-grained colour classes of `apps.coop.task` (6 named colours + the 6 between them,
+Task: the 12 fine-grained colour classes of `testbed.hues` (6 named colours + the 6 between them,
 random shape, half drawn as pen outlines), a training pool of 32 pictures per class and a separate
 test set of 50 per class, all at 64 px. CLIP (default: the demo model) is frozen, so every picture is
 encoded once and cached; every run below trains only prompts on the cached features.
@@ -82,19 +82,19 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from apps.clip import load_app_clip
     from apps.coop.data import folder_features
     from apps.coop.prompts import PromptSpec
     from apps.coop.study import base_to_new, plot, shots_curve
-    from apps.coop.task import write_hue_folder
-    from curation.shards import atomic_write_json
+    from common.atomic import atomic_write_json
+    from models import load_clip
+    from testbed.hues import write_hue_folder
 
     torch.set_num_threads(args.threads)
     shots = [int(s) for s in args.shots.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     b2n_seeds = [int(s) for s in args.b2n_seeds.split(",")]
     started = time.perf_counter()
-    clip = load_app_clip(args.checkpoint)
+    clip = load_clip(args.checkpoint)
     for name, per_class, seed in (("train", 32, 0), ("test", 50, 1)):
         if not (args.work / name).is_dir():
             write_hue_folder(args.work / name, per_class, seed=seed, size=clip.image_size)

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from apps.clip import load_app_clip
 from apps.coop import load_classifier
 from apps.coop.__main__ import run
 from apps.coop.config import CoopTrainConfig
 from apps.coop.data import CoopDataError, folder_features
 from apps.coop.evaluate import learned_classifier
 from apps.coop.prompts import LearnedPrompts, PromptClassifier, PromptError, PromptSpec, save_prompts
-from apps.coop.task import HUE_CLASSES, write_hue_folder
 from apps.coop.train import Schedule, shot_features, split_indices, train, train_prompts
+from models import load_clip
+from testbed.hues import HUE_CLASSES, write_hue_folder
 from training.config import EvalConfig
 from training.evaluate import evaluate
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def clip(tiny_checkpoint):
-    return load_app_clip(tiny_checkpoint)
+    return load_clip(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def _run(argv, capsys) -> tuple[int, str]:
 
 def _other_width_checkpoint(tmp_path: Path) -> Path:
     """A real CLIP checkpoint whose text tower is 32 wide (clip-tiny's is 64)."""
-    from training.model import CONFIG_DIR, register_configs
+    from models.loader import CONFIG_DIR, register_configs
 
     config = json.loads((CONFIG_DIR / "clip-tiny.json").read_text())
     config["text_cfg"]["width"] = 32
@@ -157,7 +157,7 @@ def _other_width_checkpoint(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "clip-tiny-w32.json").write_text(json.dumps(config))
     register_configs(folder)
-    from training.model import create_model, save_checkpoint
+    from models import create_model, save_checkpoint
 
     return save_checkpoint(tmp_path / "w32.pt", create_model("clip-tiny-w32")[0], "clip-tiny-w32")
 

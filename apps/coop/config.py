@@ -6,43 +6,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from curation.settings import ConfigError
+from common.settings import ConfigError
 
 Split = Literal["all", "base", "new"]
 _SPLIT_HELP = "classes to use: all, or CoOp's base-to-new split (base = first half of the sorted classes, new = the rest)"
 
 
 @dataclass(frozen=True)
-class ClipChoice:
-    """Which CLIP to load (default: the checkpoint `make demo` trains) and where to keep image features."""
+class FeatureOptions:
+    """Where image features are kept (CLIP is frozen: each picture is encoded once) and whether to show progress.
 
-    checkpoint: Path | None = field(
-        default=None, metadata={"help": "CLIP checkpoint file or training run directory"}
-    )
-    model: str | None = field(
-        default=None, metadata={"help": "open_clip model name (instead of --checkpoint)"}
-    )
-    pretrained: str | None = field(
-        default=None, metadata={"help": "open_clip weights tag or file for --model"}
-    )
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
-    threads: int | None = field(
-        default=None, metadata={"help": "torch CPU threads (1 is fastest on busy cores)"}
-    )
+    The CLIP itself is chosen by `apps.cli.ModelChoice` (--checkpoint/--model/--pretrained/--device).
+    """
+
     cache_dir: Path | None = field(
-        default=None, metadata={"help": "image-feature cache (CLIP is frozen: each picture is encoded once)"}
+        default=None, metadata={"help": "image-feature cache folder (default: none, encode every run)"}
     )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
 @dataclass(frozen=True)
-class CoopTrainConfig(ClipChoice):
+class CoopTrainConfig(FeatureOptions):
     data: Path = field(
         default=None, metadata={"help": "ImageFolder: one sub-folder of pictures per class (required)"}
     )
     out: Path = field(default=None, metadata={"help": "run folder: prompts.pt, train.json (required)"})
     shots: int = field(default=16, metadata={"help": "pictures per class to learn from"})
-    ctx: int = field(default=4, metadata={"help": "number M of learned context vectors"})
+    ctx: int = field(default=8, metadata={"help": "number M of learned context vectors"})
     init: str | None = field(
         default=None,
         metadata={"help": "start the context from these words, e.g. 'a photo of a' (M = word count)"},
@@ -85,7 +75,7 @@ class CoopTrainConfig(ClipChoice):
 
 
 @dataclass(frozen=True)
-class CoopEvalConfig(ClipChoice):
+class CoopEvalConfig(FeatureOptions):
     prompts: Path = field(
         default=None, metadata={"help": "prompts.pt or the run folder `train` wrote (required)"}
     )

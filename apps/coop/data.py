@@ -17,13 +17,14 @@ import torch
 from tqdm import tqdm
 
 from apps.clip4clip.cache import visual_fingerprint
-from curation.shards import atomic_path
+from common.atomic import atomic_path
+from common.errors import UserError
+from models import LoadedCLIP
 from training.data import decode_image
 from training.evaluate import EvalError, read_image_folder
-from training.model import LoadedCLIP
 
 
-class CoopDataError(ValueError):
+class CoopDataError(UserError, ValueError):
     """An image folder or class list cannot be used for prompt learning; the message says which and why."""
 
 

@@ -12,19 +12,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from apps.clip import load_app_clip
 from apps.coop.data import folder_features
 from apps.coop.prompts import PromptSpec
 from apps.coop.study import base_to_new, plot, shots_curve
-from apps.coop.task import write_hue_folder
-from curation.shards import atomic_write_json
+from common.atomic import atomic_write_json
+from models import DEFAULT_CHECKPOINT, load_clip
+from testbed.hues import write_hue_folder
 
 
 def run_demo(out_dir: Path | str, checkpoint: Path | str | None = None, progress: bool = False) -> dict:
     """CoOp at 1, 4 and 16 shots and base-to-new CoOp vs CoCoOp, one seed each, with a frozen CLIP."""
     started = time.perf_counter()
     out = Path(out_dir)
-    clip = load_app_clip(checkpoint)
+    clip = load_clip(checkpoint, default=DEFAULT_CHECKPOINT)
     for name, per_class, seed in (("train", 16, 0), ("test", 30, 1)):
         if not (out / "task" / name).is_dir():
             write_hue_folder(

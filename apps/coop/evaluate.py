@@ -14,9 +14,9 @@ import torch
 from apps.coop.data import FolderFeatures, folder_features
 from apps.coop.prompts import PromptClassifier, load_prompts
 from apps.coop.train import split_indices
-from curation.shards import atomic_write_json
+from common.atomic import atomic_write_json
+from models import LoadedCLIP
 from training.evaluate import Classifier, zero_shot_scores
-from training.model import LoadedCLIP
 
 
 def learned_classifier(classifier: PromptClassifier) -> Classifier:

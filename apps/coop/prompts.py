@@ -29,14 +29,15 @@ from open_clip.transformer import text_global_pool
 from torch import nn
 
 from apps.coop.data import check_classnames
-from curation.shards import atomic_path
-from training.model import LoadedCLIP
+from common.atomic import atomic_path
+from common.errors import UserError
+from models import LoadedCLIP
 
 FORMAT = "coop-prompts/1"
 Position = Literal["end", "middle"]
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
     """Prompts cannot be built, loaded or used with this CLIP; the message names the input and the fix."""
 
 

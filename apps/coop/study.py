@@ -17,8 +17,8 @@ from apps.coop.data import FolderFeatures
 from apps.coop.evaluate import harmonic_mean, learned_classifier
 from apps.coop.prompts import PromptClassifier, PromptSpec
 from apps.coop.train import Schedule, paper_schedule, shot_features, split_indices, train_prompts
+from models import LoadedCLIP
 from training.evaluate import zero_shot_scores
-from training.model import LoadedCLIP
 
 
 def _top1(clip: LoadedCLIP, data: FolderFeatures, extra=None) -> dict[str, float]:

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from apps.coop.data import FolderFeatures, folder_features, read_folder, sample_shots
+from apps.coop.data import CoopDataError, FolderFeatures, folder_features, read_folder, sample_shots
 from apps.coop.prompts import LearnedPrompts, PromptClassifier, PromptSpec, prompt_layout, save_prompts
-from training.model import LoadedCLIP
+from models import LoadedCLIP
 
 WARMUP_LR = 1e-5
 
@@ -48,7 +48,7 @@ def split_indices(n_classes: int, which: str) -> list[int]:
     if which == "all":
         return list(range(n_classes))
     if n_classes < 4:
-        raise ValueError(
+        raise CoopDataError(
             f"--classes {which}: a base-to-new split needs at least 4 classes, the folder has {n_classes}"
         )
     return list(range(half)) if which == "base" else list(range(half, n_classes))
@@ -111,8 +111,8 @@ def train_prompts(
 
 def train(cfg, clip: LoadedCLIP) -> dict:
     """`python -m apps.coop train`: check everything, learn, then write RUN/prompts.pt and RUN/train.json."""
-    from curation.settings import to_dict
-    from curation.shards import atomic_write_json
+    from common.atomic import atomic_write_json
+    from common.settings import to_dict
 
     spec = PromptSpec(
         n_ctx=len(clip.tokenizer.encode(cfg.init)) if cfg.init else cfg.ctx,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from curation.shapes import COLOR_RGB, SHAPES, STYLES, render_shape_image
+from testbed.shapes import COLOR_RGB, SHAPES, STYLES, render_shape_image
 
 # The six named colours and the six between them (the midpoint of the two neighbours' RGB).
 _WHEEL = ("red", "orange", "yellow", "green", "blue", "purple")
