@@ -15,7 +15,7 @@ encoded once and cached; every run below trains only prompts on the cached featu
     python bench/coop_shots.py --checkpoint /work/main/runs/demo/train        # about 5 minutes on 2 busy cores
     python bench/coop_shots.py --seeds 0 --shots 1,16                          # quicker look
 
-Writes docs/img/coop_shots.png and docs/coop_results.json, and prints the markdown tables of docs/coop.md.
+Writes docs/img/coop_shots.png, docs/img/coop_task.png (the task's pictures) and docs/coop_results.json, and prints the markdown tables of docs/coop.md.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from apps.coop.study import base_to_new, plot, shots_curve
     from common.atomic import atomic_write_json
     from models import load_clip
-    from testbed.hues import write_hue_folder
+    from testbed.hues import hue_sheet, write_hue_folder
 
     torch.set_num_threads(args.threads)
     shots = [int(s) for s in args.shots.split(",")]
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.png.parent.mkdir(parents=True, exist_ok=True)
     plot(curve, b2n, args.png, title=f"12 fine-grained colours, CLIP {clip.model_name} frozen")
+    hue_sheet(seed=0, size=clip.image_size).save(args.png.with_name("coop_task.png"))
     result = {
         "command": "python bench/coop_shots.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "checkpoint": clip.identity,

@@ -72,3 +72,18 @@ def write_hue_folder(
         for k in range(per_class):
             render_hue_image(hue, rng, size, outline_fraction).save(folder / f"{k:05d}.png")
     return out
+
+
+def hue_sheet(seed: int = 0, size: int = 64, per_class: int = 6):
+    """One picture of the task: a row per colour class (in HUE_CLASSES order), `per_class` pictures each."""
+    from PIL import Image, ImageDraw
+
+    label = 110
+    sheet = Image.new("RGB", (label + per_class * size, len(HUE_CLASSES) * size), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, hue in enumerate(HUE_CLASSES):
+        rng = np.random.default_rng([seed, HUE_CLASSES.index(hue)])
+        draw.text((6, row * size + size // 2 - 6), hue, fill=(0, 0, 0))
+        for k in range(per_class):
+            sheet.paste(render_hue_image(hue, rng, size), (label + k * size, row * size))
+    return sheet

@@ -181,7 +181,7 @@ def plot(curve: dict, b2n: dict | None, path, title: str = "") -> None:
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8, loc="upper center", ncol=3)
-        runs = len(next(iter(b2n["methods"].values()))["hm"]["runs"])
+        runs = max(len(m["hm"]["runs"]) for m in b2n["methods"].values())
         ax.set_title(
             f"base-to-new: trained on the {len(b2n['base_classes'])} base classes only\n"
             f"(16 shots; mean of {runs} seeds, bar = std; zero-shot has no seed)",
