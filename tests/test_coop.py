@@ -190,6 +190,14 @@ def test_hostile_inputs_one_line_nothing_written(clip, hues, tiny_checkpoint, tm
         assert err.startswith("error: ") and "\n" not in err and message in err, (name, err)
         assert not out.exists(), name
 
+    # An unreadable picture among good ones is reported and skipped; the run goes on.
+    broken = tmp_path / "broken"
+    shutil.copytree(hues, broken)
+    (broken / "red" / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code, err = _run(["train", "--data", broken, "--shots", "4", "--out", tmp_path / "run_broken", *common], capsys)
+    assert code == 0 and "zz_broken.png: not a readable image, skipped" in err, err
+    assert json.loads((tmp_path / "run_broken" / "train.json").read_text())["unreadable_in_folder"] == 1
+
     # Prompts learned on clip-tiny (text width 64) refused by a CLIP 32 wide, before anything is written.
     prompts = LearnedPrompts.initial(clip, ["red", "blue"], PromptSpec(n_ctx=2))
     save_prompts(tmp_path / "p" / "prompts.pt", prompts, clip)

@@ -78,7 +78,7 @@ class FolderFeatures:
             np.array([remap[int(c)] for c in self.labels[keep]], dtype=np.int64),
             [self.classnames[c] for c in class_indices],
             [self.files[i] for i in keep],
-            0,
+            self.unreadable,  # of the whole folder: still worth reporting
         )
 
 
