@@ -22,7 +22,8 @@ from training.evaluate import zero_shot_scores
 
 
 def _top1(clip: LoadedCLIP, data: FolderFeatures, extra=None) -> dict[str, float]:
-    scores = zero_shot_scores(clip, data.features, data.labels, data.classnames, "cpu", extra)
+    device = next(clip.model.parameters()).device
+    scores = zero_shot_scores(clip, data.features, data.labels, data.classnames, device, extra)
     return {name: s["top1"] for name, s in scores.items()}
 
 
