@@ -194,7 +194,9 @@ def test_hostile_inputs_one_line_nothing_written(clip, hues, tiny_checkpoint, tm
     broken = tmp_path / "broken"
     shutil.copytree(hues, broken)
     (broken / "red" / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    code, err = _run(["train", "--data", broken, "--shots", "4", "--out", tmp_path / "run_broken", *common], capsys)
+    code, err = _run(
+        ["train", "--data", broken, "--shots", "4", "--out", tmp_path / "run_broken", *common], capsys
+    )
     assert code == 0 and "zz_broken.png: not a readable image, skipped" in err, err
     assert json.loads((tmp_path / "run_broken" / "train.json").read_text())["unreadable_in_folder"] == 1
 
