@@ -111,7 +111,7 @@ def train_prompts(
 
 def train(cfg, clip: LoadedCLIP) -> dict:
     """`python -m apps.coop train`: check everything, learn, then write RUN/prompts.pt and RUN/train.json."""
-    from common.atomic import atomic_write_json
+    from common.atomic import atomic_write_json, output_lock
     from common.settings import to_dict
 
     spec = PromptSpec(
@@ -147,10 +147,11 @@ def train(cfg, clip: LoadedCLIP) -> dict:
         "log": log,
     }
     out = Path(cfg.out)
-    atomic_write_json(out / "train.json", summary)
-    save_prompts(
-        out / "prompts.pt", prompts, clip, {k: v for k, v in summary.items() if k not in ("log", "config")}
-    )
+    with output_lock(out, "apps.coop train"):  # a second run writing the same folder fails at once
+        atomic_write_json(out / "train.json", summary)
+        save_prompts(
+            out / "prompts.pt", prompts, clip, {k: v for k, v in summary.items() if k not in ("log", "config")}
+        )
     summary["prompts_path"] = str(out / "prompts.pt")
     return summary
 
