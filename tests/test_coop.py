@@ -229,7 +229,7 @@ def test_hostile_inputs_one_line_nothing_written(clip, hues, tiny_checkpoint, tm
     assert code == 2 and "not a readable prompts file" in err
 
 
-def test_cli_train_then_evaluate(hues, tiny_checkpoint, tmp_path):
+def test_cli_train_then_evaluate(hues, tiny_checkpoint, tmp_path, capsys):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     base = [sys.executable, "-m", "apps.coop"]
     clip_args = ["--checkpoint", str(tiny_checkpoint), "--no-progress", "--threads", "1"]
@@ -259,9 +259,9 @@ def test_cli_train_then_evaluate(hues, tiny_checkpoint, tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "run" / "prompts.pt").is_file() and "CoOp: 12 pictures of 6 classes" in done.stdout
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
-    done = subprocess.run(
+    # evaluate in-process (one interpreter start is enough to check the module entry point)
+    code = run(
         [
-            *base,
             "evaluate",
             "--prompts",
             str(tmp_path / "run"),
@@ -272,14 +272,11 @@ def test_cli_train_then_evaluate(hues, tiny_checkpoint, tmp_path):
             "--cache-dir",
             str(tmp_path / "cache"),
             *clip_args,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+        ]
     )
-    assert done.returncode == 0, done.stderr
-    assert "| learned: CoOp |" in done.stdout and "24 pictures, 6 classes (new)" in done.stdout
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| learned: CoOp |" in out and "24 pictures, 6 classes (new)" in out
     saved = json.loads((tmp_path / "run" / "eval_train_new.json").read_text())
     assert saved["class_names"] == [
         "red",
