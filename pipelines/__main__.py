@@ -1,6 +1,6 @@
 """`python -m pipelines run FLOW ...` runs a flow now; `python -m pipelines serve ...` serves scheduled deployments.
 
-    python -m pipelines run build-dataset source=crawl:http://127.0.0.1:8000/ out=data/web allow_private=true
+    python -m pipelines run build-dataset source=crawl:http://127.0.0.1:8000/ out=data/web allow_networks=127.0.0.1/32
     python -m pipelines run end-to-end --params pipelines/params/demo.toml train.steps=100
     python -m pipelines run build-dataset --params build.toml --dask-address tcp://127.0.0.1:8786
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m pipelines serve --params pipelines/params/nightly.toml

@@ -41,7 +41,7 @@ def _build_config(wit: Path, out: Path, chunk_size: int = 12) -> BuildConfig:
     return BuildConfig(
         source=[f"wit:{wit}"],
         out=out,
-        allow_private=True,
+        allow_networks=["127.0.0.0/8"],
         chunk_size=chunk_size,
         image_size=32,
         processes=1,

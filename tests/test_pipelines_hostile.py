@@ -99,7 +99,7 @@ def test_download_task_retries_while_the_host_answers_503(tmp_path, monkeypatch)
         cfg = BuildConfig(
             source=[f"wit:{wit}"],
             out=tmp_path / "flaky",
-            allow_private=True,
+            allow_networks=["127.0.0.1/32"],
             image_size=32,
             processes=1,
             timeout=2,
@@ -146,7 +146,7 @@ def test_sigkill_mid_build_then_rerun_skips_finished_chunks(tmp_path):
             "build-dataset",
             f"source=wit:{wit}",
             f"out={out}",
-            "allow_private=true",
+            "allow_networks=127.0.0.1/32",
             "chunk_size=8",
         ]
         args += ["image_size=32", "processes=1", "timeout=2"]
