@@ -616,7 +616,7 @@ class Fetcher:
                 and content_type
                 and not content_type.startswith(("text/html", "application/xhtml"))
             ):
-                raise FetchError(f"not HTML (Content-Type {content_type})")
+                raise FetchError(f"not_html: Content-Type {content_type}")  # category first: the rest is the server's
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)

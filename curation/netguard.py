@@ -155,7 +155,7 @@ def _judge(url: str, host: str, addresses: Sequence[str], allowed_networks: Iter
 def allow_hint(address: str | IPAddress) -> str:
     """How to allow one refused address: the narrowest --allow-networks that opens it."""
     ip = _as_address(address)
-    return f"pass --allow-networks {ip}/{ip.max_prefixlen} (or your network's CIDR) to allow it"
+    return f"pass --allow-networks {ip}/{ip.max_prefixlen}, or your network's CIDR, to allow it"
 
 
 def _literal(host: str) -> str | None:
