@@ -221,3 +221,39 @@ def test_a_page_with_100000_images_on_10000_hosts_stays_within_the_caps(evil, tm
 def test_server_text_cannot_shape_the_report():
     cell = markdown_cell("not_html: Content-Type x|y\n<script>alert(1)</script> [a](javascript:b)")
     assert "|" not in cell.replace("\\|", "") and "<" not in cell and "\n" not in cell and "\\[a\\]" in cell
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares width x height pixels in a few bytes (its pixel data is never needed)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)))
+    return path
+
+
+def test_a_long_thin_picture_is_refused_before_its_square_canvas_exists(tmp_path, capsys):
+    import tracemalloc
+
+    from apps.clipasso.__main__ import main
+    from apps.clipasso.picture import PictureError, load_picture
+    from apps.clipasso.svg import SvgError, svg_to_sketch
+
+    png = _png_header_only(tmp_path / "strip.png", 40000, 1250)  # 50 M pixels, a 40000^2 canvas once padded
+    tracemalloc.start()
+    try:
+        with pytest.raises(PictureError, match="40000 x 40000 square canvas"):
+            load_picture(png, 224)
+        assert tracemalloc.get_traced_memory()[1] < 50_000_000
+    finally:
+        tracemalloc.stop()
+    assert main([str(png), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "square canvas" in err
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 100000 100000"><path d="M 0 0 C 1 1 2 2 3 3"/></svg>'
+    with pytest.raises(SvgError, match="give a smaller viewBox"):
+        svg_to_sketch(svg)
