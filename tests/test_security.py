@@ -257,3 +257,60 @@ def test_a_long_thin_picture_is_refused_before_its_square_canvas_exists(tmp_path
     svg = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 100000 100000"><path d="M 0 0 C 1 1 2 2 3 3"/></svg>'
     with pytest.raises(SvgError, match="give a smaller viewBox"):
         svg_to_sketch(svg)
+
+
+def test_a_killed_reindex_leaves_the_old_index_usable_and_mixed_files_are_refused(tiny_checkpoint, tmp_path,
+                                                                                monkeypatch):  # fmt: skip
+    import shutil
+
+    import numpy as np
+
+    from apps.clip4clip import index as index_module
+    from apps.clip4clip.index import IndexOptions, VideoIndexError, build_index
+    from apps.clip4clip.search import open_index, search
+    from apps.clip4clip.video import FrameSampling
+    from models import load_clip
+    from testbed.videos import SynthConfig, generate_synthetic_set
+
+    clip = load_clip(tiny_checkpoint)
+    made = generate_synthetic_set(tmp_path / "set", SynthConfig(n_train=2, n_test_pairs=1, size=32, seed=1))
+    options = IndexOptions(sampling=FrameSampling(max_frames=2, fps=None, short_side=32))
+    out = tmp_path / "index"
+    first = build_index(made.videos_dir, out, clip, options, progress=False)
+    assert first.total == 4 and len(search(open_index(out, clip), "a red circle", k=3)) == 3
+
+    # A re-index with new videos dies while writing (after some files): the old index stays whole.
+    shutil.copy(next(made.videos_dir.glob("*.mp4")), made.videos_dir / "extra.mp4")
+
+    def killed(*args):
+        raise KeyboardInterrupt  # what a kill looks like from inside
+
+    monkeypatch.setattr(index_module.faiss, "write_index", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(made.videos_dir, out, clip, options, progress=False)
+    monkeypatch.undo()
+    again = open_index(out, clip)
+    assert len(again.videos) == 4 and len(search(again, "a red circle", k=5)) == 4
+    assert not list(tmp_path.glob(".index.*")), "the half-written index was left beside"
+
+    # The next re-index finishes and swaps in; a folder mixing two builds' files is refused.
+    assert build_index(made.videos_dir, out, clip, options, progress=False).total == 5
+    np.save(out / "embeddings.npy", np.load(out / "embeddings.npy")[:3])
+    with pytest.raises(VideoIndexError, match="inconsistent .*embeddings.npy 3"):
+        open_index(out, clip)
+
+
+def test_training_and_crawl_hold_their_output_lock(tmp_path):
+    from common.atomic import output_lock
+    from training.config import TrainConfig
+    from training.train import train
+
+    run = tmp_path / "run"
+    with output_lock(run, "training"):
+        with pytest.raises(OutputBusyError, match="training"):
+            train(TrainConfig(data=[tmp_path / "none"], out=run))
+    crawl_out = tmp_path / "c.parquet"
+    cfg = CrawlConfig(seed=["http://127.0.0.1:9/"], out=crawl_out, allow_networks=list(ALLOWED), progress=False)
+    with output_lock(cfg.state_dir, "crawl"):
+        with pytest.raises(OutputBusyError, match="crawl"):
+            crawl(cfg)
