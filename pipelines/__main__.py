@@ -75,13 +75,13 @@ def _with_dask(params, address: str | None):
 
 def _run(args: argparse.Namespace) -> int:
     from pipelines.params import load_flow_params
-    from pipelines.runtime import check_dask_address, check_prefect_api
+    from pipelines.runtime import check_dask_address, check_prefect_api, redact_url
 
     params = _with_dask(load_flow_params(args.flow, args.params, args.overrides), args.dask_address)
     if params.options.dask_address:
         check_dask_address(params.options.dask_address)
     api = check_prefect_api()
-    print(f"running flow {args.flow} on {api or 'a temporary local Prefect API'}", file=sys.stderr)
+    print(f"running flow {args.flow} on {redact_url(api) if api else 'a temporary local Prefect API'}", file=sys.stderr)
     from pipelines.flows import run_flow
 
     result = run_flow(params)

@@ -314,3 +314,16 @@ def test_training_and_crawl_hold_their_output_lock(tmp_path):
     with output_lock(cfg.state_dir, "crawl"):
         with pytest.raises(OutputBusyError, match="crawl"):
             crawl(cfg)
+
+
+def test_printed_urls_carry_no_credentials(monkeypatch, capsys):
+    from pipelines.__main__ import main
+    from pipelines.runtime import redact_url
+
+    assert redact_url("https://me:s3cret@prefect.example/api?token=abc&x=1") == (
+        "https://***@prefect.example/api?token=***&x=1"
+    )
+    monkeypatch.setenv("PREFECT_API_URL", "http://admin:hunter2@127.0.0.1:9/api")
+    assert main(["run", "evaluate", "checkpoint=x", "zeroshot=y", "out=z.json"]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err and "***@127.0.0.1:9" in err
