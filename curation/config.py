@@ -69,7 +69,9 @@ class BuildConfig:
     )
     disallowed_header_directives: list[str] = field(
         default_factory=lambda: list(NOAI_DIRECTIVES),
-        metadata={"help": "X-Robots-Tag directives that forbid using an image (plain or scoped to our token)"},
+        metadata={
+            "help": "X-Robots-Tag directives that forbid using an image (plain or scoped to our token)"
+        },
     )
     max_image_bytes: int = field(
         default=20_000_000, metadata={"help": "bytes per image download at most (enforced while reading)"}
@@ -77,7 +79,9 @@ class BuildConfig:
     max_redirects: int = field(default=5, metadata={"help": "redirect hops per image download at most"})
     respect_robots: bool = field(
         default=True,
-        metadata={"help": "honour the robots.txt of image hosts, for WIT sources too (--no-respect-robots: off)"},
+        metadata={
+            "help": "honour the robots.txt of image hosts, for WIT sources too (--no-respect-robots: off)"
+        },
     )
     user_agent: str = field(default=USER_AGENT, metadata={"help": "User-Agent header of every request"})
     user_agent_token: str = field(

@@ -374,7 +374,6 @@ class _PageParser:
         if self._paragraph is not None and self._capture is None:
             self._paragraph.append(data)
 
-
     def close(self) -> ParsedPage:
         return self.page
 
@@ -616,7 +615,9 @@ class Fetcher:
                 and content_type
                 and not content_type.startswith(("text/html", "application/xhtml"))
             ):
-                raise FetchError(f"not_html: Content-Type {content_type}")  # category first: the rest is the server's
+                raise FetchError(
+                    f"not_html: Content-Type {content_type}"
+                )  # category first: the rest is the server's
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
@@ -696,7 +697,9 @@ async def _visit(
     # Parsing a big page takes a while: in a thread, so that other requests' timers do not fire meanwhile.
     text, _ = decode_html(response.body, response.headers.get("content-type"))
     page = await asyncio.to_thread(parse_page, text)
-    directives = page.robots_meta | robots_tag_directives(response.headers.get_list("x-robots-tag"), ROBOTS_AGENT)
+    directives = page.robots_meta | robots_tag_directives(
+        response.headers.get_list("x-robots-tag"), ROBOTS_AGENT
+    )
     base = normalize_url(page.base, response.url) if page.base else response.url
     base = base or response.url
     links: dict[str, None] = {}  # ordered set

@@ -32,6 +32,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+import img2dataset.downloader  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from img2dataset.distributor import (  # noqa: E402
@@ -39,7 +40,6 @@ from img2dataset.distributor import (  # noqa: E402
     pyspark_distributor,
     ray_distributor,
 )
-import img2dataset.downloader  # noqa: E402
 from img2dataset.downloader import Downloader  # noqa: E402
 from img2dataset.reader import Reader  # noqa: E402
 from img2dataset.resizer import Resizer  # noqa: E402

@@ -237,7 +237,9 @@ def _open(url: str, addresses: list[str], policy: FetchPolicy, deadline: _Deadli
 def _read_capped(response: http.client.HTTPResponse, max_bytes: int, deadline: _Deadline) -> bytes:
     declared = response.getheader("Content-Length")
     if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
-        raise FetchFailed("too_large", f"Content-Length {int(declared):,} exceeds max_image_bytes {max_bytes:,}")
+        raise FetchFailed(
+            "too_large", f"Content-Length {int(declared):,} exceeds max_image_bytes {max_bytes:,}"
+        )
     chunks, size = [], 0
     while True:
         deadline.remaining()
@@ -321,7 +323,9 @@ def fetch(
     """
     deadline = _Deadline(policy.timeout_s)
     try:
-        return _fetch(url, policy, deadline, check_robots, max_bytes or policy.max_bytes, read_body, honour_headers)
+        return _fetch(
+            url, policy, deadline, check_robots, max_bytes or policy.max_bytes, read_body, honour_headers
+        )
     except OSError as exc:  # connection reset, TLS failure, DNS... after the deadline, say deadline
         if deadline.expired:
             raise deadline.failure() from exc
@@ -404,5 +408,9 @@ def download_image(row, timeout, user_agent_token=None, disallowed_header_direct
     except FetchFailed as exc:
         return key, None, str(exc)
     if fetched.status != 200:
-        return key, None, f"HTTP Error {fetched.status}: {fetched.reason}"  # urllib's wording, as img2dataset records it
+        return (
+            key,
+            None,
+            f"HTTP Error {fetched.status}: {fetched.reason}",
+        )  # urllib's wording, as img2dataset records it
     return key, io.BytesIO(fetched.body), None

@@ -69,7 +69,9 @@ def is_public_address(ip: str | IPAddress) -> bool:
 
 
 # Cloud metadata services: 169.254.169.254 (inside link-local) and AWS's IPv6 one (inside fc00::/7).
-METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
+METADATA_ADDRESSES = frozenset(
+    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+)
 
 
 def _never_allowed(address: IPAddress) -> bool:
@@ -165,9 +167,7 @@ def _literal(host: str) -> str | None:
         return None
 
 
-def check_url(
-    url: str, allowed_networks: Iterable[str] = (), resolver: Resolver | None = None
-) -> list[str]:
+def check_url(url: str, allowed_networks: Iterable[str] = (), resolver: Resolver | None = None) -> list[str]:
     """Resolve the URL's host and return its addresses, or raise UrlRefused (scheme, host or address)."""
     _, host, port = split_url(url)
     literal = _literal(host)

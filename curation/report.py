@@ -146,7 +146,9 @@ def render_report(
     ]
     for stage in sorted(counts, key=_stage_key):
         for reason, n in sorted(counts[stage].items(), key=lambda kv: (-kv[1], kv[0])):
-            lines.append(f"| {markdown_cell(stage)} | {markdown_cell(reason)} | {n} | {100 * n / max(total, 1):.1f} % |")
+            lines.append(
+                f"| {markdown_cell(stage)} | {markdown_cell(reason)} | {n} | {100 * n / max(total, 1):.1f} % |"
+            )
     if not counts:
         lines.append("| - | - | 0 | 0 % |")
     lines += ["", "## Samples", ""]

@@ -107,7 +107,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream(DRIP_SECONDS, chunk=1, pause_s=1.0)
             elif path.startswith("/xrt/"):
                 _, _, kind, name = path.split("/", 3)
-                tag = {"none": "none", "token": "clip-workbench-crawler: noai", "other": "otherbot: noai"}[kind]
+                tag = {"none": "none", "token": "clip-workbench-crawler: noai", "other": "otherbot: noai"}[
+                    kind
+                ]
                 self._send(200, picture(name), (*jpeg, ("X-Robots-Tag", tag)))
             elif path.startswith(("/img/", "/private/")):
                 self._send(200, picture(path), jpeg)
@@ -117,7 +119,9 @@ class _Handler(BaseHTTPRequestHandler):
                     f"<figcaption>a drawing of a shape, number {i}</figcaption></figure>"
                     for i, src in enumerate(web.page_images)
                 )
-                page = f"<!doctype html><html lang=en><title>Evil gallery</title><body>{figures}</body></html>"
+                page = (
+                    f"<!doctype html><html lang=en><title>Evil gallery</title><body>{figures}</body></html>"
+                )
                 self._send(200, page.encode(), (("Content-Type", "text/html; charset=utf-8"),))
             else:
                 self._send(404)

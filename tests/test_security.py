@@ -69,7 +69,9 @@ def test_fetch_refuses_with_a_reason(evil, path, kind, words):
 
 def test_directives_scoped_to_another_agent_do_not_apply(evil):
     assert fetch(evil.url("/xrt/other/a.jpg"), _policy()).status == 200
-    assert robots_tag_directives(["otherbot: noai", "unavailable_after: 1 Jan 2030"]) == {"unavailable_after: 1 jan 2030"}
+    assert robots_tag_directives(["otherbot: noai", "unavailable_after: 1 Jan 2030"]) == {
+        "unavailable_after: 1 jan 2030"
+    }
 
 
 def test_a_body_without_length_is_cut_at_the_cap_and_a_drip_at_the_deadline(evil):
@@ -102,7 +104,9 @@ def test_img2dataset_workers_use_the_guarded_fetch(evil, tmp_path):
 
     urls = [f"http://evil.test:{evil.port}/img/w{i}.jpg" for i in range(3)]
     candidates = tmp_path / "c.parquet"
-    pq.write_table(pa.table({"url": urls, "caption": ["a shape"] * 3, "key_candidate": ["1", "2", "3"]}), candidates)
+    pq.write_table(
+        pa.table({"url": urls, "caption": ["a shape"] * 3, "key_candidate": ["1", "2", "3"]}), candidates
+    )
     resolver = RebindingResolver({"evil.test": ["127.0.0.1", "127.0.0.1", OTHER]})
     options = DownloadOptions(processes=1, threads=1, image_size=32, fetch=_policy(resolver=resolver))
     table = run_img2dataset(candidates, tmp_path / "dl", options)
@@ -232,7 +236,9 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    )
     return path
 
 
@@ -310,7 +316,9 @@ def test_training_and_crawl_hold_their_output_lock(tmp_path):
         with pytest.raises(OutputBusyError, match="training"):
             train(TrainConfig(data=[tmp_path / "none"], out=run))
     crawl_out = tmp_path / "c.parquet"
-    cfg = CrawlConfig(seed=["http://127.0.0.1:9/"], out=crawl_out, allow_networks=list(ALLOWED), progress=False)
+    cfg = CrawlConfig(
+        seed=["http://127.0.0.1:9/"], out=crawl_out, allow_networks=list(ALLOWED), progress=False
+    )
     with output_lock(cfg.state_dir, "crawl"):
         with pytest.raises(OutputBusyError, match="crawl"):
             crawl(cfg)
