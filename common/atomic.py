@@ -88,6 +88,27 @@ def file_lock(path: Path | str) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+# File descriptors of the output locks this process holds. A forked child (DataLoader workers,
+# img2dataset's pools) would otherwise share the lock and keep it after its parent was killed.
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    if not _HELD_LOCKS:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        for fd in _HELD_LOCKS:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)  # the fd number stays valid (its owner closes it later), the lock is not ours
+    finally:
+        os.close(null)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextlib.contextmanager
 def output_lock(out: Path | str, what: str = "run") -> Iterator[Path]:
     """Hold an exclusive lock on an output folder while writing it; refuse at once if it is held.
@@ -114,8 +135,10 @@ def output_lock(out: Path | str, what: str = "run") -> Iterator[Path]:
             json.dumps({"pid": os.getpid(), "what": what, "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
         )
         handle.flush()
+        _HELD_LOCKS.add(handle.fileno())
         yield path
     finally:
+        _HELD_LOCKS.discard(handle.fileno())
         handle.close()
 
 

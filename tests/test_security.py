@@ -335,3 +335,23 @@ def test_printed_urls_carry_no_credentials(monkeypatch, capsys):
     assert main(["run", "evaluate", "checkpoint=x", "zeroshot=y", "out=z.json"]) == 2
     err = capsys.readouterr().err
     assert "hunter2" not in err and "***@127.0.0.1:9" in err
+
+
+def test_a_forked_worker_does_not_keep_the_output_lock(tmp_path):
+    """DataLoader / img2dataset workers are forked: a killed parent's lock must not live on in them."""
+    import os
+    import signal
+
+    from common.atomic import output_lock
+
+    with output_lock(tmp_path / "run", "training"):
+        child = os.fork()
+        if child == 0:  # the worker: outlives its parent's run
+            time.sleep(30)
+            os._exit(0)
+    try:
+        with output_lock(tmp_path / "run", "training (resumed)"):
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
