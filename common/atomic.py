@@ -100,7 +100,9 @@ def _drop_inherited_locks() -> None:
     try:
         for fd in _HELD_LOCKS:
             with contextlib.suppress(OSError):
-                os.dup2(null, fd)  # the fd number stays valid (its owner closes it later), the lock is not ours
+                os.dup2(
+                    null, fd
+                )  # the fd number stays valid (its owner closes it later), the lock is not ours
     finally:
         os.close(null)
     _HELD_LOCKS.clear()

@@ -344,11 +344,14 @@ def test_a_forked_worker_does_not_keep_the_output_lock(tmp_path):
 
     from common.atomic import output_lock
 
+    ready, started = os.pipe()
     with output_lock(tmp_path / "run", "training"):
         child = os.fork()
         if child == 0:  # the worker: outlives its parent's run
+            os.write(started, b"x")  # the fork hooks have run by now
             time.sleep(30)
             os._exit(0)
+        assert os.read(ready, 1) == b"x"
     try:
         with output_lock(tmp_path / "run", "training (resumed)"):
             pass
