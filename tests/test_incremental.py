@@ -166,3 +166,27 @@ def test_training_and_evaluation_pin_a_version(tmp_path, capsys):
     report = json.loads(report_path.read_text())
     assert report["retrieval"]["data_version"] == 0 and report["retrieval"]["pairs"] == 24
     assert report["config"]["data_version"] == 0
+
+
+def test_crawl_frontier_spills_to_disk_and_finds_the_same(tmp_path):
+    import pyarrow.parquet as pq
+
+    from curation.crawl import CrawlConfig, crawl
+
+    def run(name: str, max_frontier: int):
+        cfg = CrawlConfig(
+            seed=[web.base_url + "/"], out=tmp_path / name / "c.parquet", allow_private=True,
+            max_frontier=max_frontier, progress=False, concurrency=2,
+        )  # fmt: skip
+        result = crawl(cfg)
+        rows = pq.read_table(result.out).to_pylist()
+        return result, {(r["url"], r["page_url"]) for r in rows}, len(rows)
+
+    with serve_testweb(pages=12, seed=3, slow_delay_s=0.2) as web:
+        spilled, spilled_rows, n_spilled = run("small", 2)
+        memory, memory_rows, n_memory = run("large", 10_000)
+    assert spilled.stats["frontier_peak"] <= 2 and spilled.stats["frontier_spilled"] > 5
+    assert memory.stats["frontier_spilled"] == 0
+    assert spilled.pages_fetched == memory.pages_fetched
+    assert spilled_rows == memory_rows and n_spilled == n_memory == len(memory_rows) > 50
+    assert not (tmp_path / "small" / "c.parquet.state" / "frontier.jsonl").exists()  # removed when done
