@@ -21,7 +21,7 @@ from pipelines.runtime import apply_env_defaults
 
 apply_env_defaults()  # before Prefect reads its settings
 
-FLOW_NAMES = ("build-dataset", "train", "evaluate", "end-to-end")
+FLOW_NAMES = ("build-dataset", "train", "evaluate", "end-to-end", "nightly")
 
 
 def _parser() -> argparse.ArgumentParser:
