@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             t = time.perf_counter()
             tsv = write_tsv(scratch / f"wit-{size}.tsv", size)
-            print(f"{size:>9,} rows: TSV {tsv.stat().st_size / 1e6:.0f} MB written in {time.perf_counter() - t:.0f} s")
+            print(
+                f"{size:>9,} rows: TSV {tsv.stat().st_size / 1e6:.0f} MB written in {time.perf_counter() - t:.0f} s"
+            )
             modes = [m for m in args.modes if m != "hold-all" or size <= args.max_hold_all]
             for repeat in range(args.repeats if size < 1_000_000 else args.large_repeats):
                 order = modes if repeat % 2 == 0 else modes[::-1]  # alternate the order
@@ -171,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
             ours = statistics.median(r["rows"] / r["seconds"] for r in results[("collect", size)])
             floor = statistics.median(r["rows"] / r["seconds"] for r in results[("reader", size)])
             print(f"{size:>9,} rows: collect/reader speed ratio {ours / floor:.2f}")
-    if ("collect", args.sizes[0]) in results and ("collect", args.sizes[-1]) in results and len(args.sizes) > 1:
+    if (
+        ("collect", args.sizes[0]) in results
+        and ("collect", args.sizes[-1]) in results
+        and len(args.sizes) > 1
+    ):
         small = max(r["peak_rss_mb"] for r in results[("collect", args.sizes[0])])
         large = max(r["peak_rss_mb"] for r in results[("collect", args.sizes[-1])])
         grow = np.log(large / small) / np.log(args.sizes[-1] / args.sizes[0])

@@ -37,6 +37,7 @@ from common.settings import ConfigError
 from curation import shards, versions
 from curation.config import BuildConfig, fingerprint, output_settings
 from curation.dedup import DEDUP_STAGE, image_signature
+from curation.filters import IMAGE_FILTERS, TEXT_FILTERS, first_reject, reason_name
 from curation.increments import (
     PairColumns,
     SeenIndex,
@@ -46,7 +47,6 @@ from curation.increments import (
     row_digest,
     url_digest,
 )
-from curation.filters import IMAGE_FILTERS, TEXT_FILTERS, first_reject, reason_name
 from curation.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform
 from curation.wit import (
     KEPT_COLUMNS,
@@ -596,7 +596,11 @@ def finalize_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
     new = _dedup_columns(staged, "dedup: reading new hashes")
     old = _dedup_columns(committed, "dedup: reading the dataset's hashes")
     duplicates = dedup_against_dataset(
-        new, old, cfg.dedup_radius, cfg.caption_policy, verify=_pixel_verifier(staged + committed, old.keys + new.keys)
+        new,
+        old,
+        cfg.dedup_radius,
+        cfg.caption_policy,
+        verify=_pixel_verifier(staged + committed, old.keys + new.keys),
     )
 
     # CLIP score every pair that survived dedup; the top fraction needs all scores before deciding.
@@ -751,7 +755,9 @@ def _nothing_new(cfg: BuildConfig, candidates: CandidateSet) -> BuildSummary:
     """Every source row was read before: no new version; the work folder is freed for the next run."""
     out = Path(cfg.out)
     atomic_write_json(_work(cfg) / INCREMENT_FILE, {"increment": -1, "first_key": 0})
-    return _summary_from_manifest(cfg, shards.load_manifest(out), skipped=True, unchanged=candidates.unchanged)
+    return _summary_from_manifest(
+        cfg, shards.load_manifest(out), skipped=True, unchanged=candidates.unchanged
+    )
 
 
 def _summary_from_manifest(

@@ -532,7 +532,10 @@ class CrawlState:
         if not self._host_allowed(url):
             self.stats["links_offsite"] += 1
             return
-        if len(self.frontier) >= self.cfg.max_pages or len(self.seen) >= self.cfg.max_frontier + self.cfg.max_pages:
+        if (
+            len(self.frontier) >= self.cfg.max_pages
+            or len(self.seen) >= self.cfg.max_frontier + self.cfg.max_pages
+        ):
             # Memory stays bounded on a page with a million links; the page budget would not reach them anyway.
             self.stats["links_dropped_frontier_full"] += 1
             return

@@ -93,8 +93,14 @@ class SeenWriter:
     def _flush(self) -> None:
         if self._rows:
             self._writer.write_table(
-                pa.table([pa.array(self._rows, pa.uint64()), pa.array(self._urls, pa.uint64()),
-                          pa.array(self._keys, pa.string())], schema=SEEN_SCHEMA)  # fmt: skip
+                pa.table(
+                    [
+                        pa.array(self._rows, pa.uint64()),
+                        pa.array(self._urls, pa.uint64()),
+                        pa.array(self._keys, pa.string()),
+                    ],
+                    schema=SEEN_SCHEMA,
+                )  # fmt: skip
             )
         self._rows, self._urls, self._keys = [], [], []
 
@@ -135,7 +141,9 @@ class PairColumns:
             phash=columns["phash"],
             captions=columns["caption"],
             text_sources=columns["text_source"],
-            pixels=[(w or 0) * (h or 0) for w, h in zip(columns["original_width"], columns["original_height"])],
+            pixels=[
+                (w or 0) * (h or 0) for w, h in zip(columns["original_width"], columns["original_height"])
+            ],
             colours=columns.get("colour_signature") or [None] * table.num_rows,
         )
 
@@ -170,7 +178,10 @@ def dedup_against_dataset(
         candidates = committed or group
         best = max(
             candidates,
-            key=lambda i: (copy_quality(captions[i], sources[i], pixels[i], policy), tuple(-ord(c) for c in keys[i])),
+            key=lambda i: (
+                copy_quality(captions[i], sources[i], pixels[i], policy),
+                tuple(-ord(c) for c in keys[i]),
+            ),
         )
         for i in group:
             if i < n_old or i == best:
@@ -179,7 +190,11 @@ def dedup_against_dataset(
             if sha[i] and sha[i] == sha[best]:
                 reason = f"exact_duplicate: same sha256 as key {keys[best]}{where}"
             else:
-                distance = bin(int(phash[i], 16) ^ int(phash[best], 16)).count("1") if phash[i] and phash[best] else "?"
+                distance = (
+                    bin(int(phash[i], 16) ^ int(phash[best], 16)).count("1")
+                    if phash[i] and phash[best]
+                    else "?"
+                )
                 reason = f"near_duplicate: of key {keys[best]}{where} (phash distance {distance})"
             decisions[keys[i]] = DedupDecision(keys[best], reason)
     return decisions

@@ -49,7 +49,9 @@ def _table(root: Path | str, version: int | None = None):
     try:
         return DeltaTable(str(root), version=version)
     except TableNotFoundError as exc:
-        raise VersionError(f"{root}: no dataset version log ({DELTA_LOG}/); build it with `python -m curation build`") from exc
+        raise VersionError(
+            f"{root}: no dataset version log ({DELTA_LOG}/); build it with `python -m curation build`"
+        ) from exc
     except (DeltaError, OSError, ValueError) as exc:
         latest = latest_version(root) if version is not None else None
         raise VersionError(
@@ -109,7 +111,11 @@ def history(root: Path | str) -> list[dict]:
     entries = []
     for item in _table(root).history():
         entries.append(
-            {"version": int(item["version"]), "timestamp": item.get("timestamp"), **_commit_info(root, int(item["version"]))}
+            {
+                "version": int(item["version"]),
+                "timestamp": item.get("timestamp"),
+                **_commit_info(root, int(item["version"])),
+            }
         )
     return sorted(entries, key=lambda e: e["version"])
 

@@ -436,7 +436,9 @@ class Site:
                 original = group.original if group.original in visible else members[0]
                 groups.append(dataclasses.replace(group, original=original, members=members))
         images = [e for e in self.images if e.page_path not in hidden_pages]
-        return dataclasses.replace(self, pages=pages, images=images, resources=resources, duplicate_groups=groups)
+        return dataclasses.replace(
+            self, pages=pages, images=images, resources=resources, duplicate_groups=groups
+        )
 
     def write_truth(self, path: str | Path, base_url: str) -> None:
         path = Path(path)

@@ -141,6 +141,18 @@ def test_versions_time_travel_and_errors(tmp_path):
     assert DeltaTable(str(data), version=0).to_pyarrow_table(columns=["key"]).num_rows == 20
 
 
+def test_versions_command_lists_them(tmp_path, capsys):
+    from curation.__main__ import main
+
+    data = _versioned_dataset(tmp_path / "data", [20, 12])
+    assert main(["versions", str(data)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:3] == ["0", "20", "20"] and lines[2].split()[:3] == ["1", "12", "32"]
+    assert main(["versions", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no dataset versions" in err and len(err.splitlines()) == 1
+
+
 def test_training_and_evaluation_pin_a_version(tmp_path, capsys):
     from training.evaluate import main as evaluate_main
     from training.train import main as train_main

@@ -23,7 +23,9 @@ def test_nightly_deployment_twice_over_a_growing_web_gives_two_versions(tmp_path
     url, server_env = prefect_server
     env = {**server_env, "PREFECT_API_URL": url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     out, train_out = tmp_path / "data" / "web", tmp_path / "runs" / "nightly"
-    with serve_testweb(pages=8, seed=2, options=SiteOptions(junk_fraction=0.6), visible_pages=4, slow_delay_s=0.5) as web:
+    with serve_testweb(
+        pages=8, seed=2, options=SiteOptions(junk_fraction=0.6), visible_pages=4, slow_delay_s=0.5
+    ) as web:
         wit = web.write_wit(tmp_path / "web.tsv")
         params = tmp_path / "nightly.toml"
         params.write_text(
@@ -56,7 +58,11 @@ def test_nightly_deployment_twice_over_a_growing_web_gives_two_versions(tmp_path
 
             def run_once(n: int) -> dict:
                 trigger = subprocess.run(
-                    [PREFECT, "deployment", "run", "nightly/nightly"], env=env, capture_output=True, text=True, timeout=60
+                    [PREFECT, "deployment", "run", "nightly/nightly"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
                 )
                 assert trigger.returncode == 0, trigger.stdout + trigger.stderr
 

@@ -30,8 +30,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from common.errors import UserError
-from curation.schema import SchemaError
 from curation import versions
+from curation.schema import SchemaError
 from curation.shards import RowGroupRef, ShardError, read_row_group, row_groups
 
 COLUMNS = ("jpg", "caption")
