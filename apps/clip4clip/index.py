@@ -277,7 +277,7 @@ def build_index(
     else:
         embeddings = np.zeros((len(rows), clip.embed_dim), np.float32)
     if not np.isfinite(embeddings).all():
-        raise FloatingPointError("a video embedding is not finite: the head or checkpoint is damaged")
+        raise Clip4ClipError("a video embedding is not finite: the head or checkpoint is damaged")
     if head.cross_encoder:
         faiss_type = "none (cross-encoder)"
     else:

@@ -122,7 +122,7 @@ def search(index: VideoIndex, query: str, k: int = 5) -> list[SearchHit]:
         scores, ids = index.faiss_index.search(query_vec, k)
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
     if any(not np.isfinite(s) for _, s in pairs):
-        raise FloatingPointError(
+        raise Clip4ClipError(
             "a search score is not finite: the index or checkpoint is damaged; rebuild the index"
         )
     hits = []
