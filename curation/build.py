@@ -213,6 +213,11 @@ def current_increment(cfg: BuildConfig) -> dict:
     finished = _increments(Path(cfg.out))
     if state is not None and state["increment"] >= len(finished):
         return state  # unfinished: resume it
+    if not finished and shards.load_manifest(cfg.out).shards and not versions.has_versions(cfg.out):
+        raise BuildError(
+            f"{cfg.out} holds shards written without a version log (by an older build or by hand); "
+            "build into a new --out to get versions and incremental reruns"
+        )
     for child in work.iterdir() if work.exists() else ():
         if child.name not in ("build.json", INCREMENT_FILE):  # settings stay: later increments must match
             shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -202,3 +202,14 @@ def test_crawl_frontier_spills_to_disk_and_finds_the_same(tmp_path):
     assert spilled.pages_fetched == memory.pages_fetched
     assert spilled_rows == memory_rows and n_spilled == n_memory == len(memory_rows) > 50
     assert not (tmp_path / "small" / "c.parquet.state" / "frontier.jsonl").exists()  # removed when done
+
+
+def test_a_dataset_without_versions_is_not_extended_silently(tmp_path):
+    from curation.build import BuildError, collect_candidates
+    from testbed.datasets import make_shape_dataset
+
+    old = make_shape_dataset(tmp_path / "old", n=8, size=32)
+    wit = tmp_path / "a.tsv"
+    wit.write_text("")
+    with pytest.raises(BuildError, match="without a version log.*new --out"):
+        collect_candidates(BuildConfig(out=old, source=[f"wit:{wit}"]))
