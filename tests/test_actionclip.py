@@ -45,7 +45,12 @@ def action_set(tmp_path_factory):
 def splits(action_set, clip, tmp_path_factory):
     rows = read_labels_file(action_set.labels_path)
     cache = tmp_path_factory.mktemp("cache")
-    load = lambda split: load_labelled_videos(action_set.videos_dir, select_rows(rows, split), clip, SAMPLING, cache, False)  # noqa: E731
+
+    def load(split):
+        return load_labelled_videos(
+            action_set.videos_dir, select_rows(rows, split), clip, SAMPLING, cache, False
+        )
+
     return load("train"), load("test"), cache
 
 
@@ -69,7 +74,11 @@ def test_frame_averaging_cannot_tell_twins_apart(splits, clip):
     """Zero-shot with meanP scores a video and its reversed twin the same: the issue's expected failure."""
     train, _, _ = splits
     index = {v: i for i, v in enumerate(train.bank.ids)}
-    pairs = [(index[v], index[v.replace("moves_right", "moves_left")]) for v in train.bank.ids if "moves_right" in v]
+    pairs = [
+        (index[v], index[v.replace("moves_right", "moves_left")])
+        for v in train.bank.ids
+        if "moves_right" in v
+    ]
     head = zero_shot_head(clip.embed_dim, SAMPLING.max_frames)
     video = head.video_embedding(train.bank.frames, train.bank.mask)
     for a, b in pairs:
@@ -84,7 +93,9 @@ def test_untrained_transf_head_is_zero_shot_clip(splits, clip):
     transf.set_frame_statistics(train.bank.frames, train.bank.mask)
     zero_shot = zero_shot_head(clip.embed_dim, 8)
     frames, mask = train.bank.frames, train.bank.mask
-    assert torch.allclose(transf.video_embedding(frames, mask), zero_shot.video_embedding(frames, mask), atol=1e-6)
+    assert torch.allclose(
+        transf.video_embedding(frames, mask), zero_shot.video_embedding(frames, mask), atol=1e-6
+    )
 
 
 def test_temporal_transformer_learns_direction_that_mean_pooling_cannot(splits, clip):
@@ -92,7 +103,9 @@ def test_temporal_transformer_learns_direction_that_mean_pooling_cannot(splits, 
     config = TrainConfig(FusionConfig("transf", 8), epochs=40, batch_size=16, lr=3e-3)
     results = {}
     for fusion in ("meanP", "transf"):
-        trained = train_head(clip, train, replace(config, fusion=replace(config.fusion, fusion=fusion)), progress=False)
+        trained = train_head(
+            clip, train, replace(config, fusion=replace(config.fusion, fusion=fusion)), progress=False
+        )
         results[fusion] = evaluate(clip, trained.head, test).top1
     zero_shot = evaluate(clip, zero_shot_head(clip.embed_dim, 8), test).top1
     # Every test video has a twin with the same frames reversed: meanP is at most right on one of the two.
@@ -104,12 +117,22 @@ def test_temporal_transformer_learns_direction_that_mean_pooling_cannot(splits, 
 def test_prompts_fit_the_text_context_and_long_labels_are_refused(clip):
     check_prompt_lengths(clip.tokenizer, list(ACTIONS), ACTION_TEMPLATES)
     with pytest.raises(LabelError, match="too long"):
-        check_prompt_lengths(clip.tokenizer, ["moves slowly and then very quickly towards the far left corner"], ACTION_TEMPLATES)
+        check_prompt_lengths(
+            clip.tokenizer,
+            ["moves slowly and then very quickly towards the far left corner"],
+            ACTION_TEMPLATES,
+        )
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("", "no label"), (" , ", "no label"), ("grows,,shrinks", "empty"), ("grows,Grows", "twice"), ("grows", "only one")],
+    [
+        ("", "no label"),
+        (" , ", "no label"),
+        ("grows,,shrinks", "empty"),
+        ("grows,Grows", "twice"),
+        ("grows", "only one"),
+    ],
 )
 def test_bad_label_lists_are_refused(text, message):
     with pytest.raises(LabelError, match=message):
@@ -127,7 +150,9 @@ def test_labels_file_errors(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(LabelsFileError, match=message):
             read_labels_file(tmp_path / name)
-    rows = read_labels_file(_write(tmp_path / "ok.csv", "video,label,split\na.mp4,grows,train\nb,shrinks,train\n"))
+    rows = read_labels_file(
+        _write(tmp_path / "ok.csv", "video,label,split\na.mp4,grows,train\nb,shrinks,train\n")
+    )
     with pytest.raises(LabelsFileError, match="only 1 videos"):
         select_rows(rows, "train", shots=2)
     with pytest.raises(LabelsFileError, match="no video in split 'test'"):
@@ -173,8 +198,16 @@ def test_cli_train_evaluate_classify_with_an_unreadable_video(tmp_path, action_s
     assert state["labels"] == sorted(DIRECTION) and state["fusion"]["fusion"] == "transf"
 
     code, out, err = _cli(
-        capsys, "evaluate", *data, "--head", tmp_path / "run", "--json", tmp_path / "eval.json",
-        "--confusion", tmp_path / "confusion.png", *common,
+        capsys,
+        "evaluate",
+        *data,
+        "--head",
+        tmp_path / "run",
+        "--json",
+        tmp_path / "eval.json",
+        "--confusion",
+        tmp_path / "confusion.png",
+        *common,
     )
     assert code == 0, err
     assert f"skipped {broken}" in err  # reported, and the other test videos still evaluated
@@ -184,8 +217,19 @@ def test_cli_train_evaluate_classify_with_an_unreadable_video(tmp_path, action_s
 
     good = videos / "test_shrinks_000.mp4"
     code, out, err = _cli(
-        capsys, "classify", good, broken, "--labels", "grows,shrinks,swims", "--head", tmp_path / "run",
-        "-k", "2", "--json", tmp_path / "classify.json", *common,
+        capsys,
+        "classify",
+        good,
+        broken,
+        "--labels",
+        "grows,shrinks,swims",
+        "--head",
+        tmp_path / "run",
+        "-k",
+        "2",
+        "--json",
+        tmp_path / "classify.json",
+        *common,
     )
     assert code == 0, err
     assert str(good) in out and f"skipped {broken}" in err
@@ -213,19 +257,52 @@ def test_cli_refuses_a_head_of_another_width(tmp_path, action_set, tiny_checkpoi
 
     common = ["--threads", "1", "--cache-dir", tmp_path / "cache"]
     code, _, err = _cli(
-        capsys, "train", "--videos", action_set.videos_dir, "--labels", action_set.labels_path, "--out",
-        tmp_path / "run", "--epochs", "1", "--fusion", "meanP", "--checkpoint", tiny_checkpoint, *common,
+        capsys,
+        "train",
+        "--videos",
+        action_set.videos_dir,
+        "--labels",
+        action_set.labels_path,
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        "1",
+        "--fusion",
+        "meanP",
+        "--checkpoint",
+        tiny_checkpoint,
+        *common,
     )
     assert code == 0, err
     torch.manual_seed(0)
-    wide = save_checkpoint(tmp_path / "small.pt", create_model("clip-small")[0], "clip-small")  # width 128, not 64
+    wide = save_checkpoint(
+        tmp_path / "small.pt", create_model("clip-small")[0], "clip-small"
+    )  # width 128, not 64
     video = next(action_set.videos_dir.glob("*.mp4"))
-    code, _, err = _cli(capsys, "classify", video, "--labels", "grows,shrinks", "--head", tmp_path / "run", "--checkpoint", wide, *common)
+    code, _, err = _cli(
+        capsys,
+        "classify",
+        video,
+        "--labels",
+        "grows,shrinks",
+        "--head",
+        tmp_path / "run",
+        "--checkpoint",
+        wide,
+        *common,
+    )
     assert code == 2 and "width 64" in err and "width 128" in err and err.count("\n") == 1
 
 
 def test_cli_refused_training_writes_nothing(tmp_path, action_set, tiny_checkpoint, capsys):
-    data = ["--videos", action_set.videos_dir, "--labels", action_set.labels_path, "--checkpoint", tiny_checkpoint]
+    data = [
+        "--videos",
+        action_set.videos_dir,
+        "--labels",
+        action_set.labels_path,
+        "--checkpoint",
+        tiny_checkpoint,
+    ]
     for extra, message in (
         (["--shots", "99"], "--shots 99"),
         (["--exclude", "grows,flies"], "'flies' is not a label"),
@@ -240,7 +317,17 @@ def test_cli_refused_training_writes_nothing(tmp_path, action_set, tiny_checkpoi
 
 def test_cli_zero_shot_refuses_an_untrained_transformer(action_set, tiny_checkpoint, capsys):
     video = next(action_set.videos_dir.glob("*.mp4"))
-    code, _, err = _cli(capsys, "classify", video, "--labels", "grows,shrinks", "--fusion", "transf", "--checkpoint", tiny_checkpoint)
+    code, _, err = _cli(
+        capsys,
+        "classify",
+        video,
+        "--labels",
+        "grows,shrinks",
+        "--fusion",
+        "transf",
+        "--checkpoint",
+        tiny_checkpoint,
+    )
     assert code == 2 and "needs a trained --head" in err
 
 

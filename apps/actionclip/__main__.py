@@ -15,7 +15,6 @@ Any label works at classification time, also one never trained (zero-shot).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,42 +29,65 @@ def _add_clip_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", help="open_clip model name, e.g. ViT-B-32")
     group.add_argument("--pretrained", help="open_clip weights tag or weights file for --model")
     group.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
-    group.add_argument("--threads", type=int, help="torch CPU threads (small models on busy cores: 1 is fastest)")
+    group.add_argument(
+        "--threads", type=int, help="torch CPU threads (small models on busy cores: 1 is fastest)"
+    )
     group.add_argument("--cache-dir", type=Path, help="frame-feature cache, shared with apps.clip4clip")
 
 
 def _add_data_args(parser: argparse.ArgumentParser, split: str) -> None:
-    parser.add_argument("--videos", type=Path, required=True, help="folder searched recursively for the videos")
     parser.add_argument(
-        "--labels", type=Path, required=True, help="CSV with a header video,label[,split]; video = file name or stem"
+        "--videos", type=Path, required=True, help="folder searched recursively for the videos"
     )
-    parser.add_argument("--split", default=split, help=f"rows of this split (default {split}); 'all' for every row")
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        required=True,
+        help="CSV with a header video,label[,split]; video = file name or stem",
+    )
+    parser.add_argument(
+        "--split", default=split, help=f"rows of this split (default {split}); 'all' for every row"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m apps.actionclip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m apps.actionclip",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("classify", help="top-k labels of each video, with probabilities")
-    p.add_argument("videos", type=Path, nargs="+", help="video files (any length; unreadable ones are reported)")
+    p.add_argument(
+        "videos", type=Path, nargs="+", help="video files (any length; unreadable ones are reported)"
+    )
     p.add_argument("--labels", required=True, help='comma-separated labels, e.g. "grows,shrinks,bounces"')
     p.add_argument("--head", type=Path, help="head.pt or run folder from `train` (default: zero-shot)")
-    p.add_argument("--fusion", choices=FUSIONS, help="zero-shot: meanP only; with --head: must match the head's")
+    p.add_argument(
+        "--fusion", choices=FUSIONS, help="zero-shot: meanP only; with --head: must match the head's"
+    )
     p.add_argument("-k", type=int, default=3, help="labels shown per video (default 3)")
-    p.add_argument("--max-frames", type=int, help=f"frames per video (default: the head's, else {DEFAULT_FRAMES})")
+    p.add_argument(
+        "--max-frames", type=int, help=f"frames per video (default: the head's, else {DEFAULT_FRAMES})"
+    )
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     _add_clip_args(p)
 
     p = sub.add_parser("train", help="fine-tune a fusion head on labelled videos (few-shot with --shots)")
     _add_data_args(p, "train")
     p.add_argument("--out", type=Path, required=True, help="run folder: head.pt, log.jsonl, loss.png")
-    p.add_argument("--fusion", choices=FUSIONS, default="transf", help="transf (temporal Transformer) or meanP")
-    p.add_argument("--exclude", default="", help="comma-separated labels left out of training (zero-shot checks)")
+    p.add_argument(
+        "--fusion", choices=FUSIONS, default="transf", help="transf (temporal Transformer) or meanP"
+    )
+    p.add_argument(
+        "--exclude", default="", help="comma-separated labels left out of training (zero-shot checks)"
+    )
     p.add_argument("--shots", type=int, help="train on this many videos per label (few-shot)")
     p.add_argument("--layers", type=int, default=1, help="temporal Transformer blocks (default 1)")
-    p.add_argument("--max-frames", type=int, default=DEFAULT_FRAMES, help=f"frames per video (default {DEFAULT_FRAMES})")
+    p.add_argument(
+        "--max-frames", type=int, default=DEFAULT_FRAMES, help=f"frames per video (default {DEFAULT_FRAMES})"
+    )
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -76,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, "test")
     p.add_argument("--head", type=Path, help="head.pt or run folder (default: zero-shot, frame averaging)")
     p.add_argument("--classes", default="", help="classify among these labels only (and only their videos)")
-    p.add_argument("--max-frames", type=int, help=f"frames per video (default: the head's, else {DEFAULT_FRAMES})")
+    p.add_argument(
+        "--max-frames", type=int, help=f"frames per video (default: the head's, else {DEFAULT_FRAMES})"
+    )
     p.add_argument("--json", type=Path, help="also write the metrics as JSON here")
     p.add_argument("--confusion", type=Path, help="also write the confusion matrix as a PNG here")
     _add_clip_args(p)
@@ -103,14 +127,20 @@ def _head_or_zero_shot(ns, clip, max_frames: int | None):
 
     if ns.head is None:
         if getattr(ns, "fusion", None) == "transf":
-            raise ValueError("--fusion transf needs a trained --head (its temporal Transformer is learned); zero-shot is meanP")
+            raise ValueError(
+                "--fusion transf needs a trained --head (its temporal Transformer is learned); zero-shot is meanP"
+            )
         frames = max_frames or DEFAULT_FRAMES
         return zero_shot_head(clip.embed_dim, frames), FrameSampling(max_frames=frames, fps=None), None
     head, sampling, state = load_head(ns.head, clip)
     if getattr(ns, "fusion", None) and ns.fusion != head.config.fusion:
-        raise ValueError(f"--fusion {ns.fusion} but head {ns.head} is {head.config.fusion}: drop --fusion or pick another head")
+        raise ValueError(
+            f"--fusion {ns.fusion} but head {ns.head} is {head.config.fusion}: drop --fusion or pick another head"
+        )
     if max_frames and max_frames != sampling.max_frames:
-        raise ValueError(f"--max-frames {max_frames} but head {ns.head} was trained with {sampling.max_frames}: drop --max-frames")
+        raise ValueError(
+            f"--max-frames {max_frames} but head {ns.head} was trained with {sampling.max_frames}: drop --max-frames"
+        )
     return head, sampling, state.get("labels")
 
 
@@ -145,12 +175,16 @@ def run_classify(ns) -> int:
     results = []
     for path, row in zip(bank.ids, probs):
         ranked = row.argsort(descending=True)[: ns.k].tolist()
-        results.append({"video": path, "top": [{"label": labels[i], "probability": float(row[i])} for i in ranked]})
+        results.append(
+            {"video": path, "top": [{"label": labels[i], "probability": float(row[i])} for i in ranked]}
+        )
         print(path)
         for i in ranked:
             print(f"  {float(row[i]):6.1%}  {labels[i]}")
     if ns.json:
-        _write_json(ns.json, {"labels": labels, "results": results, "skipped": [r.__dict__ for r in rejected]})
+        _write_json(
+            ns.json, {"labels": labels, "results": results, "skipped": [r.__dict__ for r in rejected]}
+        )
     return 0
 
 
@@ -166,7 +200,9 @@ def run_train(ns) -> int:
     from apps.clip4clip.video import FrameSampling
 
     # Every check that needs no model runs first: a refused run writes nothing.
-    config = TrainConfig(FusionConfig(ns.fusion, ns.max_frames, ns.layers), ns.epochs, ns.batch_size, ns.lr, seed=ns.seed)
+    config = TrainConfig(
+        FusionConfig(ns.fusion, ns.max_frames, ns.layers), ns.epochs, ns.batch_size, ns.lr, seed=ns.seed
+    )
     exclude = parse_labels(ns.exclude, "--exclude", minimum=1) if ns.exclude.strip() else []
     rows = select_rows(read_labels_file(ns.labels), _split(ns), exclude=exclude, shots=ns.shots, seed=ns.seed)
     parse_labels(sorted({r.label for r in rows}), f"labels of the training videos in {ns.labels}")
@@ -206,7 +242,10 @@ def run_evaluate(ns) -> int:
     for label, accuracy in result.per_label.items():
         print(f"  {accuracy:6.1f} %  {label}{'  (never trained)' if label in never and ns.head else ''}")
     if ns.json:
-        _write_json(ns.json, {**result.as_dict(), "never_trained": never, "skipped": [r.__dict__ for r in data.rejected]})
+        _write_json(
+            ns.json,
+            {**result.as_dict(), "never_trained": never, "skipped": [r.__dict__ for r in data.rejected]},
+        )
     if ns.confusion:
         print(f"wrote {plot_confusion(result, ns.confusion, name)}")
     return 0
@@ -215,9 +254,13 @@ def run_evaluate(ns) -> int:
 def run_synth(ns) -> int:
     from apps.actionclip.actions import ActionSetConfig, write_action_set
 
-    made = write_action_set(ns.out, ActionSetConfig(ns.train_per_action, ns.test_per_action, ns.size, seed=ns.seed))
+    made = write_action_set(
+        ns.out, ActionSetConfig(ns.train_per_action, ns.test_per_action, ns.size, seed=ns.seed)
+    )
     counts = {s: sum(1 for v in made.splits.values() if v == s) for s in ("train", "test")}
-    print(f"wrote {counts['train']} training and {counts['test']} test videos to {made.videos_dir}; labels: {made.labels_path}")
+    print(
+        f"wrote {counts['train']} training and {counts['test']} test videos to {made.videos_dir}; labels: {made.labels_path}"
+    )
     return 0
 
 

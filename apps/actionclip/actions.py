@@ -25,10 +25,10 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from apps.clip4clip.synth import write_mp4
-from curation.shards import atomic_write_bytes
 
 # The outlines the shape pictures use, so the demo CLIP recognises the shapes in the frames.
 from curation.shapes import _BACKGROUND_TINTS, CLASSES, COLOR_RGB, _shape_outline, split_class
+from curation.shards import atomic_write_bytes
 
 # (forward, backward): the backward video is the forward one reversed in time.
 REVERSED_PAIRS: tuple[tuple[str, str], ...] = (
@@ -66,7 +66,9 @@ class ActionSetConfig:
         if self.train_per_action < 0 or self.test_per_action < 0:
             raise ValueError("train_per_action and test_per_action must be >= 0")
         if self.size < 16 or self.fps < 1 or self.seconds * self.fps < 4:
-            raise ValueError(f"size={self.size}, fps={self.fps}, seconds={self.seconds}: need >= 16 px and >= 4 frames")
+            raise ValueError(
+                f"size={self.size}, fps={self.fps}, seconds={self.seconds}: need >= 16 px and >= 4 frames"
+            )
 
 
 @dataclass(frozen=True)

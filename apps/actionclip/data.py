@@ -33,7 +33,9 @@ def read_labels_file(path: str | Path) -> list[LabelledVideo]:
     """Rows of a CSV with columns `video,label` and optionally `split` (header required)."""
     path = Path(path)
     if not path.is_file():
-        raise LabelsFileError(f"labels file {path} does not exist: write a CSV with columns video,label[,split]")
+        raise LabelsFileError(
+            f"labels file {path} does not exist: write a CSV with columns video,label[,split]"
+        )
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -47,7 +49,9 @@ def read_labels_file(path: str | Path) -> list[LabelledVideo]:
                 row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
                 video, label = Path(row["video"]).stem, " ".join(row["label"].split()).lower()
                 if not video or not label:
-                    raise LabelsFileError(f"labels file {path}, line {line}: empty video or label; fill it or remove the line")
+                    raise LabelsFileError(
+                        f"labels file {path}, line {line}: empty video or label; fill it or remove the line"
+                    )
                 rows.append(LabelledVideo(video, label, row.get("split", "")))
     except UnicodeDecodeError:
         raise LabelsFileError(f"labels file {path} is not UTF-8 text: is it a CSV?") from None
@@ -128,14 +132,21 @@ def load_labelled_videos(
     present = [r for r in rows if r.video_id in by_stem]
     missing = [r.video_id for r in rows if r.video_id not in by_stem]
     results = compute_frame_features(
-        [by_stem[r.video_id] for r in present], clip.model, clip.preprocess, sampling, cache_dir, progress=progress
+        [by_stem[r.video_id] for r in present],
+        clip.model,
+        clip.preprocess,
+        sampling,
+        cache_dir,
+        progress=progress,
     )
     return _collect(present, results, sampling, missing, videos_dir)
 
 
 def load_video_files(paths: list[Path], clip, sampling: FrameSampling, cache_dir=None, progress=True):
     """(bank of the readable videos or None, rejected) for a list of video files (`classify`)."""
-    results = compute_frame_features(paths, clip.model, clip.preprocess, sampling, cache_dir, progress=progress)
+    results = compute_frame_features(
+        paths, clip.model, clip.preprocess, sampling, cache_dir, progress=progress
+    )
     ids = [str(p) for p, r in zip(paths, results) if isinstance(r, FrameFeatures)]
     items = [r for r in results if isinstance(r, FrameFeatures)]
     rejected = [r for r in results if isinstance(r, Rejected)]
@@ -155,4 +166,6 @@ def _collect(present, results, sampling, missing, videos_dir) -> LabelledVideos:
         raise LabelsFileError(
             f"no labelled video could be read from {videos_dir} ({len(missing)} missing, {len(rejected)} unreadable)"
         )
-    return LabelledVideos(VideoBank.from_features(ids, items, sampling.max_frames), labels, rejected, missing, sampling)
+    return LabelledVideos(
+        VideoBank.from_features(ids, items, sampling.max_frames), labels, rejected, missing, sampling
+    )

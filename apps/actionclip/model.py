@@ -70,7 +70,9 @@ class ActionHead(nn.Module):
         self.register_buffer("frame_std", torch.ones(embed_dim))
         self.temporal = None
         if config.fusion == "transf":
-            self.temporal = build_head(HeadConfig("seqTransf", config.max_frames, config.layers), embed_dim, clip_model)
+            self.temporal = build_head(
+                HeadConfig("seqTransf", config.max_frames, config.layers), embed_dim, clip_model
+            )
             # Positions on the scale of standardised features (clip4clip's 0.01 suits raw CLIP features).
             nn.init.normal_(self.temporal.frame_position.weight, std=0.3)
             self.temporal_projection = _zero_linear(embed_dim)
@@ -143,7 +145,9 @@ def resolve_head(path: str | Path) -> Path:
     if path.is_dir():
         path = path / HEAD_FILE
     if not path.is_file():
-        raise HeadCheckpointError(f"{path}: no head checkpoint here; train one with `python -m apps.actionclip train`")
+        raise HeadCheckpointError(
+            f"{path}: no head checkpoint here; train one with `python -m apps.actionclip train`"
+        )
     return path
 
 
@@ -152,7 +156,9 @@ def read_head_state(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file; all mean "unreadable"
-        raise HeadCheckpointError(f"{path}: not a readable head checkpoint ({str(err).splitlines()[0][:120]})") from None
+        raise HeadCheckpointError(
+            f"{path}: not a readable head checkpoint ({str(err).splitlines()[0][:120]})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != HEAD_FORMAT:
         raise HeadCheckpointError(f"{path}: not an actionclip head checkpoint (no format {HEAD_FORMAT!r})")
     return state

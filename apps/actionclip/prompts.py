@@ -36,12 +36,10 @@ def parse_labels(text: str | list[str], source: str = "--labels", minimum: int =
     raw = text.split(",") if isinstance(text, str) else list(text)
     labels = [" ".join(label.split()).lower() for label in raw]
     if not any(labels):
-        raise LabelError(f"{source}: no label given; pass comma-separated labels, e.g. \"grows,shrinks\"")
+        raise LabelError(f'{source}: no label given; pass comma-separated labels, e.g. "grows,shrinks"')
     empty = [i + 1 for i, label in enumerate(labels) if not label]
     if empty:
-        raise LabelError(
-            f"{source}: label {empty[0]} of {len(labels)} is empty (a stray comma?); remove it"
-        )
+        raise LabelError(f"{source}: label {empty[0]} of {len(labels)} is empty (a stray comma?); remove it")
     seen: set[str] = set()
     duplicated = [label for label in labels if label in seen or seen.add(label)]
     if duplicated:
@@ -77,6 +75,9 @@ def encode_prompts(clip, labels: list[str], templates: tuple[str, ...] = ACTION_
     texts = [template.format(label) for label in labels for template in templates]
     with torch.no_grad():
         features = torch.cat(
-            [model.encode_text(clip.tokenizer(texts[i : i + 256]).to(device)) for i in range(0, len(texts), 256)]
+            [
+                model.encode_text(clip.tokenizer(texts[i : i + 256]).to(device))
+                for i in range(0, len(texts), 256)
+            ]
         ).float()
     return features.view(len(labels), len(templates), -1).cpu()

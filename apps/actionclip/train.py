@@ -41,7 +41,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
-            raise ValueError(f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}: need >= 1, >= 2, > 0")
+            raise ValueError(
+                f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}: need >= 1, >= 2, > 0"
+            )
 
 
 def kl_to_ground_truth(logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
@@ -77,7 +79,8 @@ def train_head(
     total = steps_per_epoch * config.epochs
     warmup = max(1, total // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+        optimizer,
+        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total))),
     )
     losses: list[float] = []
     head.train()
@@ -107,12 +110,21 @@ def train_head(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "log.jsonl").write_text("".join(json.dumps({"step": i, "loss": v}) + "\n" for i, v in enumerate(losses)))
+        (out / "log.jsonl").write_text(
+            "".join(json.dumps({"step": i, "loss": v}) + "\n" for i, v in enumerate(losses))
+        )
         plot_losses(losses, out / "loss.png", f"actionclip {config.fusion.fusion} training loss")
         train_config = {k: v for k, v in asdict(config).items() if k != "fusion"}
         save_head(
-            out / HEAD_FILE, head, clip, data.sampling, labels=labels,
-            templates=list(config.templates), train_config=train_config, seconds=seconds, steps=total,
+            out / HEAD_FILE,
+            head,
+            clip,
+            data.sampling,
+            labels=labels,
+            templates=list(config.templates),
+            train_config=train_config,
+            seconds=seconds,
+            steps=total,
         )
     return TrainedHead(head, labels, losses, seconds)
 
@@ -152,7 +164,9 @@ class Evaluation:
         }
 
 
-def evaluate(clip, head: ActionHead, data: LabelledVideos, labels: list[str] | None = None, templates=ACTION_TEMPLATES) -> Evaluation:
+def evaluate(
+    clip, head: ActionHead, data: LabelledVideos, labels: list[str] | None = None, templates=ACTION_TEMPLATES
+) -> Evaluation:
     """Top-1/top-5 and the confusion matrix of `head` on `data`, classifying among `labels` (default: data's)."""
     labels = parse_labels(labels or sorted(set(data.labels)), "the evaluated labels")
     unknown = sorted(set(data.labels) - set(labels))
@@ -166,9 +180,18 @@ def evaluate(clip, head: ActionHead, data: LabelledVideos, labels: list[str] | N
     confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
     np.add.at(confusion, (truth.numpy(), ranked[:, 0].numpy()), 1)
     per_label = {
-        label: 100.0 * float(top1[truth == i].float().mean()) for i, label in enumerate(labels) if bool((truth == i).any())
+        label: 100.0 * float(top1[truth == i].float().mean())
+        for i, label in enumerate(labels)
+        if bool((truth == i).any())
     }
-    return Evaluation(labels, 100.0 * float(top1.float().mean()), 100.0 * float(top5.float().mean()), per_label, confusion, len(truth))
+    return Evaluation(
+        labels,
+        100.0 * float(top1.float().mean()),
+        100.0 * float(top5.float().mean()),
+        per_label,
+        confusion,
+        len(truth),
+    )
 
 
 def plot_confusion(evaluation: Evaluation, path: str | Path, title: str) -> Path:
@@ -190,7 +213,15 @@ def plot_confusion(evaluation: Evaluation, path: str | Path, title: str) -> Path
     for i in range(n):
         for j in range(n):
             if counts[i, j]:
-                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7, color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     path = Path(path)
