@@ -133,9 +133,12 @@ def _run(out: Path, clip, config: ActionDemoConfig, progress: bool) -> dict:
         for name, evaluations in runs.items()
     }
     confusion = plot_confusion(
-        runs["transf"][0], out / "confusion.png", "fine-tuned transf, test videos (counts)"
+        [
+            (runs[name][0], title)
+            for name, title in (("meanP", "fine-tuned meanP"), ("transf", "fine-tuned transf"))
+        ],
+        out / "confusion.png",
     )
-    plot_confusion(runs["meanP"][0], out / "confusion_meanP.png", "fine-tuned meanP, test videos (counts)")
     summary = {
         "clip": clip.identity,
         "config": asdict(config),

@@ -194,8 +194,10 @@ def evaluate(
     )
 
 
-def plot_confusion(evaluation: Evaluation, path: str | Path, title: str) -> Path:
-    """Row-normalised confusion matrix (true label per row) as a PNG, written atomically."""
+def plot_confusion(
+    panels: list[tuple[Evaluation, str]] | Evaluation, path: str | Path, title: str = ""
+) -> Path:
+    """Confusion matrices (true label per row, counts, shaded by row share) side by side in one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,29 +205,25 @@ def plot_confusion(evaluation: Evaluation, path: str | Path, title: str) -> Path
 
     from curation.shards import atomic_path
 
-    counts = evaluation.confusion
-    share = counts / np.maximum(1, counts.sum(axis=1, keepdims=True))
-    n = len(evaluation.labels)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * n, 0.8 + 0.45 * n))
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), evaluation.labels, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), evaluation.labels, fontsize=8)
-    for i in range(n):
-        for j in range(n):
-            if counts[i, j]:
-                ax.text(
-                    j,
-                    i,
-                    str(counts[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if share[i, j] > 0.5 else "black",
-                )
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    if isinstance(panels, Evaluation):
+        panels = [(panels, title)]
+    n = len(panels[0][0].labels)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(len(panels) * (1.6 + 0.42 * n), 1.4 + 0.42 * n), squeeze=False
+    )
+    for ax, (evaluation, panel_title) in zip(axes[0], panels):
+        counts = evaluation.confusion
+        share = counts / np.maximum(1, counts.sum(axis=1, keepdims=True))
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(n), evaluation.labels, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), evaluation.labels, fontsize=8)
+        for i, j in zip(*np.nonzero(counts)):
+            color = "white" if share[i, j] > 0.5 else "black"
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7, color=color)
+        ax.set(xlabel="predicted", ylabel="true", title=f"{panel_title} (top-1 {evaluation.top1:.0f} %)")
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
     plt.close(fig)
     return path
