@@ -20,7 +20,7 @@ from apps.clip import load_app_clip
 from training.model import create_model, save_checkpoint
 
 pytestmark = pytest.mark.slow
-DOCS_CONFIG = ActionDemoConfig(train_per_action=48, test_per_action=16, seeds=3)
+DOCS_CONFIG = ActionDemoConfig(test_per_action=16, seeds=3)
 
 
 def test_actionclip_experiment(tmp_path, one_thread):
