@@ -293,3 +293,19 @@ def write_labels_csv(path: Path, labels: dict[str, str], splits: dict[str, str])
         writer.writerow([video_id, labels[video_id], splits.get(video_id, "")])
     atomic_write_bytes(path, buffer.getvalue().encode())
     return path
+
+
+def action_sheet(seed: int = 0, size: int = 64, frames: int = 6) -> Image.Image:
+    """One row per action, `frames` frames of one video each, labelled: what the generated set looks like."""
+    config = ActionSetConfig(size=size)
+    label_width = 150
+    sheet = Image.new("RGB", (label_width + frames * (size + 2), len(ACTIONS) * (size + 2)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, action in enumerate(ACTIONS):
+        video = render_action(action, np.random.default_rng([seed, row]), config)
+        picks = np.linspace(0, len(video) - 1, frames).round().astype(int)
+        y = row * (size + 2)
+        draw.text((6, y + size // 2 - 6), action, fill="black")
+        for column, index in enumerate(picks):
+            sheet.paste(Image.fromarray(video[index]), (label_width + column * (size + 2), y))
+    return sheet
