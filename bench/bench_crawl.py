@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curation.crawl import CrawlConfig, crawl, decode_html, normalize_url, parse_page  # noqa: E402
-from curation.testweb import SiteOptions, build_site, serve  # noqa: E402
+from testbed.testweb import SiteOptions, build_site, serve  # noqa: E402
 
 
 def sequential_crawl(seed: str, max_pages: int) -> tuple[int, int]:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation import shards
-from curation.shapes import CLASSES, caption_for, render_shape_image
+from testbed.shapes import CLASSES, caption_for, render_shape_image
 from training.config import EvalConfig, preset
 from training.evaluate import evaluate
 from training.train import train

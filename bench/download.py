@@ -2,7 +2,7 @@
 
     python -m bench.download --pages 60 --repeats 2
 
-Serves the loopback web (curation/testweb.py) on 127.0.0.1, writes its WIT TSV, then in one run,
+Serves the loopback web (testbed/testweb.py) on 127.0.0.1, writes its WIT TSV, then in one run,
 alternating: (a) `img2dataset.download` on that TSV (parquet output, same image size, processes,
 threads, shard split), (b) `build_dataset` on `wit:TSV` (reader, text filters, img2dataset per chunk,
 image filters, pHash, dedup, shards, report). Prints rows/s of each and the ratio ours / plain
@@ -77,7 +77,7 @@ def our_build(wit: Path, out: Path, opt: BenchOptions) -> float:
 
 def run(opt: BenchOptions) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.web import serve_testweb
+    from testbed.web import serve_testweb
 
     times: dict[str, list[float]] = {"img2dataset": [], "curation build": []}
     with (

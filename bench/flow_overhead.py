@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     from prefect import flow
 
     from curation.build import build_dataset
-    from curation.testweb import build_site, serve
     from pipelines.flows import build_dataset_flow
     from pipelines.params import FlowOptions
+    from testbed.testweb import build_site, serve
 
     @flow(name="warm-up")
     def warm_up() -> None:

@@ -90,15 +90,14 @@ def bench_sketch(checkpoint: str | None, device: str) -> dict:
     import skimage.data
     from PIL import Image
 
-    from apps.clip import DEFAULT_CHECKPOINT, load_app_clip
     from apps.clipasso.optimize import SketchConfig, sketch_picture
     from apps.clipasso.picture import load_picture
-    from training.model import load_pretrained
+    from models import DEFAULT_CHECKPOINT, load_clip
 
     if checkpoint or DEFAULT_CHECKPOINT.exists():
-        loaded, which = load_app_clip(checkpoint=checkpoint, device=device), "trained"
+        loaded, which = load_clip(checkpoint, device, default=DEFAULT_CHECKPOINT), "trained"
     else:
-        loaded, which = load_pretrained("clip-small", None, device), "random weights (no demo model yet)"
+        loaded, which = load_clip(model="clip-small", device=device), "random weights (no demo model yet)"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "chelsea.png"
         Image.fromarray(np.asarray(skimage.data.chelsea())).save(path)

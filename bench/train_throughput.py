@@ -42,7 +42,7 @@ class Timing:
 
 def write_data(root: Path, n: int, image_size: int, seed: int) -> tuple[Path, Path]:
     """The same n pictures as shards (ours) and as JPEG files + TSV (open_clip_train's csv input)."""
-    from tests.datasets import make_shape_dataset, shape_rows
+    from testbed.datasets import make_shape_dataset, shape_rows
 
     shards = make_shape_dataset(root / "shards", n=n, seed=seed, size=image_size, shards=4)
     folder = root / "files"
@@ -118,7 +118,7 @@ def run_ours(shards: Path, out: Path, args) -> Timing:
 def run_open_clip(tsv: Path, logs: Path, args) -> Timing:
     # open_clip_train knows only its own configs: register ours, then call its real entry point.
     launcher = (
-        "import sys; from training.model import register_configs; register_configs(); "
+        "import sys; from models.loader import register_configs; register_configs(); "
         "from open_clip_train.main import main; main(sys.argv[1:])"
     )
     cmd = [

@@ -116,9 +116,9 @@ def bench_frames(n_videos: int, model_name: str, max_frames: int) -> list[str]:
     import torch
 
     from apps.clip4clip.cache import encode_images
-    from apps.clip4clip.synth import SynthConfig, generate_synthetic_set
     from apps.clip4clip.video import FrameSampling, choose_times, read_video
-    from training.model import create_model
+    from models import create_model
+    from testbed.videos import SynthConfig, generate_synthetic_set
 
     with tempfile.TemporaryDirectory() as tmp:
         made = generate_synthetic_set(
@@ -194,7 +194,7 @@ def bench_huge(frames: int) -> list[str]:
     """Peak memory of reading a 4000x4000 video: ours (bounded) vs decoding every frame to RGB."""
     import multiprocessing
 
-    from apps.clip4clip.synth import write_mp4
+    from testbed.videos import write_mp4
 
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "huge.mp4")

@@ -5,7 +5,7 @@
         --clip-checkpoint runs/demo/train --clip-top-fraction 0.7
     python -m curation build --config build.toml      # the same settings as TOML keys
 
-Exit status: 0 done, 1 bad input or setting (one line on stderr, no traceback), 130 interrupted.
+Exit status: 0 done, 2 bad input or setting (one line on stderr, no traceback), 130 interrupted.
 Rerunning with the same --out resumes.
 """
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
 
+from common.errors import run_cli
+from common.settings import add_arguments, from_namespace
 from curation.config import BuildConfig
-from curation.settings import ConfigError, add_arguments, from_namespace
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,45 +35,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_embedder(cfg: BuildConfig) -> Any:
-    """The CLIP model for the score stage, loaded through the model layer (entry points may import training)."""
-    if not cfg.wants_clip:
-        return None
-    from curation.clipscore import ClipEmbedder
-    from training.model import CheckpointError, PretrainedUnavailableError, load_clip, load_pretrained
-
-    try:
-        if cfg.clip_checkpoint is not None:
-            loaded = load_clip(cfg.clip_checkpoint, cfg.device)
-        else:
-            loaded = load_pretrained(cfg.clip_model, cfg.clip_pretrained, cfg.device)
-    except (CheckpointError, PretrainedUnavailableError, ValueError, FileNotFoundError) as exc:
-        raise ConfigError(str(exc)) from exc
-    return ClipEmbedder(loaded.model, loaded.preprocess, loaded.tokenizer, cfg.device)
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("WANDB_MODE", "disabled")
     args = _parser().parse_args(argv)
-    from curation.build import BuildError, build_dataset
-    from curation.shards import ShardError
+    from curation.build import build_dataset
+    from curation.clipscore import load_embedder
 
-    try:
+    def body() -> None:
         cfg = from_namespace(BuildConfig, args, toml_path=getattr(args, "config", None))
-        embedder = load_embedder(cfg)
-        summary = build_dataset(cfg, embedder)
-    except (ConfigError, BuildError, ShardError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
-    print(
-        f"{summary.out}: kept {summary.kept}, rejected {summary.rejected} "
-        f"({'already complete' if summary.skipped else 'built'}); report: {summary.report}"
-    )
-    return 0
+        summary = build_dataset(cfg, load_embedder(cfg))
+        print(
+            f"{summary.out}: kept {summary.kept}, rejected {summary.rejected} "
+            f"({'already complete' if summary.skipped else 'built'}); report: {summary.report}"
+        )
+
+    return run_cli(body, interrupted="interrupted: rerun the same command to resume")
 
 
 if __name__ == "__main__":

@@ -26,12 +26,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from common.atomic import atomic_write_json
+from common.errors import UserError
+from common.settings import ConfigError
 from curation import shards
 from curation.config import BuildConfig, fingerprint, output_settings
 from curation.dedup import DEDUP_STAGE, dedup_decisions, image_signature
 from curation.filters import IMAGE_FILTERS, TEXT_FILTERS, first_reject, reason_name
 from curation.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform
-from curation.settings import ConfigError
 from curation.wit import (
     KEPT_COLUMNS,
     READ_STAGE,
@@ -78,7 +80,7 @@ STAGED_REJECT_SCHEMA = pa.schema(
 )
 
 
-class BuildError(RuntimeError):
+class BuildError(UserError, RuntimeError):
     """The build cannot go on; the message names the input or directory and the fix."""
 
 
@@ -142,6 +144,11 @@ def _staged(cfg: BuildConfig, index: int, suffix: str) -> Path:
     return _work(cfg) / "staged" / f"chunk-{index:05d}{suffix}"
 
 
+def chunk_done(cfg: BuildConfig, chunk: ChunkSpec) -> bool:
+    """Whether the build already finished this chunk (then nothing needs fetching)."""
+    return _staged(cfg, chunk.index, ".json").exists()
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -155,7 +162,7 @@ def _check_fingerprint(cfg: BuildConfig) -> None:
     recorded = _read_json(path)
     wanted = fingerprint(cfg)
     if recorded is None:
-        shards.atomic_write_json(path, {"fingerprint": wanted, "settings": output_settings(cfg)})
+        atomic_write_json(path, {"fingerprint": wanted, "settings": output_settings(cfg)})
         return
     if recorded.get("fingerprint") != wanted:
         old = recorded.get("settings", {})
@@ -334,7 +341,7 @@ def collect_candidates(cfg: BuildConfig) -> CandidateSet:
         "reject_files": reject_files,
         "counts": dict(counts),
     }
-    shards.atomic_write_json(folder / "state.json", state)
+    atomic_write_json(folder / "state.json", state)
     return _candidate_set(cfg, state)
 
 
@@ -417,7 +424,7 @@ def download_chunk(cfg: BuildConfig, chunk: ChunkSpec) -> ChunkResult:
     _write_staged(_staged(cfg, chunk.index, ".parquet"), kept, STAGED_SCHEMA)
     _write_staged(_staged(cfg, chunk.index, ".rejects.parquet"), rejects, STAGED_REJECT_SCHEMA)
     result = {"rows": table.num_rows, "kept": len(kept), "rejected": len(rejects), "counts": dict(counts)}
-    shards.atomic_write_json(marker, result)
+    atomic_write_json(marker, result)
     shutil.rmtree(raw_folder, ignore_errors=True)
     return ChunkResult(chunk.index, table.num_rows, len(kept), len(rejects), False, dict(counts))
 

@@ -2,7 +2,7 @@
 
 The embedder is passed in (curation does not import training): anything with
 `encode_image` / `encode_text` (an open_clip model) plus its `preprocess` and `tokenizer`,
-e.g. `training.model.load_clip(path)` or `open_clip.create_model_and_transforms(...)`.
+e.g. `models.loader.load_clip(path)` or `open_clip.create_model_and_transforms(...)`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,17 @@ def as_embedder(obj: Any, device: str | None = None) -> ClipEmbedder:
         raise TypeError(f"{type(obj).__name__} lacks `preprocess` or `tokenizer`; wrap it in ClipEmbedder")
     dev = device or getattr(obj, "device", None) or _model_device(model)
     return ClipEmbedder(model=model, preprocess=preprocess, tokenizer=tokenizer, device=str(dev))
+
+
+def load_embedder(cfg: Any) -> ClipEmbedder | None:
+    """The CLIP a build config asks for (`clip_checkpoint`, or `clip_model` + `clip_pretrained`), as an
+    embedder; None when no CLIP stage is configured. Loaded through the model layer."""
+    if not getattr(cfg, "wants_clip", False):
+        return None
+    from models import load_clip
+
+    loaded = load_clip(cfg.clip_checkpoint, cfg.device, model=cfg.clip_model, pretrained=cfg.clip_pretrained)
+    return ClipEmbedder(loaded.model, loaded.preprocess, loaded.tokenizer, cfg.device)
 
 
 def _model_device(model: Any) -> str:

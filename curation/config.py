@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from curation.settings import ConfigError, to_dict
+from common.settings import ConfigError, to_dict
 
 # WIT's caption fields, best first: the reference description is written for the reader of the
 # article, alt text for screen readers, attribution often only names the file or the author.

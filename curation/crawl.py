@@ -44,9 +44,10 @@ import httpx
 import pyarrow as pa
 from tqdm import tqdm
 
+from common.errors import UserError, one_line
+from common.settings import ConfigError, add_arguments, from_namespace
 from curation.netguard import UrlRefused, check_url_async, split_url
 from curation.schema import WIT_TEXT_COLUMNS
-from curation.settings import ConfigError, add_arguments, from_namespace
 from curation.shards import write_parquet_atomic
 
 USER_AGENT = "clip-workbench-crawler/0.1 (research image-text crawler; honours robots.txt)"
@@ -847,8 +848,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = from_namespace(CrawlConfig, argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "config"}),
                              toml_path=args.config)  # fmt: skip
         result = crawl(cfg)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except UserError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)

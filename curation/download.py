@@ -21,6 +21,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import UserError
+
 # img2dataset imports albumentations (phones home for updates) and wandb; keep both offline.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -56,7 +58,7 @@ DISTRIBUTORS = {
 }
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """img2dataset did not produce a row for every candidate of the chunk (the chunk is retried)."""
 
 

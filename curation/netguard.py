@@ -18,12 +18,14 @@ import socket
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 
+from common.errors import UserError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[str]]
 ALLOWED_SCHEMES = ("http", "https")
 
 
-class UrlRefused(ValueError):
+class UrlRefused(UserError, ValueError):
     """The URL may not be fetched; the message says why (and how to allow it when that is legitimate)."""
 
 

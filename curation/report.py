@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
+from common.atomic import atomic_write_bytes
 from curation import shards
 
 REPORT_NAME = "report.md"
@@ -93,7 +94,7 @@ def contact_sheet(out: Path, path: Path, per_group: int = 24) -> Path | None:
         for i, tile in enumerate(tiles[name]):
             sheet.paste(tile, (4 + (i % COLUMNS) * (TILE + 4), y + (i // COLUMNS) * tile_h))
         y += max(1, -(-len(rows) // COLUMNS)) * tile_h
-    shards.atomic_write_bytes(path, _png(sheet))
+    atomic_write_bytes(path, _png(sheet))
     return path
 
 
@@ -146,5 +147,5 @@ def write_report(
     sheet = contact_sheet(out, out / SHEET_NAME)
     report = out / REPORT_NAME
     text = render_report(kept, counts, settings, scored, sheet.name if sheet else None)
-    shards.atomic_write_bytes(report, text.encode())
+    atomic_write_bytes(report, text.encode())
     return report, sheet

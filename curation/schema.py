@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
+from common.errors import UserError
+
 SCHEMA_VERSION = "1.0"
 SCHEMA_METADATA_KEY = b"clip_workbench.schema_version"
 
@@ -86,7 +88,7 @@ REJECT_SCHEMA = pa.schema(list(RECORD_SCHEMA) + REJECT_FIELDS)
 TRAINING_COLUMNS = ("key", "caption", "jpg")
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError, ValueError):
     """A table or file does not match the record schema; the message names file, column and expectation."""
 
 

@@ -15,12 +15,10 @@ shard that anybody reads.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +26,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.atomic import atomic_path, atomic_write_json, file_lock, file_sha256
+from common.errors import UserError
 from curation.schema import (
     RECORD_SCHEMA,
     REJECT_SCHEMA,
@@ -47,7 +47,7 @@ MANIFEST = "manifest.json"
 DEFAULT_ROW_GROUP_SIZE = 512  # about 5-30 MB of JPEGs at training sizes: a good unit for loader workers
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError, RuntimeError):
     """A shard or manifest is missing, truncated or does not match its checksum."""
 
 
@@ -98,68 +98,14 @@ class Manifest:
             ) from exc
 
 
-# --- atomic files -------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success fsync it and rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_json(path: Path | str, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
-def file_sha256(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --- manifest -----------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
 def manifest_lock(root: Path | str) -> Iterator[None]:
     """An exclusive lock for read-modify-write of the manifest, across threads and processes."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".manifest.lock", "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with file_lock(Path(root) / ".manifest.lock"):
+        yield
 
 
 def load_manifest(root: Path | str) -> Manifest:
@@ -416,10 +362,6 @@ __all__ = [
     "SchemaError",
     "ShardEntry",
     "ShardError",
-    "atomic_path",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "file_sha256",
     "has_shard",
     "iter_batches",
     "iter_rows",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
+from common.errors import UserError
 from curation.schema import WIT_COLUMNS, WIT_TEXT_COLUMNS
 
 # The WIT text columns that ride along into the record schema.
@@ -28,7 +29,7 @@ _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HOST = re.compile(r"^[A-Za-z0-9.\-_~%]+$|^\[[0-9A-Fa-f:.]+\]$")
 
 
-class WitFormatError(ValueError):
+class WitFormatError(UserError, ValueError):
     """The file is not a WIT TSV at all (missing, or its header is not the 17 WIT columns)."""
 
 

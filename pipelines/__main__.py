@@ -132,35 +132,11 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean "fix your input" (one line, exit 2), not a bug (traceback)."""
-    from curation.settings import ConfigError
-    from pipelines.runtime import OutputBusyError, PrefectApiError
-
-    errors: list[type[BaseException]] = [ConfigError, PrefectApiError, OutputBusyError]
-    for module, name in (
-        ("curation.build", "BuildError"),
-        ("training.model", "CheckpointError"),
-        ("training.data", "DatasetError"),
-        ("training.evaluate", "EvalError"),
-    ):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass  # that library is not installed: its errors cannot happen
-    return tuple(errors)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from common.errors import run_cli
+
     args = _parser().parse_args(argv)
-    try:
-        return _run(args) if args.command == "run" else _serve(args)
-    except user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-        return 130
+    return run_cli(lambda: _run(args) if args.command == "run" else _serve(args), interrupted="stopped")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError, one_line
 from pipelines.runtime import apply_env_defaults
 
 apply_env_defaults()  # before Prefect reads its settings
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def start_web(out: Path, pages: int, seed: int) -> tuple[Any, Path, Path, dict]:
     """Serve the generated site on 127.0.0.1 (a free port) and write its WIT TSV and truth file."""
-    from curation.testweb import build_site, serve
+    from testbed.testweb import build_site, serve
 
     started = time.perf_counter()
     site = build_site(pages, seed)
@@ -72,9 +73,9 @@ def start_web(out: Path, pages: int, seed: int) -> tuple[Any, Path, Path, dict]:
 def curation_quality(dataset: Path, truth_path: Path) -> dict | None:
     """Against the truth file: junk rejected for the right reason, mismatched captions, clean pairs kept.
 
-    Duplicates are scored per group (curation/truth.py): dedup may keep any one member of a group.
+    Duplicates are scored per group (testbed/truth.py): dedup may keep any one member of a group.
     """
-    from curation.truth import score
+    from testbed.truth import score
 
     try:
         figures = score(dataset, json.loads(truth_path.read_text()))
@@ -206,7 +207,7 @@ def write_report(out: Path, web: dict, result: dict, truth: Path, seconds: float
 
 def training_preset(name: str) -> dict[str, Any]:
     """The training library's preset for the demo model (one definition of the demo's training)."""
-    from curation.settings import read_toml
+    from common.settings import read_toml
     from training.config import PRESET_DIR
 
     path = PRESET_DIR / f"{name}.toml"
@@ -236,17 +237,14 @@ def run_demo(out: Path, pages: int, seed: int, params_file: Path | None, overrid
 
 
 def main(argv: list[str] | None = None) -> int:
-    from curation.settings import ConfigError
-    from pipelines.runtime import OutputBusyError
-
     args = _parser().parse_args(argv)
     if args.pages < 1:
         print(f"error: --pages {args.pages}: must be at least 1", file=sys.stderr)
         return 2
     try:
         report = run_demo(args.out, args.pages, args.seed, args.params, args.overrides)
-    except (ConfigError, OutputBusyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except UserError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     result = json.loads((args.out / "result.json").read_text())
     print("\ndemo finished:")

@@ -256,7 +256,7 @@ def flow_parameters(params: Any) -> dict[str, Any]:
 
 def deployment_parameters(params: Any) -> dict[str, Any]:
     """JSON-able flow parameters for a deployment; Prefect turns them back into the typed configs."""
-    from curation.settings import to_dict
+    from common.settings import to_dict
 
     return {name: to_dict(value) for name, value in flow_parameters(params).items()}
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.settings import ConfigError, build
+from common.settings import ConfigError, build
 
 # stage name -> "module:Class" of its typed config (imported when needed: a flow needs only its own).
 STAGE_CONFIGS: dict[str, str] = {

@@ -7,15 +7,12 @@ Prefect server and a Dask cluster is configuration: set `PREFECT_API_URL`, pass
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import os
 import socket
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
+
+from common.atomic import OutputBusyError, output_lock  # noqa: F401 - flows take the lock from here
+from common.errors import UserError
 
 # Set before Prefect reads its settings: no phoning home, and room for a slow first start on 2 cores.
 ENV_DEFAULTS = {
@@ -28,15 +25,9 @@ ENV_DEFAULTS = {
     "PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
 }
 
-LOCK_NAME = ".pipeline.lock"
 
-
-class PrefectApiError(RuntimeError):
+class PrefectApiError(UserError):
     """The configured Prefect API does not answer; the message says how to fix it."""
-
-
-class OutputBusyError(RuntimeError):
-    """Another flow run is writing the same output directory."""
 
 
 def apply_env_defaults() -> None:
@@ -95,7 +86,7 @@ def make_task_runner(dask_address: str | None = None, max_workers: int | None = 
 
 def check_dask_address(address: str, timeout: float = 3.0) -> None:
     """Fail fast with a clear message when no Dask scheduler listens at `address` (tcp://HOST:PORT)."""
-    from curation.settings import ConfigError
+    from common.settings import ConfigError
 
     if not address.startswith("tcp://"):
         raise ConfigError(f"--dask-address {address!r}: expected tcp://HOST:PORT of a running Dask scheduler")
@@ -108,35 +99,3 @@ def check_dask_address(address: str, timeout: float = 3.0) -> None:
             f"--dask-address {address}: no Dask scheduler answers there ({exc}); start one with "
             "`dask scheduler` (and `dask worker ADDRESS`) or leave the option out to use a thread pool"
         ) from exc
-
-
-@contextlib.contextmanager
-def output_lock(out: Path | str, what: str = "flow run") -> Iterator[Path]:
-    """Hold an exclusive lock on an output directory for the length of a flow run.
-
-    Two runs writing one dataset would each plan the same chunks and race on the same files; the
-    second one refuses at once instead, naming the holder. The lock dies with its process, so a
-    killed run never leaves a stale lock behind.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / LOCK_NAME
-    handle = open(path, "a+")  # noqa: SIM115 - held open for the whole run
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise OutputBusyError(
-                f"{out} is being written by another run ({holder}); wait for it to finish or choose another `out`"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(
-            json.dumps({"pid": os.getpid(), "what": what, "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        )
-        handle.flush()
-        yield path
-    finally:
-        handle.close()

@@ -56,47 +56,6 @@ def plan_chunks(cfg: Any) -> list[Any]:
     return list(build.plan_chunks(cfg))
 
 
-# Answers that mean "the server is temporarily unable": worth waiting for, not worth recording
-# as every row of the chunk failing.
-RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
-PROBE_HOSTS = 8  # hosts checked per chunk (a chunk of a web crawl has few)
-
-
-class HostUnavailableError(RuntimeError):
-    """A host of the chunk answers 429/5xx-unavailable or refuses connections: retry the chunk later."""
-
-
-def unavailable_hosts(chunk_path: Path, timeout: float, limit: int = PROBE_HOSTS) -> list[str]:
-    """One request to the first image URL of each host in the chunk; the hosts that are down.
-
-    img2dataset never raises for HTTP errors: a host that answers 503 for a minute would leave a
-    whole chunk of failed rows, recorded as done. Checking first lets Prefect retry the chunk.
-    """
-    from urllib.parse import urlsplit
-
-    import httpx
-    import pyarrow.parquet as pq
-
-    first_url: dict[str, str] = {}
-    for batch in pq.ParquetFile(chunk_path).iter_batches(columns=["url"], batch_size=4096):
-        for url in batch.column(0).to_pylist():
-            if url:
-                first_url.setdefault(urlsplit(url).netloc, url)
-        if len(first_url) >= limit:
-            break
-    down = []
-    for host, url in list(first_url.items())[:limit]:
-        try:
-            with httpx.stream("GET", url, timeout=timeout, follow_redirects=False) as response:
-                if response.status_code in RETRYABLE_STATUS:
-                    down.append(f"{host} (HTTP {response.status_code})")
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            down.append(f"{host} ({type(exc).__name__})")
-        except httpx.HTTPError:
-            pass  # a slow or odd answer for one image is img2dataset's to record, not a reason to wait
-    return down
-
-
 @task(
     name="download-chunk",
     task_run_name="download-chunk-{chunk.index}",
@@ -114,20 +73,15 @@ def download_chunk(cfg: Any, chunk: Any) -> Any:
     """
     from prefect.context import TaskRunContext
 
-    from curation import build
+    from curation import build, probe
 
     context = TaskRunContext.get()
     last_attempt = context is None or context.task_run.run_count > context.task.retries
-    if not last_attempt and not build_chunk_done(cfg, chunk):
-        down = unavailable_hosts(Path(chunk.path), timeout=float(cfg.timeout))
+    if not last_attempt and not build.chunk_done(cfg, chunk):
+        down = probe.unavailable_hosts(Path(chunk.path), timeout=float(cfg.timeout))
         if down:
-            raise HostUnavailableError(f"chunk {chunk.index}: {', '.join(down)}; retrying later")
+            raise probe.HostUnavailableError(f"chunk {chunk.index}: {', '.join(down)}; retrying later")
     return build.download_chunk(cfg, chunk)
-
-
-def build_chunk_done(cfg: Any, chunk: Any) -> bool:
-    """Whether the build already finished this chunk (then nothing is fetched)."""
-    return (Path(cfg.out) / "work" / "staged" / f"{chunk.name}.json").exists()
 
 
 def download_task_for(cfg: Any, options: FlowOptions) -> Any:
@@ -145,21 +99,10 @@ def download_task_for(cfg: Any, options: FlowOptions) -> Any:
 def finalize_dataset(cfg: Any) -> Any:
     """Filters, dedup across the whole dataset, CLIP score, report: the stages after download."""
     from curation import build
+    from curation.clipscore import load_embedder
 
     embedder = load_embedder(cfg)
     return build.finalize_dataset(cfg, embedder=embedder)
-
-
-def load_embedder(cfg: Any) -> Any:
-    """The CLIP that scores pairs, loaded here because `curation` must not import `training`."""
-    if not getattr(cfg, "wants_clip", False):
-        return None
-    from training.model import load_clip, load_pretrained
-
-    # a LoadedCLIP carries model, preprocess and tokenizer: curation.clipscore.as_embedder accepts it
-    if cfg.clip_checkpoint is not None:
-        return load_clip(cfg.clip_checkpoint, cfg.device)
-    return load_pretrained(cfg.clip_model, cfg.clip_pretrained, cfg.device)
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -176,7 +119,7 @@ def train_clip(cfg: Any, processes: int = 1) -> Any:
 
     # DDP needs one process per rank started by torchrun: the one place a flow starts our own CLI.
     subprocess.run(torchrun_command(cfg, processes), check=True)
-    from training.model import resolve_checkpoint
+    from models import resolve_checkpoint
 
     return {"run_dir": str(cfg.out), "checkpoint": str(resolve_checkpoint(cfg.out)), "processes": processes}
 
@@ -185,7 +128,7 @@ def torchrun_command(cfg: Any, processes: int) -> list[str]:
     """`torchrun --standalone --nproc-per-node N -m training.train` with `cfg` as its command-line flags."""
     import sys
 
-    from curation.settings import to_dict
+    from common.settings import to_dict
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
     command += ["-m", "training.train"]
@@ -227,7 +170,7 @@ def library_missing(module: str) -> str | None:
 @task(name="write-heldout-images")
 def write_heldout_images(out_dir: Path, per_class: int, seed: int, size: int) -> str:
     """Generated shape pictures (a seed training never saw), one folder per class, for zero-shot."""
-    from curation.shapes import write_image_folder
+    from testbed.shapes import write_image_folder
 
     return str(write_image_folder(out_dir, per_class, seed, size))
 
@@ -237,8 +180,9 @@ def sketch_picture(
     image: Path, out_dir: Path, checkpoint: Path, strokes: int, iterations: int, seeds: int
 ) -> dict:
     """apps.clipasso on one picture with the trained model."""
+    from apps.cli import ModelChoice
     from apps.clipasso.optimize import SketchConfig
-    from apps.clipasso.run import ModelChoice, sketch_file
+    from apps.clipasso.run import sketch_file
 
     config = SketchConfig(strokes=strokes, iterations=iterations, seeds=seeds)
     files = sketch_file(image, out_dir, config, ModelChoice(checkpoint=checkpoint), progress=True)
@@ -248,10 +192,10 @@ def sketch_picture(
 @task(name="video-search")
 def video_search(out_dir: Path, checkpoint: Path, train_videos: int, epochs: int) -> dict:
     """apps.clip4clip: synthetic videos -> train a head -> index -> search (its demo entry point)."""
-    from apps.clip import load_app_clip
     from apps.clip4clip.demo import VideoDemoConfig, run_video_demo
+    from models import load_clip
 
-    clip = load_app_clip(checkpoint=checkpoint)
+    clip = load_clip(checkpoint)
     summary = run_video_demo(out_dir, clip, VideoDemoConfig(n_train=train_videos, epochs=epochs))
     return plain(summary)
 
@@ -261,7 +205,7 @@ def write_shape_picture(path: Path, cls: str, seed: int, size: int = 224) -> str
     """One generated picture of a known class: the default input of the sketch stage."""
     import numpy as np
 
-    from curation.shapes import render_shape_image
+    from testbed.shapes import render_shape_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
     render_shape_image(cls, np.random.default_rng(seed), size).save(path)

@@ -36,7 +36,7 @@ def tiny_checkpoint(tmp_path_factory):
     """A randomly initialised clip-tiny saved as a checkpoint file (seed 0)."""
     import torch
 
-    from training.model import create_model, save_checkpoint
+    from models import create_model, save_checkpoint
 
     torch.manual_seed(0)
     model = create_model("clip-tiny")[0]

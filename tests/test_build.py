@@ -28,11 +28,11 @@ from curation import shards
 from curation.build import build_dataset, collect_candidates
 from curation.clipscore import as_embedder
 from curation.config import BuildConfig
-from curation.shapes import render_shape_image
-from curation.truth import score
 from curation.wit import WIT_COLUMNS
-from tests.web import serve_testweb
-from training.model import load_pretrained
+from models import load_clip
+from testbed.shapes import render_shape_image
+from testbed.truth import score
+from testbed.web import serve_testweb
 
 FAST = {"processes": 1, "threads": 8, "image_size": 64, "timeout": 5}
 
@@ -139,7 +139,7 @@ def built(tmp_path_factory):
                 **FAST,
             )
             torch.manual_seed(0)
-            embedder = as_embedder(load_pretrained("clip-tiny", None))  # random weights: scores only
+            embedder = as_embedder(load_clip(model="clip-tiny"))  # random weights: scores only
             summary = build_dataset(cfg, embedder)
             requests_after_build = len(web.requests)
             yield {
@@ -236,7 +236,7 @@ def test_rerun_resumes_without_downloading_again(built):
 
 
 def test_changed_settings_are_refused_on_resume(built):
-    from curation.settings import ConfigError
+    from common.settings import ConfigError
 
     changed = BuildConfig(**{**built["cfg"].__dict__, "min_side": 10})
     with pytest.raises(ConfigError, match="min_side"):
@@ -353,7 +353,7 @@ def test_cli_help_and_one_line_errors(tmp_path):
         (["build", "--source", "wit:x.tsv", "--out", "o", "--chunk-size", "many"], "not an integer"),
     ]:
         failed = cli(args)
-        assert failed.returncode == 1, (args, failed.stderr)
+        assert failed.returncode == 2, (args, failed.stderr)
         last = failed.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and message in last and "Traceback" not in failed.stderr
 
@@ -373,7 +373,7 @@ def test_crawl_source_end_to_end(tmp_path):
 
 
 def test_toml_config_gives_the_same_settings_as_flags(tmp_path):
-    from curation.settings import ConfigError, load_config
+    from common.settings import ConfigError, load_config
 
     toml = tmp_path / "build.toml"
     toml.write_text(
@@ -393,4 +393,4 @@ def test_toml_config_gives_the_same_settings_as_flags(tmp_path):
     with pytest.raises(ConfigError, match="unknown setting.*min_sides"):
         load_config(BuildConfig, toml)
     failed = cli(["build", "--config", str(toml)])
-    assert failed.returncode == 1 and "min_sides" in failed.stderr.strip().splitlines()[-1]
+    assert failed.returncode == 2 and "min_sides" in failed.stderr.strip().splitlines()[-1]

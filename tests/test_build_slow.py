@@ -9,9 +9,9 @@ import pytest
 
 from curation.build import build_dataset
 from curation.config import BuildConfig
+from testbed.web import serve_testweb
 from tests.test_build import FAST, all_keys, cli
 from tests.test_build_truth import score
-from tests.web import serve_testweb
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
-"""The truth scoring counts misses (curation/truth.py)."""
+"""The truth scoring counts misses (testbed/truth.py)."""
 
 from curation import shards
-from curation.truth import score
+from testbed.truth import score
 
 
 def test_scoring_counts_a_kept_junk_image_as_a_miss(tmp_path):

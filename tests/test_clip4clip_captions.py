@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.clip4clip.captions import Caption, CaptionFileError, read_captions, write_captions
+from curation.video_captions import Caption, CaptionFileError, read_captions, write_captions
 
 
 def test_msrvtt_json_round_trip_with_splits_groups_and_kinds(tmp_path: Path) -> None:

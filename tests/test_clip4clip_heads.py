@@ -16,9 +16,9 @@ from apps.clip4clip.cache import (
     visual_fingerprint,
 )
 from apps.clip4clip.heads import HEAD_NAMES, HeadConfig, build_head, dual_softmax
-from apps.clip4clip.synth import SynthConfig, generate_synthetic_set
 from apps.clip4clip.video import FrameSampling
-from training.model import create_model
+from models import create_model
+from testbed.videos import SynthConfig, generate_synthetic_set
 
 
 @pytest.fixture(scope="module")

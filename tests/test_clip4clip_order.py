@@ -18,7 +18,6 @@ from open_clip.loss import ClipLoss
 
 from apps.clip4clip.__main__ import main
 from apps.clip4clip.heads import HeadConfig
-from apps.clip4clip.synth import SynthConfig, generate_synthetic_set
 from apps.clip4clip.train import (
     TrainConfig,
     evaluate_head,
@@ -28,8 +27,9 @@ from apps.clip4clip.train import (
     train_head,
 )
 from apps.clip4clip.video import FrameSampling
-from curation.shapes import CLASSES, caption_for, render_shape_image
-from training.model import LoadedCLIP, create_model, save_checkpoint
+from models import LoadedCLIP, create_model, save_checkpoint
+from testbed.shapes import CLASSES, caption_for, render_shape_image
+from testbed.videos import SynthConfig, generate_synthetic_set
 
 
 def shape_trained_clip(steps: int, seed: int = 0) -> LoadedCLIP:

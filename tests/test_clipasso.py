@@ -22,7 +22,7 @@ from apps.clipasso.optimize import SketchConfig, fit_pixels, sketch_picture
 from apps.clipasso.picture import PictureError, load_picture
 from apps.clipasso.render import BackendUnavailable, black_strokes, get_rasterizer, render
 from apps.clipasso.svg import read_svg
-from training.model import load_clip, load_pretrained
+from models import load_clip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -207,7 +207,7 @@ def test_sketch_improves_on_its_start_with_every_seed(tiny_checkpoint, picture_f
     "name,kind,count", [("clip-tiny", "vit blocks", 2), ("clip-small", "resnet stages", 2)]
 )
 def test_encoder_catches_intermediate_activations_with_gradients(name, kind, count):
-    loaded = load_pretrained(name, None)
+    loaded = load_clip(model=name)
     encoder = ClipImageEncoder(loaded, LossConfig())
     images = torch.rand(3, 3, loaded.image_size, loaded.image_size, requires_grad=True)
     embedding, activations = encoder(images)
@@ -223,11 +223,11 @@ def test_resnet_geometric_stages_follow_the_grid_size():
     """The paper's layer2 + layer3 at 224 px; a 64 px model's layer3 is 4 x 4, so it uses layer1 + layer2."""
     assert resnet_stages_for(224) == (2, 3) and resnet_stages_for(288) == (2, 3)
     assert resnet_stages_for(64) == (1, 2) and resnet_stages_for(48) == (0, 1)
-    encoder = ClipImageEncoder(load_pretrained("clip-small", None), LossConfig())
+    encoder = ClipImageEncoder(load_clip(model="clip-small"), LossConfig())
     assert encoder.description == "resnet stages [1, 2]"
     _, activations = encoder(torch.rand(1, 3, 64, 64))
     assert [a.shape[-1] for a in activations] == [16, 8]
-    stem = ClipImageEncoder(load_pretrained("clip-small", None), LossConfig(resnet_stages=(0, 1)))
+    stem = ClipImageEncoder(load_clip(model="clip-small"), LossConfig(resnet_stages=(0, 1)))
     assert [a.shape[-1] for a in stem(torch.rand(1, 3, 64, 64))[1]] == [16, 16]
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from apps.clip import DEFAULT_CHECKPOINT, load_app_clip
 from apps.clipasso.evaluate import evaluate, evaluation_pictures
 from apps.clipasso.optimize import SketchConfig
+from models import DEFAULT_CHECKPOINT, load_clip
 
 REPO_CHECKPOINT = Path(__file__).resolve().parents[1] / DEFAULT_CHECKPOINT
 
@@ -19,7 +19,7 @@ def test_sketches_are_closest_to_their_own_source_and_beat_random_strokes(tmp_pa
     if not REPO_CHECKPOINT.exists():
         pytest.skip(f"no demo model at {DEFAULT_CHECKPOINT}: run `make demo` first")
     torch.set_num_threads(1)
-    loaded = load_app_clip(checkpoint=REPO_CHECKPOINT)
+    loaded = load_clip(REPO_CHECKPOINT)
     pictures = evaluation_pictures(tmp_path)
     report, _ = evaluate(
         loaded, pictures, SketchConfig(strokes=16, seeds=2), sheet_strokes=(), progress=False

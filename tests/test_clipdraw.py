@@ -11,7 +11,7 @@ import torch
 from apps.clipasso.svg import read_svg
 from apps.clipdraw.__main__ import draw_to_files, main
 from apps.clipdraw.draw import DrawConfig, draw_prompt, prompt_stem, random_strokes
-from training.model import load_clip
+from models import load_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py, with tiny_checkpoint
 

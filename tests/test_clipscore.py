@@ -10,14 +10,14 @@ import torch
 from PIL import Image
 
 from curation.clipscore import as_embedder, clip_rejects, clip_scores
-from curation.shapes import CLASSES, render_shape_image
-from training.model import load_pretrained
+from models import load_clip
+from testbed.shapes import CLASSES, render_shape_image
 
 
 @pytest.fixture(scope="module")
 def tiny_clip():
     torch.manual_seed(0)
-    return load_pretrained("clip-tiny", None)
+    return load_clip(model="clip-tiny")
 
 
 def jpgs(n: int) -> list[bytes]:

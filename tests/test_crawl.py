@@ -16,11 +16,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from common.settings import ConfigError
 from curation.crawl import CANDIDATE_COLUMNS, CrawlConfig, crawl, decode_html, main, normalize_url, parse_page
 from curation.netguard import UrlRefused, address_allowed, check_url, is_public_address
 from curation.schema import RECORD_SCHEMA
-from curation.settings import ConfigError
-from tests.web import serve_testweb
+from testbed.web import serve_testweb
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = ["127.0.0.0/8"]

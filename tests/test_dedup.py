@@ -110,7 +110,7 @@ def test_decisions_keep_best_copy_and_name_the_kept_key():
 
 def test_pixel_check_accepts_shifted_copies_and_refuses_look_alikes():
     from curation.dedup import same_picture
-    from curation.shapes import render_shape_image
+    from testbed.shapes import render_shape_image
 
     rng = np.random.default_rng(0)
     circle = render_shape_image("blue circle", rng, 128)

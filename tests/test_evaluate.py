@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from curation.settings import ConfigError
-from curation.shapes import write_image_folder
-from tests.datasets import make_shape_dataset
+from common.settings import ConfigError
+from models import create_model, save_checkpoint
+from testbed.datasets import make_shape_dataset
+from testbed.shapes import write_image_folder
 from training.config import EvalConfig, TrainConfig
 from training.evaluate import EvalError, _recalls, evaluate, main, read_image_folder
-from training.model import create_model, save_checkpoint
 from training.train import train
 
 

@@ -18,8 +18,8 @@ from curation.filters import (
     first_reject,
     reason_name,
 )
-from curation.shapes import CAPTION_TEMPLATES, CLASSES
-from curation.testweb import FOREIGN_LANGUAGES, foreign_caption
+from testbed.shapes import CAPTION_TEMPLATES, CLASSES
+from testbed.testweb import FOREIGN_LANGUAGES, foreign_caption
 
 CFG = BuildConfig(out=Path("unused"), languages=["en"])
 

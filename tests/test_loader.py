@@ -10,10 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from curation.shards import ShardEntry, file_sha256, load_manifest, save_manifest, shard_path, write_shard
-from tests.datasets import make_shape_dataset, rows_table, shape_rows
+from common.atomic import file_sha256
+from curation.shards import ShardEntry, load_manifest, save_manifest, shard_path, write_shard
+from models import create_model
+from testbed.datasets import make_shape_dataset, rows_table, shape_rows
 from training.data import DatasetError, ShardStream, decode_image, find_row_groups, train_loader
-from training.model import create_model
 
 
 @pytest.fixture(scope="module")

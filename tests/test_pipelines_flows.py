@@ -11,14 +11,14 @@ import pytest
 
 from curation import download
 from curation.config import BuildConfig
-from curation.shapes import write_image_folder
 from curation.shards import load_manifest, read_table
 from pipelines.flows import build_dataset_flow, evaluate_flow, train_flow
 from pipelines.params import FlowOptions
 from pipelines.runtime import OutputBusyError, apply_env_defaults
 from pipelines.tasks import DOWNLOAD_TAG
-from tests.datasets import make_shape_dataset
-from tests.web import serve_testweb
+from testbed.datasets import make_shape_dataset
+from testbed.shapes import write_image_folder
+from testbed.web import serve_testweb
 
 apply_env_defaults()
 

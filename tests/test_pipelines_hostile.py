@@ -17,12 +17,12 @@ import pytest
 
 from curation import download
 from curation.config import BuildConfig
-from curation.shapes import CLASSES, render_shape_image
 from curation.shards import read_table
-from curation.testweb import WIT_COLUMNS
 from pipelines.flows import build_dataset_flow
 from pipelines.params import FlowOptions
-from tests.web import serve_testweb
+from testbed.shapes import CLASSES, render_shape_image
+from testbed.testweb import WIT_COLUMNS
+from testbed.web import serve_testweb
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from common.settings import ConfigError
 from curation.config import BuildConfig
-from curation.settings import ConfigError
 from pipelines.__main__ import main
 from pipelines.params import FlowOptions, load_deployments, load_flow_params
 from pipelines.runtime import PrefectApiError, check_prefect_api

@@ -7,7 +7,7 @@ from typing import Literal
 
 import pytest
 
-from curation.settings import ConfigError, add_arguments, from_namespace, load_config, to_dict
+from common.settings import ConfigError, add_arguments, from_namespace, load_config, to_dict
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from curation import shapes
-from curation.testweb import (
+from testbed.testweb import (
     EXPECTED_REJECTS,
     JUNK_KINDS,
     LARGE_CONTENT_LENGTH,
@@ -31,7 +31,7 @@ from curation.testweb import (
     build_site,
     main,
 )
-from tests.web import serve_testweb
+from testbed.web import serve_testweb
 
 REPO = Path(__file__).resolve().parents[1]
 SLOW_DELAY = 1.0
@@ -415,7 +415,7 @@ def test_cli_writes_wit_and_truth(tmp_path, capsys):
 def test_cli_bad_input_is_one_line(tmp_path):
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "curation.testweb", "--port", "0", "--corpus", str(tmp_path / "nope"), "--no-serve"],
+        [sys.executable, "-m", "testbed.testweb", "--port", "0", "--corpus", str(tmp_path / "nope"), "--no-serve"],
         cwd=REPO, capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert result.returncode == 2

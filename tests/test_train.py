@@ -16,10 +16,10 @@ import open_clip
 import pytest
 import torch
 
-from tests.datasets import make_shape_dataset
+from models import CheckpointError, create_model, load_clip, read_checkpoint, register_configs
+from testbed.datasets import make_shape_dataset
 from training.config import TrainConfig
 from training.data import DatasetError
-from training.model import CheckpointError, create_model, load_clip, read_checkpoint, register_configs
 from training.train import TrainingDiverged, _forward_backward, main, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 One frozen dataclass per command: the field names are the command-line flags (`batch_size` is
 `--batch-size`), the keys of a TOML preset (`training/presets/demo.toml`) and the parameters a
-Prefect flow passes. Build them with `curation.settings.load_config` or directly.
+Prefect flow passes. Build them with `common.settings.load_config` or directly.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from curation.settings import ConfigError, load_config
+from common.settings import ConfigError, load_config
 
 PRESET_DIR = Path(__file__).parent / "presets"
 Precision = Literal["fp32", "bf16", "amp"]

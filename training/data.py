@@ -29,13 +29,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from common.errors import UserError
 from curation.schema import SchemaError
 from curation.shards import RowGroupRef, ShardError, read_row_group, row_groups
 
 COLUMNS = ("jpg", "caption")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset directory cannot be trained on (empty, missing columns, too small); the message says why."""
 
 

@@ -24,18 +24,19 @@ import torch
 from open_clip import OPENAI_IMAGENET_TEMPLATES, build_zero_shot_classifier
 from tqdm import tqdm
 
-from curation.settings import ConfigError, to_dict
-from curation.shards import atomic_write_bytes
+from common.atomic import atomic_write_bytes
+from common.errors import UserError
+from common.settings import to_dict
+from models import LoadedCLIP, load_clip, resolve_checkpoint
 from training.config import EvalConfig
 from training.data import DatasetError, decode_image, iter_pairs
-from training.model import CheckpointError, LoadedCLIP, load_clip, resolve_checkpoint
 
 SINGLE_PROMPT = ("a photo of a {}.",)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 PROBE_C = (0.01, 0.0316, 0.1, 0.316, 1.0, 3.16, 10.0, 100.0)
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """An evaluation input is unusable (missing folder, no classes, too few images); says which and why."""
 
 
@@ -276,7 +277,8 @@ def evaluate(cfg: EvalConfig) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    from curation.settings import add_arguments, from_namespace
+    from common.errors import run_cli
+    from common.settings import add_arguments, from_namespace
 
     parser = argparse.ArgumentParser(
         prog="python -m training.evaluate",
@@ -285,14 +287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_arguments(parser, EvalConfig)
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         report = evaluate(from_namespace(EvalConfig, args))
-    except (ConfigError, EvalError, CheckpointError, DatasetError) as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the library wrote
-        return 2
-    print(markdown_table(report))
-    print(f"report: {report['report_path']} (+ .md)")
-    return 0
+        print(markdown_table(report))
+        print(f"report: {report['report_path']} (+ .md)")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

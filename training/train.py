@@ -29,22 +29,26 @@ import torch.distributed as dist
 from open_clip.loss import ClipLoss, SigLipLoss
 from tqdm import tqdm
 
-from curation.settings import ConfigError, to_dict
-from curation.shards import atomic_write_bytes, manifest_checksum
-from training.config import TrainConfig
-from training.data import DatasetError, ShardStream, find_row_groups, train_loader
-from training.model import (
+from common.atomic import atomic_write_bytes
+from common.errors import UserError
+from common.settings import ConfigError, to_dict
+from curation.shards import load_manifest, manifest_checksum
+from models import (
     CHECKPOINT_DIR,
+    EXPORT_DIR,
     LATEST,
     CheckpointError,
-    PretrainedUnavailableError,
     create_model,
+    export_local_dir,
     load_state,
+    quiet_random_init,
     read_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
     unwrap,
 )
+from training.config import TrainConfig
+from training.data import DatasetError, ShardStream, find_row_groups, train_loader
 
 LOG_FIELDS = [
     "step",
@@ -60,7 +64,7 @@ LOG_FIELDS = [
 MAX_LOGIT_SCALE = math.log(100)  # CLIP clamps the temperature so logits are scaled by at most 100
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss or the gradients became NaN/inf; the weights of the last checkpoint are untouched."""
 
 
@@ -171,6 +175,23 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def model_image_size(model: torch.nn.Module) -> int:
+    size = unwrap(model).visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def warn_small_images(data: Sequence[Path], model_size: int) -> None:
+    """Say so when a dataset was built at a smaller image size than the model reads (upscaled blur)."""
+    for root in data:
+        built = load_manifest(root).config.get("image_size")
+        if isinstance(built, int) and built < model_size:
+            print(
+                f"warning: {root} holds {built} px images but {model_size} px is the model's input size: "
+                f"they are upscaled; rebuild the dataset with --image-size {model_size} or pick a smaller model",
+                file=sys.stderr,
+            )
+
+
 def _checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINT_DIR / f"step_{step:06d}.pt"
 
@@ -276,9 +297,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     total_steps = cfg.steps or max(1, math.ceil((cfg.epochs or 1.0) * num_rows / cfg.batch_size))
     data_checksums = {str(p): manifest_checksum(p) for p in cfg.data}
 
-    model, preprocess_train, _, tokenizer = create_model(
-        cfg.model, pretrained=cfg.pretrained, device=d.device
-    )
+    with quiet_random_init() if cfg.resume else contextlib.nullcontext():  # resumed weights come next
+        model, preprocess_train, _, tokenizer = create_model(
+            cfg.model, pretrained=cfg.pretrained, device=d.device
+        )
+    image_size = model_image_size(model)
+    if d.main:
+        warn_small_images(cfg.data, image_size)
     # NHWC convolutions are about 25 % faster on CPU (oneDNN) for ResNet towers; only 4-D weights change.
     model = model.to(memory_format=torch.channels_last)
     loss_fn = _make_loss(cfg, model, d)
@@ -346,9 +371,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         num_workers=cfg.workers,
         shuffle_buffer=cfg.shuffle_buffer,
         skip_batches=start_step * cfg.accum_steps,
-        image_size=unwrap(model).visual.image_size[0]
-        if isinstance(unwrap(model).visual.image_size, (tuple, list))
-        else unwrap(model).visual.image_size,
+        image_size=image_size,
     )
     batches = iter(train_loader(stream, cfg.workers, pin_memory=d.device.type == "cuda"))
 
@@ -395,6 +418,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 train_config=to_dict(cfg),
             )
             atomic_write_bytes(run_dir / LATEST, f"{CHECKPOINT_DIR}/{path.name}\n".encode())
+            if step == total_steps:  # plain open_clip loads this: `local-dir:RUN/export`
+                export_local_dir(model, cfg.model, run_dir / EXPORT_DIR)
             _prune_checkpoints(run_dir, cfg.keep_checkpoints)
             plot_loss(log_path, run_dir / "loss.png")
         if ddp:
@@ -510,13 +535,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
 
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, PretrainedUnavailableError, TrainingDiverged)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    from curation.settings import add_arguments, from_namespace
+    from common.errors import run_cli
+    from common.settings import add_arguments, from_namespace
 
     parser = argparse.ArgumentParser(
         prog="python -m training.train",
@@ -528,22 +551,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_arguments(parser, TrainConfig)
     args = parser.parse_args(argv)
-    try:
-        cfg = from_namespace(TrainConfig, args, toml_path=args.config)
-        result = train(cfg)
-    except USER_ERRORS as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the library wrote
-        return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(
-            f"trained {result.steps} steps in {result.seconds:.0f} s: final loss {result.final_loss:.4f}, "
-            f"{result.samples_per_s:.1f} samples/s, data wait {100 * result.data_wait_fraction:.0f}%\n"
-            f"checkpoint: {result.checkpoint}"
-        )
-    return 0
+
+    def body() -> None:
+        try:
+            result = train(from_namespace(TrainConfig, args, toml_path=args.config))
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(
+                f"trained {result.steps} steps in {result.seconds:.0f} s: final loss {result.final_loss:.4f}, "
+                f"{result.samples_per_s:.1f} samples/s, data wait {100 * result.data_wait_fraction:.0f}%\n"
+                f"checkpoint: {result.checkpoint}"
+            )
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ from apps.clip4clip.heads import HeadConfig
 from apps.clip4clip.index import IndexOptions, build_index
 from apps.clip4clip.metrics import format_table
 from apps.clip4clip.search import open_index, search, write_html
-from apps.clip4clip.synth import SynthConfig, generate_synthetic_set
 from apps.clip4clip.train import TrainConfig, evaluate_head, load_video_captions, train_head
 from apps.clip4clip.video import FrameSampling
+from testbed.videos import SynthConfig, generate_synthetic_set
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,14 @@ others), and the heads refuse an all-padding row rather than divide by zero.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import Transformer
 from torch import nn
+
+from apps.clip4clip.errors import Clip4ClipError
 
 HEAD_NAMES: tuple[str, ...] = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
 
@@ -27,18 +29,22 @@ HEAD_NAMES: tuple[str, ...] = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
 class HeadConfig:
     name: str = "meanP"
     max_frames: int = 12  # size of the frame position embedding
-    layers: int = 4  # temporal / cross transformer blocks (CLIP4Clip: 4)
+    layers: int = field(
+        default=4, metadata={"help": "transformer blocks of seqTransf/tightTransf (CLIP4Clip: 4)"}
+    )
 
     def __post_init__(self) -> None:
         if self.name not in HEAD_NAMES:
-            raise ValueError(f"unknown head {self.name!r}: use one of {', '.join(HEAD_NAMES)}")
+            raise Clip4ClipError(f"unknown head {self.name!r}: use one of {', '.join(HEAD_NAMES)}")
         if self.layers < 1 or self.max_frames < 1:
-            raise ValueError(f"head layers={self.layers}, max_frames={self.max_frames}: both must be >= 1")
+            raise Clip4ClipError(
+                f"head layers={self.layers}, max_frames={self.max_frames}: both must be >= 1"
+            )
 
 
 def _check_mask(mask: torch.Tensor) -> None:
     if not bool(mask.any(dim=1).all()):
-        raise ValueError("a video in the batch has no frame (all padding): reject it before scoring")
+        raise Clip4ClipError("a video in the batch has no frame (all padding): reject it before scoring")
 
 
 def masked_mean(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -118,7 +124,9 @@ class TemporalTransformer(SimilarityHead):
         _check_mask(mask)
         batch, length, _ = frames.shape
         if length > self.config.max_frames:
-            raise ValueError(f"{length} frames per video but the head has {self.config.max_frames} positions")
+            raise Clip4ClipError(
+                f"{length} frames per video but the head has {self.config.max_frames} positions"
+            )
         positions = torch.arange(length, device=frames.device)
         x = frames + self.frame_position(positions).unsqueeze(0)
         # Padded frames are keys nobody attends to; real frames always have themselves to attend to.
@@ -155,7 +163,9 @@ class TightTransformer(SimilarityHead):
         _check_mask(mask)
         n_text, (n_video, length, dim) = text.shape[0], frames.shape
         if length > self.config.max_frames:
-            raise ValueError(f"{length} frames per video but the head has {self.config.max_frames} positions")
+            raise Clip4ClipError(
+                f"{length} frames per video but the head has {self.config.max_frames} positions"
+            )
         pair_text = text.unsqueeze(1).expand(n_text, n_video, dim).reshape(-1, 1, dim)
         pair_frames = frames.unsqueeze(0).expand(n_text, -1, -1, -1).reshape(-1, length, dim)
         pair_mask = mask.unsqueeze(0).expand(n_text, -1, -1).reshape(-1, length)

@@ -35,10 +35,12 @@ from apps.clip4clip.cache import (
     file_sha256,
     visual_fingerprint,
 )
+from apps.clip4clip.errors import Clip4ClipError
 from apps.clip4clip.heads import HeadConfig, SimilarityHead, build_head
 from apps.clip4clip.train import VideoBank, load_head, resolve_head_checkpoint
 from apps.clip4clip.video import FrameSampling, find_videos
-from curation.shards import atomic_path, atomic_write_json
+from common.atomic import atomic_path, atomic_write_json
+from common.errors import UserError
 
 INDEX_FORMAT = "clip4clip-index/1"
 FLAT_LIMIT = 20_000  # below this many vectors exact search is fast enough (about a millisecond per query)
@@ -58,7 +60,7 @@ VIDEO_SCHEMA = pa.schema(
 )
 
 
-class VideoIndexError(RuntimeError):
+class VideoIndexError(UserError, RuntimeError):
     """An index that cannot be used as asked; the message names the index and the fix."""
 
 
@@ -138,11 +140,11 @@ def build_faiss_index(
             # k-means on a sample is enough to place the lists: 64 points per list, as faiss recommends.
             nlist = faiss.extract_index_ivf(index).nlist
             if n < nlist:
-                raise ValueError(f"faiss index {kind!r} has {nlist} lists but only {n} videos: use Flat")
+                raise Clip4ClipError(f"faiss index {kind!r} has {nlist} lists but only {n} videos: use Flat")
             sample = np.random.default_rng(seed).choice(n, size=min(n, 64 * nlist), replace=False)
             index.train(embeddings[sample])
     except RuntimeError as err:  # faiss reports a bad factory string as a C++ RuntimeError
-        raise ValueError(
+        raise Clip4ClipError(
             f"faiss index type {kind!r} not understood ({str(err).splitlines()[0][:100]}): "
             "use Flat, IVF<lists>,Flat or HNSW<links>"
         ) from None
@@ -158,13 +160,13 @@ def _head_for(options: IndexOptions, clip) -> tuple[SimilarityHead, dict | None]
     if options.head_checkpoint is not None:
         head, sampling, state = load_head(options.head_checkpoint, clip)
         if sampling.max_frames != options.sampling.max_frames:
-            raise ValueError(
+            raise Clip4ClipError(
                 f"head {options.head_checkpoint} was trained with max_frames={sampling.max_frames}; "
                 f"index with --max-frames {sampling.max_frames}"
             )
         return head, state
     if options.head not in ("meanP",):
-        raise ValueError(
+        raise Clip4ClipError(
             f"--head {options.head} has weights to learn: pass --head-checkpoint from `train`, or use meanP"
         )
     return build_head(HeadConfig("meanP", options.sampling.max_frames), clip.embed_dim), None
@@ -275,7 +277,7 @@ def build_index(
     else:
         embeddings = np.zeros((len(rows), clip.embed_dim), np.float32)
     if not np.isfinite(embeddings).all():
-        raise FloatingPointError("a video embedding is not finite: the head or checkpoint is damaged")
+        raise Clip4ClipError("a video embedding is not finite: the head or checkpoint is damaged")
     if head.cross_encoder:
         faiss_type = "none (cross-encoder)"
     else:

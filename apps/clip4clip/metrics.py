@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from apps.clip4clip.errors import Clip4ClipError
+
 TIE_RULES = ("pessimistic", "optimistic", "average")
 
 
@@ -54,20 +56,20 @@ def _tie_ranks(higher: np.ndarray, equal: np.ndarray, ties: str) -> np.ndarray:
         return 1 + higher
     if ties == "average":
         return 1 + higher + equal / 2.0
-    raise ValueError(f"unknown tie rule {ties!r}: use one of {', '.join(TIE_RULES)}")
+    raise Clip4ClipError(f"unknown tie rule {ties!r}: use one of {', '.join(TIE_RULES)}")
 
 
 def _check(similarity: np.ndarray, text_video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     similarity = np.asarray(similarity, dtype=np.float64)
     text_video = np.asarray(text_video, dtype=np.int64)
     if similarity.ndim != 2 or similarity.shape[0] != len(text_video):
-        raise ValueError(
+        raise Clip4ClipError(
             f"similarity {similarity.shape} must be [texts, videos] with {len(text_video)} texts"
         )
     if not np.isfinite(similarity).all():
-        raise ValueError("similarity has NaN or infinite scores: refusing to rank them")
+        raise Clip4ClipError("similarity has NaN or infinite scores: refusing to rank them")
     if len(text_video) and (text_video.min() < 0 or text_video.max() >= similarity.shape[1]):
-        raise ValueError("text_video holds a video index outside the similarity matrix")
+        raise Clip4ClipError("text_video holds a video index outside the similarity matrix")
     return similarity, text_video
 
 

@@ -19,12 +19,14 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from apps.clip4clip.errors import Clip4ClipError
 from apps.clip4clip.heads import HeadConfig, SimilarityHead, build_head
 from apps.clip4clip.index import INDEX_FORMAT, VideoIndexError, check_same_clip
 from apps.clip4clip.train import encode_captions, load_head
+from common.errors import UserError
 
 
-class EmptyQueryError(ValueError):
+class EmptyQueryError(UserError, ValueError):
     """The query has no words."""
 
 
@@ -98,7 +100,7 @@ def search(index: VideoIndex, query: str, k: int = 5) -> list[SearchHit]:
             'empty query: give a few words describing the video, e.g. "a red circle moves left"'
         )
     if k < 1:
-        raise ValueError(f"-k {k}: ask for at least 1 result")
+        raise Clip4ClipError(f"-k {k}: ask for at least 1 result")
     if not index.videos:
         return []
     k = min(k, len(index.videos))
@@ -120,7 +122,7 @@ def search(index: VideoIndex, query: str, k: int = 5) -> list[SearchHit]:
         scores, ids = index.faiss_index.search(query_vec, k)
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
     if any(not np.isfinite(s) for _, s in pairs):
-        raise FloatingPointError(
+        raise Clip4ClipError(
             "a search score is not finite: the index or checkpoint is damaged; rebuild the index"
         )
     hits = []

@@ -26,11 +26,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from apps.clip4clip.cache import FrameFeatures, Rejected, compute_frame_features, visual_fingerprint
-from apps.clip4clip.captions import Caption, CaptionSet, read_captions
+from apps.clip4clip.errors import Clip4ClipError
 from apps.clip4clip.heads import HeadConfig, SimilarityHead, build_head, dual_softmax
 from apps.clip4clip.metrics import RetrievalMetrics, format_table, retrieval_metrics
 from apps.clip4clip.video import FrameSampling, find_videos
-from curation.shards import atomic_path
+from common.atomic import atomic_path
+from common.errors import UserError
+from curation.video_captions import Caption, CaptionSet, read_captions
 
 HEAD_FILE = "head.pt"
 HEAD_FORMAT = "clip4clip-head/1"
@@ -38,7 +40,7 @@ HEAD_FORMAT = "clip4clip-head/1"
 TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
 
 
-class HeadCheckpointError(RuntimeError):
+class HeadCheckpointError(UserError, RuntimeError):
     """A head checkpoint is missing, unreadable, or was trained for another CLIP."""
 
 
@@ -46,20 +48,26 @@ class HeadCheckpointError(RuntimeError):
 class TrainConfig:
     head: HeadConfig = field(default_factory=lambda: HeadConfig("seqTransf"))
     sampling: FrameSampling = field(default_factory=FrameSampling)
-    epochs: int = 5
-    batch_size: int = 32
-    lr_head: float = 1e-4  # new modules (CLIP4Clip: 1e-4)
-    lr_clip: float = 1e-7  # CLIP text encoder (CLIP4Clip: 1e-7); 0 freezes it
-    weight_decay: float = 0.2
-    warmup_fraction: float = 0.1
-    logit_scale: float = 100.0  # fixed, as in CLIP4Clip
-    grad_clip: float = 1.0
-    seed: int = 0
-    split: str | None = "train"  # split of the caption file to train on; None trains on every video
+    epochs: int = field(default=5, metadata={"help": "passes over the training videos"})
+    batch_size: int = field(default=32, metadata={"help": "video-caption pairs per step"})
+    lr_head: float = field(
+        default=1e-4, metadata={"help": "learning rate of the head's new modules (CLIP4Clip's)"}
+    )
+    lr_clip: float = field(
+        default=1e-7, metadata={"help": "learning rate of the CLIP text encoder (0 freezes it)"}
+    )
+    weight_decay: float = field(default=0.2, metadata={"help": "AdamW weight decay"})
+    warmup_fraction: float = field(default=0.1, metadata={"help": "fraction of steps spent warming up"})
+    logit_scale: float = field(default=100.0, metadata={"help": "fixed logit scale, as in CLIP4Clip"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    split: str | None = field(
+        default="train", metadata={"help": "split of the caption file to train on; 'all' for every video"}
+    )
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError(
+            raise Clip4ClipError(
                 f"epochs={self.epochs}, batch_size={self.batch_size}: need epochs >= 1, batch >= 2"
             )
 
@@ -76,7 +84,7 @@ class VideoBank:
     @classmethod
     def from_features(cls, ids: list[str], items: list[FrameFeatures], max_frames: int) -> VideoBank:
         if not items:
-            raise ValueError("no readable video to build a bank from")
+            raise Clip4ClipError("no readable video to build a bank from")
         dim = items[0].features.shape[1]
         frames = torch.zeros(len(items), max_frames, dim)
         mask = torch.zeros(len(items), max_frames, dtype=torch.bool)
@@ -110,7 +118,7 @@ def load_video_captions(
     by_stem = {p.stem: p for p in find_videos(videos_dir)}
     wanted = caption_set.video_ids(split)
     if split is not None and not wanted:
-        raise ValueError(
+        raise Clip4ClipError(
             f"the caption file has no video in split {split!r} (it names splits: {sorted(set(caption_set.splits.values())) or 'none'}): pass --split all to use every video"
         )
     missing = [v for v in wanted if v not in by_stem]
@@ -124,7 +132,7 @@ def load_video_captions(
             ids.append(video_id)
             items.append(result)
     if not items:
-        raise ValueError(
+        raise Clip4ClipError(
             f"no caption's video could be read from {videos_dir} ({len(missing)} missing, {len(rejected)} unreadable)"
         )
     kept = set(ids)
@@ -220,7 +228,7 @@ def train_head(
         captions_of.setdefault(index_of[caption.video_id], []).append(caption.text)
     videos = np.array(sorted(captions_of))
     if len(videos) < 2:
-        raise ValueError("training needs at least 2 videos with captions")
+        raise Clip4ClipError("training needs at least 2 videos with captions")
     batch = min(config.batch_size, len(videos))
     steps_per_epoch = len(videos) // batch
     group_of = {index_of[v]: g for v, g in data.groups.items()}
@@ -399,7 +407,7 @@ def evaluate_head(
     for kind in kinds:
         captions = [c for c in data.captions if kind is None or c.kind == kind]
         if not captions:
-            raise ValueError(f"no caption of kind {kind!r} to evaluate on")
+            raise Clip4ClipError(f"no caption of kind {kind!r} to evaluate on")
         similarity = similarity_matrix(clip, head, [c.text for c in captions], data.bank)
         if use_dual_softmax:
             similarity = dual_softmax(similarity)

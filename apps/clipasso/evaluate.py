@@ -5,7 +5,7 @@ is closest to, and compare each sketch's loss with random strokes'. Writes a con
     python -m apps.clipasso.evaluate --checkpoint runs/demo/train --strokes 16 --sheet-strokes 8 16 32
 
 Test pictures: skimage's astronaut, chelsea, coffee, rocket and horse, and generated coloured shapes
-(curation/shapes.py, the demo model's world). Pass criterion (issue 7): own source closest for >= 80 %.
+(testbed/shapes.py, the demo model's world). Pass criterion (issue 7): own source closest for >= 80 %.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from apps.clip import ClipLoadError
-from apps.clipasso.__main__ import add_loss_arguments, loss_from_args
+from apps.cli import ModelChoice
 from apps.clipasso.augment import AugmentConfig, apply_views, sample_views
+from apps.clipasso.cli import add_loss_arguments, loss_from_args
 from apps.clipasso.losses import ClipImageEncoder, sketch_losses, total_loss
 from apps.clipasso.optimize import SketchConfig, optimisation_canvas, sketch_picture, to_model_input
 from apps.clipasso.picture import Picture, load_picture
 from apps.clipasso.render import black_strokes, render
-from apps.clipasso.run import ModelChoice
 from apps.clipasso.saliency import xdog_edges
-from training.model import LoadedCLIP
+from common.errors import UserError, one_line
+from models import LoadedCLIP
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "horse")
 SHAPES = ("red circle", "blue square", "green triangle", "yellow star", "purple heart")
@@ -44,7 +44,7 @@ def evaluation_pictures(
     """Write the test pictures as PNG files into `folder` and return their paths."""
     import skimage.data
 
-    from curation.shapes import render_shape_image
+    from testbed.shapes import render_shape_image
 
     paths = []
     for name in photos:
@@ -216,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config.validate()
         loaded = ModelChoice(args.checkpoint, args.model, args.pretrained).load()
-    except (ClipLoadError, ValueError) as exc:
-        print(f"clipasso.evaluate: error: {exc}", file=sys.stderr)
+    except UserError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from apps.cli import ModelChoice
 from apps.clipasso.optimize import SketchConfig, sketch_picture, to_model_input
 from apps.clipasso.picture import load_picture
 from apps.clipasso.render import black_strokes, render
-from apps.clipasso.run import ModelChoice
 
 
 def _u8(image: torch.Tensor, size: int) -> Image.Image:

@@ -17,9 +17,10 @@ import numpy as np
 from PIL import Image
 
 from apps.clipasso.svg import Sketch, sketch_to_svg
+from common.errors import UserError
 
 
-class OutputError(OSError):
+class OutputError(UserError, OSError):
     """The output directory cannot be created or written."""
 
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from common.errors import UserError
+
 # Far above any photo people sketch; a decompression bomb declares billions of pixels in a tiny file.
 MAX_PIXELS = 50_000_000
 MIN_SIDE = 16
@@ -24,7 +26,7 @@ MIN_SIDE = 16
 MaskMode = Literal["auto", "alpha", "none"]
 
 
-class PictureError(ValueError):
+class PictureError(UserError, ValueError):
     """The input picture cannot be used; the message names the file and what to do."""
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from common.errors import UserError
+
 # Keeps sqrt and the segment projection differentiable when a pixel centre lies exactly on the curve.
 _EPS = 1e-8
 
@@ -173,7 +175,7 @@ def black_strokes(points: torch.Tensor, width: float) -> tuple[torch.Tensor, tor
     return widths, colors
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(UserError, RuntimeError):
     """The asked-for rasterizer backend cannot be used here."""
 
 

@@ -4,33 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from apps.clip import load_app_clip
+from apps.cli import ModelChoice
 from apps.clipasso.optimize import SketchConfig, SketchResult, sketch_picture
 from apps.clipasso.output import check_writable, sketch_files, write_files
 from apps.clipasso.picture import load_picture
 from apps.clipasso.render import get_rasterizer
-from training.model import LoadedCLIP
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """Which CLIP to use: a checkpoint (file or run dir), else an open_clip name + tag, else the demo's."""
-
-    checkpoint: Path | None = None
-    model: str | None = None
-    pretrained: str | None = None
-    device: str = "cpu"
-
-    def load(self) -> LoadedCLIP:
-        return load_app_clip(
-            checkpoint=self.checkpoint, model=self.model, pretrained=self.pretrained, device=self.device
-        )
+from models import LoadedCLIP
 
 
 def result_image(result: SketchResult, config: SketchConfig) -> np.ndarray:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from common.errors import UserError
+
 _SVG_NS = "http://www.w3.org/2000/svg"
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _NAMED = {
@@ -25,7 +27,7 @@ _NAMED = {
 }
 
 
-class SvgError(ValueError):
+class SvgError(UserError, ValueError):
     """An SVG that does not hold strokes we can read."""
 
 

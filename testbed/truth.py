@@ -58,7 +58,7 @@ def _right(kind: str, outcome: tuple[str, str | None] | None) -> bool:
 
 
 def score(out: Path, truth: dict[str, Any], in_wit_only: bool = True) -> dict[str, Any]:
-    """Figures of a dataset directory against a truth dict (`curation.testweb` --truth)."""
+    """Figures of a dataset directory against a truth dict (`testbed.testweb` --truth)."""
     found = outcomes(out)
     images = {u: t for u, t in truth["images"].items() if t["in_wit"] or not in_wit_only}
     first = {u: (found[u][0] if u in found else None) for u in images}

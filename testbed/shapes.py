@@ -50,7 +50,7 @@ CAPTION_TEMPLATES: list[str] = [
 ]
 
 # Background tints: greys, paper, pale blue, pale green; all light so every colour contrasts.
-_BACKGROUND_TINTS: list[tuple[int, int, int]] = [
+BACKGROUND_TINTS: list[tuple[int, int, int]] = [
     (235, 235, 235),
     (215, 215, 215),
     (190, 190, 190),
@@ -98,7 +98,7 @@ def _regular_polygon(
     return points
 
 
-def _shape_outline(shape: str, radius: float, rotation: float) -> list[tuple[float, float]] | None:
+def shape_outline(shape: str, radius: float, rotation: float) -> list[tuple[float, float]] | None:
     """Outline around (0, 0); None for the circle, which is drawn as an ellipse."""
     if shape == "circle":
         return None
@@ -189,7 +189,7 @@ def render_shape_image(
         raise ValueError(f"unknown style {style!r}: expected one of {STYLES}")
     big = size * _SUPERSAMPLE
 
-    tint = np.array(_BACKGROUND_TINTS[rng.integers(len(_BACKGROUND_TINTS))], dtype=np.float32)
+    tint = np.array(BACKGROUND_TINTS[rng.integers(len(BACKGROUND_TINTS))], dtype=np.float32)
     tint += rng.uniform(-12, 12, size=3)
     # A soft vertical or horizontal gradient, like light falling on paper.
     ramp = np.linspace(-1.0, 1.0, big, dtype=np.float32) * rng.uniform(0, 14)
@@ -209,7 +209,7 @@ def render_shape_image(
     line_width = max(1, int(big * 0.012)) if rng.random() < 0.5 else 0
 
     draw = ImageDraw.Draw(canvas)
-    outline = _shape_outline(shape, radius, rotation)
+    outline = shape_outline(shape, radius, rotation)
     if style == "outline":
         _draw_pen_outline(draw, canvas, outline, (cx, cy), radius, fill_rgb, rng)
     elif outline is None:
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     parser = argparse.ArgumentParser(
-        prog="python -m curation.shapes",
+        prog="python -m testbed.shapes",
         description="Write the coloured-shape world (36 classes) as an ImageFolder, and/or a contact sheet.",
     )
     parser.add_argument("--out", type=Path, help="ImageFolder directory to write (red_circle/00000.png, ...)")

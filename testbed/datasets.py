@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curation.shapes import CLASSES, caption_for, render_shape_image
 from curation.shards import write_shard
+from testbed.shapes import CLASSES, caption_for, render_shape_image
 
 
 def shape_rows(n: int, seed: int, size: int = 64, start: int = 0) -> list[dict]:

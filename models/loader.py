@@ -1,6 +1,6 @@
-"""The model layer: open_clip models by name, our small configs, and checkpoints.
+"""Checkpoints and open_clip models: create by name, save, find, read and load.
 
-Our configs are JSON files in `training/model_configs/` registered with open_clip, so code
+Our configs are JSON files in `models/configs/` registered with open_clip, so code
 never branches on a model name and a checkpoint we save loads with plain
 ``open_clip.create_model_and_transforms(name, pretrained=path)`` once `register_configs()`
 has run. A checkpoint also carries its config, so it loads even where the config is unknown.
@@ -8,13 +8,16 @@ has run. A checkpoint also carries its config, so it loads even where the config
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import pickle
 import re
 import socket
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,19 +25,24 @@ from typing import Any
 import open_clip
 import torch
 
-from curation.shards import atomic_path
+from common.atomic import atomic_path
+from common.errors import UserError
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
+CONFIG_DIR = Path(__file__).parent / "configs"
 LATEST = "latest"
 CHECKPOINT_DIR = "checkpoints"
 _registered = False
 
 
-class PretrainedUnavailableError(RuntimeError):
+class ModelError(UserError):
+    """No CLIP could be made or loaded from what was given; the message says what to pass instead."""
+
+
+class PretrainedUnavailableError(ModelError):
     """open_clip weights for a tag could not be fetched (offline, or an unknown tag)."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ModelError):
     """A checkpoint path is missing, unreadable, or holds something other than the expected CLIP."""
 
 
@@ -74,7 +82,7 @@ def model_names() -> list[str]:
 def _check_name(name: str) -> None:
     if name not in model_names():
         ours = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-        raise ValueError(
+        raise ModelError(
             f"unknown model {name!r}: use one of ours ({', '.join(ours)}) or an open_clip name such as ViT-B-32 "
             "(`python -c 'import open_clip; print(open_clip.list_models())'` lists them)"
         )
@@ -127,6 +135,21 @@ def create_model(
             raise PretrainedUnavailableError(_fetch_hint(name, pretrained)) from exc
         raise
     return model, preprocess_train, preprocess_val, open_clip.get_tokenizer(name)
+
+
+@contextlib.contextmanager
+def quiet_random_init() -> Iterator[None]:
+    """Hide open_clip's "No pretrained weights loaded ... initialized randomly" while weights follow."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -191,14 +214,21 @@ def read_checkpoint(path: Path | str) -> dict:
     return ckpt
 
 
+MODEL_NAME = re.compile(r"^[\w.-]+$")
+
+
 def _ensure_config(name: str, config: dict | None) -> None:
     """Make a checkpoint's embedded config known to open_clip when it is not registered here."""
+    if not MODEL_NAME.match(name) or name in (".", ".."):
+        raise CheckpointError(
+            f"model name {name!r} in the checkpoint is not a plain name (letters, digits, _ . -)"
+        )
     if name in model_names() or not config:
         _check_name(name)
         return
-    folder = Path(tempfile.mkdtemp(prefix="clip_cfg_"))
-    (folder / f"{name}.json").write_text(json.dumps(config))
-    register_configs(folder)
+    with tempfile.TemporaryDirectory(prefix="clip_cfg_") as folder:  # open_clip reads it at once
+        (Path(folder) / f"{name}.json").write_text(json.dumps(config))
+        register_configs(folder)
 
 
 def load_state(model: torch.nn.Module, ckpt: dict, source: str, expected_name: str | None = None) -> None:
@@ -217,27 +247,31 @@ def load_state(model: torch.nn.Module, ckpt: dict, source: str, expected_name: s
         ) from exc
 
 
-def load_clip(path: Path | str, device: str | torch.device = "cpu") -> LoadedCLIP:
+def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> LoadedCLIP:
     """A CLIP from one of our checkpoints (file or run directory), in eval mode on `device`."""
     file = resolve_checkpoint(path)
     ckpt = read_checkpoint(file)
     name = ckpt["model_name"]
     _ensure_config(name, ckpt.get("model_config"))
-    model, _, preprocess, tokenizer = create_model(name, device="cpu")
+    with quiet_random_init():  # the weights come next: open_clip's "initialized randomly" would mislead
+        model, _, preprocess, tokenizer = create_model(name, device="cpu")
     load_state(model, ckpt, str(file), expected_name=name)
     model.to(device).eval()
-    return _loaded(model, preprocess, tokenizer, name, str(file))
+    return loaded_clip(model, preprocess, tokenizer, name, str(file))
 
 
 def load_pretrained(name: str, pretrained: str | None, device: str | torch.device = "cpu") -> LoadedCLIP:
     """An open_clip model by name with a tag or weights file (or random init when `pretrained` is None)."""
     model, _, preprocess, tokenizer = create_model(name, pretrained=pretrained, device=device)
     model.eval()
-    return _loaded(model, preprocess, tokenizer, name, f"{name}:{pretrained}" if pretrained else None)
+    return loaded_clip(model, preprocess, tokenizer, name, f"{name}:{pretrained}" if pretrained else None)
 
 
-def _loaded(model, preprocess, tokenizer, name: str, path: str | None) -> LoadedCLIP:
+def loaded_clip(
+    model, preprocess, tokenizer, name: str, path: str | None, config: dict | None = None
+) -> LoadedCLIP:
+    """Bundle a model with what apps need to feed it (`config` when `name` is not registered here)."""
     size = model.visual.image_size
     image_size = size[0] if isinstance(size, (tuple, list)) else int(size)
-    embed_dim = int(open_clip.get_model_config(name)["embed_dim"])
+    embed_dim = int((config or open_clip.get_model_config(name))["embed_dim"])
     return LoadedCLIP(model, preprocess, tokenizer, name, image_size, embed_dim, path)

@@ -16,8 +16,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.errors import UserError
 
-class CaptionFileError(ValueError):
+
+class CaptionFileError(UserError, ValueError):
     """A caption file we cannot read; the message names the file and the expected layout."""
 
 

@@ -1,6 +1,6 @@
 """The loopback test web for any test file: a generated site served from a thread on 127.0.0.1.
 
-    from tests.web import serve_testweb
+    from testbed.web import serve_testweb
 
     def test_something(tmp_path):
         with serve_testweb(pages=8, seed=0) as web:
@@ -19,12 +19,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from curation.testweb import LoopbackWebServer, Site, SiteOptions, build_site, serve
+from testbed.testweb import LoopbackWebServer, Site, SiteOptions, build_site, serve
 
 
 @dataclass
 class RunningWeb:
-    """A served site: where it is, what it holds (`truth`, see curation.testweb.Site.truth)."""
+    """A served site: where it is, what it holds (`truth`, see testbed.testweb.Site.truth)."""
 
     base_url: str
     truth: dict[str, Any]

@@ -1,7 +1,7 @@
 """Synthetic video-caption set: coloured shapes moving one after the other, as real H.264 mp4 files.
 
 Each video shows two events in turn, e.g. a red square moving left, then a blue circle moving up.
-The shapes, colours and backgrounds are those of `curation.shapes`, so a CLIP trained on that world
+The shapes, colours and backgrounds are those of `testbed.shapes`, so a CLIP trained on that world
 recognises the frames. Every video gets captions of two kinds:
 
 - "order": names the events in the order they happen ("a red square moves left, then a blue
@@ -25,10 +25,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from apps.clip4clip.captions import Caption, write_captions
+from common.settings import ConfigError
+from curation.video_captions import Caption, write_captions
 
-# `_shape_outline` draws exactly the outlines the shape pictures use; reused so the demo CLIP knows them.
-from curation.shapes import _BACKGROUND_TINTS, CLASSES, COLOR_RGB, _shape_outline, split_class
+# `shape_outline` draws exactly the outlines the shape pictures use; reused so the demo CLIP knows them.
+from testbed.shapes import BACKGROUND_TINTS, CLASSES, COLOR_RGB, shape_outline, split_class
 
 MOTIONS: dict[str, tuple[float, float]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 ORDER_TEMPLATES = [
@@ -47,12 +48,13 @@ class Event:
 
 @dataclass(frozen=True)
 class SynthConfig:
-    n_train: int = 240  # rounded up to an even number: training videos come in order-swapped pairs
-    n_test_pairs: int = 20  # held-out videos come in order-swapped pairs: 2 * n_test_pairs videos
-    size: int = 64  # frame side in pixels
-    fps: int = 8
-    event_seconds: float = 1.5
-    seed: int = 0
+    # rounded up to an even number: training videos come in order-swapped pairs
+    n_train: int = field(default=240, metadata={"help": "training videos (order-swapped pairs)"})
+    n_test_pairs: int = field(default=20, metadata={"help": "held-out videos come in order-swapped pairs"})
+    size: int = field(default=64, metadata={"help": "frame side in pixels"})
+    fps: int = field(default=8, metadata={"help": "frames per second of the mp4 files"})
+    event_seconds: float = field(default=1.5, metadata={"help": "length of each of the two events"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
     classes: tuple[str, ...] = field(default_factory=lambda: tuple(CLASSES))
     motions: tuple[str, ...] = tuple(MOTIONS)  # a subset makes a smaller world (fast tests)
 
@@ -85,7 +87,7 @@ def render_segments(
     per_event = max(2, int(round(config.event_seconds * config.fps)))
     supersample = 3
     big = size * supersample
-    tint = np.array(_BACKGROUND_TINTS[rng.integers(len(_BACKGROUND_TINTS))], dtype=np.float32)
+    tint = np.array(BACKGROUND_TINTS[rng.integers(len(BACKGROUND_TINTS))], dtype=np.float32)
     background = np.clip(tint + rng.uniform(-10, 10, size=3), 0, 255).astype(np.uint8)
     segments = []
     for event in events:
@@ -94,7 +96,7 @@ def render_segments(
         fill = tuple(int(v) for v in np.clip(np.array(COLOR_RGB[color]) + rng.uniform(-15, 15, 3), 0, 255))
         radius = big * rng.uniform(0.22, 0.3)
         rotation = rng.uniform(-math.pi, math.pi) if shape not in ("heart",) else rng.uniform(-0.4, 0.4)
-        outline = _shape_outline(shape, radius, rotation)
+        outline = shape_outline(shape, radius, rotation)
         dx, dy = MOTIONS[event.motion]
         margin = radius * 1.1
         # Travel from one side to the other; the cross axis stays near the centre with some jitter.
@@ -146,10 +148,10 @@ def _captions_for(video_id: str, events: tuple[Event, Event], rng: np.random.Gen
 def generate_synthetic_set(out_dir: str | Path, config: SynthConfig = SynthConfig()) -> SyntheticSet:
     """Write `videos/*.mp4` and `captions.json` (MSR-VTT style, with splits) under `out_dir`."""
     if len(config.classes) < 2:
-        raise ValueError("the synthetic set needs at least 2 shape classes")
+        raise ConfigError("the synthetic set needs at least 2 shape classes")
     unknown = [m for m in config.motions if m not in MOTIONS]
     if unknown or not config.motions:
-        raise ValueError(f"motions {unknown or '()'}: use some of {list(MOTIONS)}")
+        raise ConfigError(f"motions {unknown or '()'}: use some of {list(MOTIONS)}")
     out = Path(out_dir)
     videos_dir = out / "videos"
     videos_dir.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """A loopback web site with known content: the ground truth that crawling and curation are tested against.
 
-    python -m curation.testweb --port 8765 --pages 40 --seed 0 --wit site.tsv --truth truth.json
+    python -m testbed.testweb --port 8765 --pages 40 --seed 0 --wit site.tsv --truth truth.json
 
 serves, on 127.0.0.1 only, a generated gallery site (deterministic from the seed): HTML pages with a
-<title>, <h2> sections, paragraphs, links, and pictures of coloured shapes (curation/shapes.py) in
+<title>, <h2> sections, paragraphs, links, and pictures of coloured shapes (testbed/shapes.py) in
 <figure> elements with <figcaption>, `alt` and `title`. One picture in five is a pen-outline drawing
 of its shape (`--line-drawing-fraction`, the truth's `style`), as the web has line drawings too. About a
 quarter of the pictures are junk of a known kind, each recorded in the truth file with the reject a
@@ -26,7 +26,7 @@ template. Metadata is read from a sidecar next to each picture: `NAME.json` ({"t
 <dc:description>); the Debian clip-art collection works as is:
 
     sudo apt-get install openclipart-png openclipart-svg     # ~8,000 pictures, /usr/share/openclipart
-    python -m curation.testweb --port 8765 --corpus /usr/share/openclipart/png
+    python -m testbed.testweb --port 8765 --corpus /usr/share/openclipart/png
 
 (for a picture under a `png/` folder, the SVG at the same path under `svg/` supplies title and description).
 
@@ -59,7 +59,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from curation.schema import WIT_COLUMNS
-from curation.shapes import CLASSES, COLORS, SHAPES, caption_for, render_shape_image, split_class
+from testbed.shapes import CLASSES, COLORS, SHAPES, caption_for, render_shape_image, split_class
 
 # The 17 columns of the public WIT release, in its order.
 
@@ -249,7 +249,7 @@ class ImageEntry:
     duplicate_of: str | None = None
     dup_group: int | None = None
     in_figure: bool = True
-    style: str = "filled"  # or "outline": a pen line drawing (curation.shapes.STYLES)
+    style: str = "filled"  # or "outline": a pen line drawing (testbed.shapes.STYLES)
     is_main_image: bool = False
     in_wit: bool = True
     section_title: str = ""
@@ -1102,7 +1102,7 @@ def serve(site: Site, host: str = "127.0.0.1", port: int = 0, verbose: bool = Fa
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m curation.testweb",
+        prog="python -m testbed.testweb",
         description="Serve a generated web site with known content and known junk on 127.0.0.1.",
     )
     parser.add_argument(
