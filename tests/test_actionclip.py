@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from apps.actionclip.__main__ import FUSIONS, main
-from apps.actionclip.actions import ACTIONS, ActionSetConfig, render_action, write_action_set
+from apps.actionclip.__main__ import main
 from apps.actionclip.data import LabelsFileError, load_labelled_videos, read_labels_file, select_rows
-from apps.actionclip.model import FUSIONS as MODEL_FUSIONS
-from apps.actionclip.model import ActionHead, FusionConfig, zero_shot_head
+from apps.actionclip.model import ActionHead, FusionConfig, HeadCheckpointError, zero_shot_head
 from apps.actionclip.prompts import ACTION_TEMPLATES, LabelError, check_prompt_lengths, parse_labels
 from apps.actionclip.train import TrainConfig, evaluate, train_head
-from apps.clip import load_app_clip
 from apps.clip4clip.cache import FrameFeatureCache, file_sha256, visual_fingerprint
 from apps.clip4clip.video import FrameSampling
+from common.errors import UserError
+from models import create_model, load_clip, save_checkpoint
+from testbed.actions import ACTIONS, ActionSetConfig, render_action, write_action_set
 
 DIRECTION = ("moves right", "moves left", "grows", "shrinks")
 SAMPLING = FrameSampling(max_frames=8, fps=None)
@@ -32,7 +32,7 @@ SAMPLING = FrameSampling(max_frames=8, fps=None)
 @pytest.fixture(scope="module")
 def clip(tiny_checkpoint):
     torch.set_num_threads(1)
-    return load_app_clip(checkpoint=tiny_checkpoint)
+    return load_clip(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_temporal_transformer_learns_direction_that_mean_pooling_cannot(splits, 
     results = {}
     for fusion in ("meanP", "transf"):
         trained = train_head(
-            clip, train, replace(config, fusion=replace(config.fusion, fusion=fusion)), progress=False
+            clip, train, replace(config, head=replace(config.head, fusion=fusion)), progress=False
         )
         results[fusion] = evaluate(clip, trained.head, test).top1
     zero_shot = evaluate(clip, zero_shot_head(clip.embed_dim, 8), test).top1
@@ -171,8 +171,10 @@ def test_frame_features_are_shared_with_clip4clip_cache(splits, action_set, clip
     assert shared.get(video, file_sha256(video)) is not None
 
 
-def test_fusion_names_match():
-    assert tuple(FUSIONS) == tuple(MODEL_FUSIONS)
+def test_every_refusal_is_a_user_error():
+    """Entry points print a UserError as one line (exit 2): every error class of the app is one."""
+    for error in (LabelError, LabelsFileError, HeadCheckpointError):
+        assert issubclass(error, UserError)
 
 
 # --- the command line ------------------------------------------------------------------------------
@@ -253,8 +255,6 @@ def test_cli_refuses_bad_labels_in_one_line(labels, message, action_set, tiny_ch
 
 
 def test_cli_refuses_a_head_of_another_width(tmp_path, action_set, tiny_checkpoint, capsys):
-    from training.model import create_model, save_checkpoint
-
     common = ["--threads", "1", "--cache-dir", tmp_path / "cache"]
     code, _, err = _cli(
         capsys,

@@ -16,23 +16,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-EXIT_USER_ERROR = 2
-FUSIONS = ("meanP", "transf")  # same as model.FUSIONS (a test checks); spelled here so --help skips torch
-DEFAULT_FRAMES = 8  # ActionCLIP samples 8 segments uniformly over the whole video
+from apps.actionclip.errors import ActionClipError
+from apps.actionclip.model import FusionConfig
+from apps.actionclip.train import TrainConfig
+from apps.cli import add_model_arguments, model_choice
+from common.errors import run_cli
+from common.settings import add_arguments, from_namespace
+from testbed.actions import ActionSetConfig
+
+DEFAULT_FRAMES = FusionConfig().max_frames  # ActionCLIP samples 8 segments uniformly over the whole video
 
 
-def _add_clip_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("CLIP (default: the checkpoint `make demo` trains, runs/demo/train)")
-    group.add_argument("--checkpoint", type=Path, help="checkpoint file or training run directory")
-    group.add_argument("--model", help="open_clip model name, e.g. ViT-B-32")
-    group.add_argument("--pretrained", help="open_clip weights tag or weights file for --model")
-    group.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
-    group.add_argument(
-        "--threads", type=int, help="torch CPU threads (small models on busy cores: 1 is fastest)"
-    )
-    group.add_argument("--cache-dir", type=Path, help="frame-feature cache, shared with apps.clip4clip")
+def _add_common_args(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--cache-dir", type=Path, help="frame-feature cache, shared with apps.clip4clip")
 
 
 def _add_data_args(parser: argparse.ArgumentParser, split: str) -> None:
@@ -65,34 +65,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help='comma-separated labels, e.g. "grows,shrinks,bounces"')
     p.add_argument("--head", type=Path, help="head.pt or run folder from `train` (default: zero-shot)")
     p.add_argument(
-        "--fusion", choices=FUSIONS, help="zero-shot: meanP only; with --head: must match the head's"
+        "--fusion",
+        choices=("meanP", "transf"),
+        help="zero-shot: meanP only; with --head: must match the head's",
     )
     p.add_argument("-k", type=int, default=3, help="labels shown per video (default 3)")
     p.add_argument(
         "--max-frames", type=int, help=f"frames per video (default: the head's, else {DEFAULT_FRAMES})"
     )
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
-    _add_clip_args(p)
+    _add_common_args(p)
 
     p = sub.add_parser("train", help="fine-tune a fusion head on labelled videos (few-shot with --shots)")
     _add_data_args(p, "train")
     p.add_argument("--out", type=Path, required=True, help="run folder: head.pt, log.jsonl, loss.png")
-    p.add_argument(
-        "--fusion", choices=FUSIONS, default="transf", help="transf (temporal Transformer) or meanP"
-    )
+    add_arguments(p.add_argument_group("head"), FusionConfig)
+    add_arguments(p.add_argument_group("training"), TrainConfig, exclude=("head", "templates"))
     p.add_argument(
         "--exclude", default="", help="comma-separated labels left out of training (zero-shot checks)"
     )
     p.add_argument("--shots", type=int, help="train on this many videos per label (few-shot)")
-    p.add_argument("--layers", type=int, default=1, help="temporal Transformer blocks (default 1)")
-    p.add_argument(
-        "--max-frames", type=int, default=DEFAULT_FRAMES, help=f"frames per video (default {DEFAULT_FRAMES})"
-    )
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    _add_clip_args(p)
+    _add_common_args(p)
 
     p = sub.add_parser("evaluate", help="top-1/top-5, per-label accuracy and a confusion matrix")
     _add_data_args(p, "test")
@@ -103,21 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", type=Path, help="also write the metrics as JSON here")
     p.add_argument("--confusion", type=Path, help="also write the confusion matrix as a PNG here")
-    _add_clip_args(p)
+    _add_common_args(p)
 
     p = sub.add_parser("synth", help="write the generated action videos (mp4) and labels.csv")
     p.add_argument("out", type=Path)
-    p.add_argument("--train-per-action", type=int, default=16)
-    p.add_argument("--test-per-action", type=int, default=8)
-    p.add_argument("--size", type=int, default=64, help="frame side in pixels")
-    p.add_argument("--seed", type=int, default=0)
+    add_arguments(p, ActionSetConfig, exclude=("actions",))
     return parser
-
-
-def _load_clip(ns):
-    from apps.clip import load_app_clip
-
-    return load_app_clip(checkpoint=ns.checkpoint, model=ns.model, pretrained=ns.pretrained, device=ns.device)
 
 
 def _head_or_zero_shot(ns, clip, max_frames: int | None):
@@ -127,18 +111,18 @@ def _head_or_zero_shot(ns, clip, max_frames: int | None):
 
     if ns.head is None:
         if getattr(ns, "fusion", None) == "transf":
-            raise ValueError(
+            raise ActionClipError(
                 "--fusion transf needs a trained --head (its temporal Transformer is learned); zero-shot is meanP"
             )
         frames = max_frames or DEFAULT_FRAMES
         return zero_shot_head(clip.embed_dim, frames), FrameSampling(max_frames=frames, fps=None), None
     head, sampling, state = load_head(ns.head, clip)
     if getattr(ns, "fusion", None) and ns.fusion != head.config.fusion:
-        raise ValueError(
+        raise ActionClipError(
             f"--fusion {ns.fusion} but head {ns.head} is {head.config.fusion}: drop --fusion or pick another head"
         )
     if max_frames and max_frames != sampling.max_frames:
-        raise ValueError(
+        raise ActionClipError(
             f"--max-frames {max_frames} but head {ns.head} was trained with {sampling.max_frames}: drop --max-frames"
         )
     return head, sampling, state.get("labels")
@@ -152,7 +136,7 @@ def _report_skipped(rejected, missing=()) -> None:
 
 
 def _write_json(path: Path, obj) -> None:
-    from curation.shards import atomic_write_json
+    from common.atomic import atomic_write_json
 
     atomic_write_json(path, obj)
 
@@ -164,13 +148,13 @@ def run_classify(ns) -> int:
 
     labels = parse_labels(ns.labels)
     if ns.k < 1:
-        raise ValueError(f"-k {ns.k}: show at least 1 label")
-    clip = _load_clip(ns)
+        raise ActionClipError(f"-k {ns.k}: show at least 1 label")
+    clip = model_choice(ns).load()
     head, sampling, _ = _head_or_zero_shot(ns, clip, ns.max_frames)
     bank, rejected = load_video_files(list(ns.videos), clip, sampling, ns.cache_dir)
     _report_skipped(rejected)
     if bank is None:
-        raise ValueError(f"none of the {len(ns.videos)} videos could be read (reasons above)")
+        raise ActionClipError(f"none of the {len(ns.videos)} videos could be read (reasons above)")
     probs = classify(clip, head, bank, labels)
     results = []
     for path, row in zip(bank.ids, probs):
@@ -194,29 +178,28 @@ def _split(ns) -> str | None:
 
 def run_train(ns) -> int:
     from apps.actionclip.data import load_labelled_videos, read_labels_file, select_rows
-    from apps.actionclip.model import FusionConfig
     from apps.actionclip.prompts import parse_labels
-    from apps.actionclip.train import TrainConfig, evaluate, train_head
+    from apps.actionclip.train import evaluate, train_head
     from apps.clip4clip.video import FrameSampling
 
     # Every check that needs no model runs first: a refused run writes nothing.
-    config = TrainConfig(
-        FusionConfig(ns.fusion, ns.max_frames, ns.layers), ns.epochs, ns.batch_size, ns.lr, seed=ns.seed
-    )
+    config = replace(from_namespace(TrainConfig, ns), head=from_namespace(FusionConfig, ns))
     exclude = parse_labels(ns.exclude, "--exclude", minimum=1) if ns.exclude.strip() else []
-    rows = select_rows(read_labels_file(ns.labels), _split(ns), exclude=exclude, shots=ns.shots, seed=ns.seed)
+    rows = select_rows(
+        read_labels_file(ns.labels), _split(ns), exclude=exclude, shots=ns.shots, seed=config.seed
+    )
     parse_labels(sorted({r.label for r in rows}), f"labels of the training videos in {ns.labels}")
     if (ns.out / "head.pt").exists():
         print(f"replacing {ns.out / 'head.pt'}", file=sys.stderr)
-    clip = _load_clip(ns)
-    sampling = FrameSampling(max_frames=ns.max_frames, fps=None)
+    clip = model_choice(ns).load()
+    sampling = FrameSampling(max_frames=config.head.max_frames, fps=None)
     data = load_labelled_videos(ns.videos, rows, clip, sampling, ns.cache_dir)
     _report_skipped(data.rejected, data.missing)
     trained = train_head(clip, data, config, ns.out)
     fit = evaluate(clip, trained.head, data)
     print(
-        f"{ns.fusion}: {len(data.labels)} videos, {len(trained.labels)} labels, {len(trained.losses)} steps in "
-        f"{trained.seconds:.1f} s; top-1 on its training videos {fit.top1:.1f} %; wrote {ns.out / 'head.pt'}"
+        f"{config.head.fusion}: {len(data.labels)} videos, {len(trained.labels)} labels, {len(trained.losses)} steps "
+        f"in {trained.seconds:.1f} s; top-1 on its training videos {fit.top1:.1f} %; wrote {ns.out / 'head.pt'}"
     )
     return 0
 
@@ -230,7 +213,7 @@ def run_evaluate(ns) -> int:
     rows = select_rows(read_labels_file(ns.labels), _split(ns), classes=classes)
     labels = classes or sorted({r.label for r in rows})
     parse_labels(labels, f"labels of the evaluated videos in {ns.labels}")
-    clip = _load_clip(ns)
+    clip = model_choice(ns).load()
     head, sampling, trained_labels = _head_or_zero_shot(ns, clip, ns.max_frames)
     data = load_labelled_videos(ns.videos, rows, clip, sampling, ns.cache_dir)
     _report_skipped(data.rejected, data.missing)
@@ -252,14 +235,13 @@ def run_evaluate(ns) -> int:
 
 
 def run_synth(ns) -> int:
-    from apps.actionclip.actions import ActionSetConfig, write_action_set
+    from testbed.actions import write_action_set
 
-    made = write_action_set(
-        ns.out, ActionSetConfig(ns.train_per_action, ns.test_per_action, ns.size, seed=ns.seed)
-    )
+    made = write_action_set(ns.out, from_namespace(ActionSetConfig, ns))
     counts = {s: sum(1 for v in made.splits.values() if v == s) for s in ("train", "test")}
     print(
-        f"wrote {counts['train']} training and {counts['test']} test videos to {made.videos_dir}; labels: {made.labels_path}"
+        f"wrote {counts['train']} training and {counts['test']} test videos to {made.videos_dir}; "
+        f"labels: {made.labels_path}"
     )
     return 0
 
@@ -269,17 +251,15 @@ COMMANDS = {"classify": run_classify, "train": run_train, "evaluate": run_evalua
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    from apps.actionclip.errors import USER_ERRORS
 
-    if getattr(ns, "threads", None):
-        import torch
+    def body() -> int:
+        if getattr(ns, "threads", None):
+            from apps.cli import set_threads
 
-        torch.set_num_threads(ns.threads)
-    try:
+            set_threads(ns.threads)
         return COMMANDS[ns.command](ns)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

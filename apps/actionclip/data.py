@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from apps.actionclip.errors import ActionClipError
 from apps.clip4clip.cache import FrameFeatures, Rejected, compute_frame_features
 from apps.clip4clip.train import VideoBank
 from apps.clip4clip.video import FrameSampling, find_videos
 
 
-class LabelsFileError(ValueError):
+class LabelsFileError(ActionClipError):
     """A labels file that is missing, malformed, or names nothing usable."""
 
 

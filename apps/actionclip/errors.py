@@ -1,17 +1,7 @@
-"""The errors a user can cause: each entry point prints them as one line and exits with status 2."""
+"""The one error class of apps.actionclip that a user can fix (bad labels, labels file, head, option)."""
 
-from __future__ import annotations
+from common.errors import UserError
 
-from apps.actionclip.data import LabelsFileError
-from apps.actionclip.model import HeadCheckpointError
-from apps.actionclip.prompts import LabelError
-from apps.clip import ClipLoadError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ClipLoadError,
-    LabelError,
-    LabelsFileError,
-    HeadCheckpointError,
-    FileNotFoundError,
-    ValueError,
-)
+class ActionClipError(UserError, ValueError):
+    """An actionclip input or option the user can fix; the message says how."""

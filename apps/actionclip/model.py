@@ -16,38 +16,44 @@ frame sampling, and the CLIP it belongs to (width and image-encoder fingerprint)
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from apps.actionclip.errors import ActionClipError
 from apps.clip4clip.cache import visual_fingerprint
 from apps.clip4clip.heads import HeadConfig, build_head, masked_mean
 from apps.clip4clip.video import FrameSampling
-from curation.shards import atomic_path
+from common.atomic import atomic_path
 
 FUSIONS: tuple[str, ...] = ("meanP", "transf")
 HEAD_FILE = "head.pt"
 HEAD_FORMAT = "actionclip-head/1"
 
 
-class HeadCheckpointError(RuntimeError):
+class HeadCheckpointError(ActionClipError):
     """A head checkpoint that is missing, unreadable, or belongs to another CLIP."""
 
 
 @dataclass(frozen=True)
 class FusionConfig:
-    fusion: str = "transf"
-    max_frames: int = 8
-    layers: int = 1  # temporal Transformer blocks (ActionCLIP: 6 on ViT-B; one suffices here)
+    fusion: Literal["meanP", "transf"] = field(
+        default="transf", metadata={"help": "meanP (frame averaging) or transf (plus a temporal Transformer)"}
+    )
+    max_frames: int = field(default=8, metadata={"help": "frames per video, uniformly over its length"})
+    layers: int = field(
+        default=1, metadata={"help": "temporal Transformer blocks (ActionCLIP: 6 on ViT-B/32)"}
+    )
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {self.fusion!r}: use one of {', '.join(FUSIONS)}")
+            raise ActionClipError(f"unknown fusion {self.fusion!r}: use one of {', '.join(FUSIONS)}")
         if self.max_frames < 1 or self.layers < 1:
-            raise ValueError(f"max_frames={self.max_frames}, layers={self.layers}: both must be >= 1")
+            raise ActionClipError(f"max_frames={self.max_frames}, layers={self.layers}: both must be >= 1")
 
 
 class ActionHead(nn.Module):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from apps.actionclip.errors import ActionClipError
+
 ACTION_TEMPLATES: tuple[str, ...] = (
     "{}",
     "a video of something that {}",
@@ -26,7 +28,7 @@ ACTION_TEMPLATES: tuple[str, ...] = (
 )
 
 
-class LabelError(ValueError):
+class LabelError(ActionClipError):
     """A label list that cannot make a classifier (empty, duplicated, a single label, too long)."""
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,24 +24,26 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from apps.actionclip.data import LabelledVideos
+from apps.actionclip.errors import ActionClipError
 from apps.actionclip.model import HEAD_FILE, ActionHead, FusionConfig, save_head
 from apps.actionclip.prompts import ACTION_TEMPLATES, encode_prompts, parse_labels
 from apps.clip4clip.train import VideoBank, plot_losses
+from common.atomic import atomic_path
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    fusion: FusionConfig = FusionConfig()
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    seed: int = 0
+    head: FusionConfig = field(default_factory=FusionConfig)
+    epochs: int = field(default=60, metadata={"help": "passes over the training videos"})
+    batch_size: int = field(default=32, metadata={"help": "videos per step"})
+    lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate of the head"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    seed: int = field(default=0, metadata={"help": "random seed (batches, templates, initialisation)"})
     templates: tuple[str, ...] = ACTION_TEMPLATES
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
-            raise ValueError(
+            raise ActionClipError(
                 f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}: need >= 1, >= 2, > 0"
             )
 
@@ -63,13 +65,13 @@ class TrainedHead:
 def train_head(
     clip, data: LabelledVideos, config: TrainConfig, out_dir: str | Path | None = None, progress: bool = True
 ) -> TrainedHead:
-    """Fit `config.fusion` and the adapters on `data`; with `out_dir`, write head.pt, log.jsonl, loss.png."""
+    """Fit `config.head` and the adapters on `data`; with `out_dir`, write head.pt, log.jsonl, loss.png."""
     labels = parse_labels(sorted(set(data.labels)), "the training videos' labels")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     started = time.perf_counter()
     prompts = encode_prompts(clip, labels, config.templates)  # [labels, templates, dim], frozen
-    head = ActionHead(config.fusion, clip.embed_dim, clip.model)
+    head = ActionHead(config.head, clip.embed_dim, clip.model)
     label_index = torch.tensor([labels.index(label) for label in data.labels])
     frames, mask = data.bank.frames, data.bank.mask
     head.set_frame_statistics(frames, mask)
@@ -84,7 +86,7 @@ def train_head(
     )
     losses: list[float] = []
     head.train()
-    bar = tqdm(total=total, desc=f"train {config.fusion.fusion}", unit="step", disable=not progress)
+    bar = tqdm(total=total, desc=f"train {config.head.fusion}", unit="step", disable=not progress)
     for _ in range(config.epochs):
         order = torch.from_numpy(rng.permutation(len(label_index)))
         for start in range(0, steps_per_epoch * batch, batch):
@@ -113,8 +115,8 @@ def train_head(
         (out / "log.jsonl").write_text(
             "".join(json.dumps({"step": i, "loss": v}) + "\n" for i, v in enumerate(losses))
         )
-        plot_losses(losses, out / "loss.png", f"actionclip {config.fusion.fusion} training loss")
-        train_config = {k: v for k, v in asdict(config).items() if k != "fusion"}
+        plot_losses(losses, out / "loss.png", f"actionclip {config.head.fusion} training loss")
+        train_config = {k: v for k, v in asdict(config).items() if k != "head"}
         save_head(
             out / HEAD_FILE,
             head,
@@ -171,7 +173,7 @@ def evaluate(
     labels = parse_labels(labels or sorted(set(data.labels)), "the evaluated labels")
     unknown = sorted(set(data.labels) - set(labels))
     if unknown:
-        raise ValueError(f"videos labelled {unknown[0]!r} cannot be classified among {labels}")
+        raise ActionClipError(f"videos labelled {unknown[0]!r} cannot be classified among {labels}")
     probs = classify(clip, head, data.bank, labels, templates)
     truth = torch.tensor([labels.index(label) for label in data.labels])
     ranked = probs.argsort(dim=1, descending=True)
@@ -202,8 +204,6 @@ def plot_confusion(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from curation.shards import atomic_path
 
     if isinstance(panels, Evaluation):
         panels = [(panels, title)]

@@ -24,11 +24,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from apps.clip4clip.synth import write_mp4
+from common.atomic import atomic_write_bytes
+from common.settings import ConfigError
 
 # The outlines the shape pictures use, so the demo CLIP recognises the shapes in the frames.
-from curation.shapes import _BACKGROUND_TINTS, CLASSES, COLOR_RGB, _shape_outline, split_class
-from curation.shards import atomic_write_bytes
+from testbed.shapes import BACKGROUND_TINTS, CLASSES, COLOR_RGB, shape_outline, split_class
+from testbed.videos import write_mp4
 
 # (forward, backward): the backward video is the forward one reversed in time.
 REVERSED_PAIRS: tuple[tuple[str, str], ...] = (
@@ -51,22 +52,22 @@ SUPERSAMPLE = 3
 
 @dataclass(frozen=True)
 class ActionSetConfig:
-    train_per_action: int = 16
-    test_per_action: int = 8
-    size: int = 64  # frame side in pixels
-    fps: int = 8
-    seconds: float = 2.0
-    seed: int = 0
+    train_per_action: int = field(default=16, metadata={"help": "training videos per action"})
+    test_per_action: int = field(default=8, metadata={"help": "test videos per action (other renderings)"})
+    size: int = field(default=64, metadata={"help": "frame side in pixels"})
+    fps: int = field(default=8, metadata={"help": "frames per second of the mp4 files"})
+    seconds: float = field(default=2.0, metadata={"help": "length of each video"})
+    seed: int = field(default=0, metadata={"help": "random seed of the renderings"})
     actions: tuple[str, ...] = field(default_factory=lambda: ACTIONS)
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.actions if a not in ACTIONS]
         if unknown or not self.actions:
-            raise ValueError(f"actions {unknown or '()'}: use some of {list(ACTIONS)}")
+            raise ConfigError(f"actions {unknown or '()'}: use some of {list(ACTIONS)}")
         if self.train_per_action < 0 or self.test_per_action < 0:
-            raise ValueError("train_per_action and test_per_action must be >= 0")
+            raise ConfigError("train_per_action and test_per_action must be >= 0")
         if self.size < 16 or self.fps < 1 or self.seconds * self.fps < 4:
-            raise ValueError(
+            raise ConfigError(
                 f"size={self.size}, fps={self.fps}, seconds={self.seconds}: need >= 16 px and >= 4 frames"
             )
 
@@ -111,7 +112,7 @@ def render_frame(sprites: list[Sprite], background: tuple[int, int, int], size: 
         layer = canvas.copy()
         draw = ImageDraw.Draw(layer)
         _, shape = split_class(sprite.shape_class)
-        outline = _shape_outline(shape, sprite.radius, sprite.rotation)
+        outline = shape_outline(shape, sprite.radius, sprite.rotation)
         r, x, y = sprite.radius, sprite.x, sprite.y
         if outline is None:
             draw.ellipse((x - r, y - r, x + r, y + r), fill=sprite.fill)
@@ -228,7 +229,7 @@ def render_action(action: str, rng: np.random.Generator, config: ActionSetConfig
 def _render_forward(action: str, rng: np.random.Generator, config: ActionSetConfig) -> list[np.ndarray]:
     big = config.size * SUPERSAMPLE
     state = FORWARD_ACTIONS[action](rng, big)
-    tint = np.array(_BACKGROUND_TINTS[rng.integers(len(_BACKGROUND_TINTS))], dtype=np.float32)
+    tint = np.array(BACKGROUND_TINTS[rng.integers(len(BACKGROUND_TINTS))], dtype=np.float32)
     background = tuple(int(v) for v in np.clip(tint + rng.uniform(-10, 10, size=3), 0, 255))
     n = max(4, int(round(config.seconds * config.fps)))
     return [render_frame(state(i / (n - 1)), background, config.size) for i in range(n)]
