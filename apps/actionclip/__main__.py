@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
 
     def body() -> int:
-        if getattr(ns, "threads", None):
+        if getattr(ns, "threads", None) is not None:
             from apps.cli import set_threads
 
             set_threads(ns.threads)
