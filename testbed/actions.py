@@ -258,7 +258,9 @@ def _slug(action: str) -> str:
     return action.replace(" ", "_")
 
 
-def write_action_set(out_dir: str | Path, config: ActionSetConfig = ActionSetConfig()) -> ActionSet:
+def write_action_set(
+    out_dir: str | Path, config: ActionSetConfig = ActionSetConfig(), progress: bool = True
+) -> ActionSet:
     """Write `videos/*.mp4` and `labels.csv` under `out_dir` (labels last: a reader never sees a missing video)."""
     out = Path(out_dir)
     videos_dir = out / "videos"
@@ -268,7 +270,7 @@ def write_action_set(out_dir: str | Path, config: ActionSetConfig = ActionSetCon
     plans = [("train", _plan(config, "train", config.train_per_action))]
     plans.append(("test", _plan(config, "test", config.test_per_action)))
     total = sum(1 + (twin is not None) for _, plan in plans for _, _, twin in plan)
-    bar = tqdm(total=total, desc="action videos", unit="video", leave=False)
+    bar = tqdm(total=total, desc="action videos", unit="video", leave=False, disable=not progress)
     for split, plan in plans:
         # The test split draws from its own stream: no rendering is shared with training.
         rng = np.random.default_rng([config.seed, 0 if split == "train" else 1])

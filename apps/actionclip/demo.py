@@ -65,6 +65,7 @@ def _run(out: Path, clip, config: ActionDemoConfig, progress: bool) -> dict:
     made = write_action_set(
         out / "actions",
         ActionSetConfig(config.train_per_action, config.test_per_action, seed=config.seed),
+        progress,
     )
     rows = read_labels_file(made.labels_path)
     sampling = FrameSampling(max_frames=config.max_frames, fps=None)

@@ -153,7 +153,7 @@ class Evaluation:
         """Top-1 % over the videos whose true label is in `labels` (their counts weight the mean)."""
         rows = [self.labels.index(label) for label in labels if label in self.labels]
         counts = self.confusion[rows].sum()
-        return 100.0 * float(sum(self.confusion[r, r] for r in rows)) / max(1, counts)
+        return 100.0 * float(sum(self.confusion[r, r] for r in rows)) / max(1, int(counts))
 
     def as_dict(self) -> dict:
         return {
