@@ -254,7 +254,9 @@ def test_cli_refuses_bad_labels_in_one_line(labels, message, action_set, tiny_ch
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_cli_refuses_a_head_of_another_width(tmp_path, action_set, tiny_checkpoint, capsys):
+def test_cli_refuses_a_head_of_another_width_and_warns_about_other_weights(
+    tmp_path, action_set, tiny_checkpoint, capsys
+):
     common = ["--threads", "1", "--cache-dir", tmp_path / "cache"]
     code, _, err = _cli(
         capsys,
@@ -292,6 +294,22 @@ def test_cli_refuses_a_head_of_another_width(tmp_path, action_set, tiny_checkpoi
         *common,
     )
     assert code == 2 and "width 64" in err and "width 128" in err and err.count("\n") == 1
+
+    torch.manual_seed(1)
+    other = save_checkpoint(tmp_path / "other-tiny.pt", create_model("clip-tiny")[0], "clip-tiny")
+    code, out, err = _cli(
+        capsys,
+        "classify",
+        video,
+        "--labels",
+        "grows,shrinks",
+        "--head",
+        tmp_path / "run",
+        "--checkpoint",
+        other,
+        *common,
+    )
+    assert code == 0 and "warning: head" in err and "same width, other weights" in err
 
 
 def test_cli_refused_training_writes_nothing(tmp_path, action_set, tiny_checkpoint, capsys):

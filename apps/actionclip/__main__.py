@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _head_or_zero_shot(ns, clip, max_frames: int | None):
     """(head, sampling, trained labels or None) from --head, else zero-shot meanP."""
     from apps.actionclip.model import load_head, zero_shot_head
+    from apps.clip4clip.cache import visual_fingerprint
     from apps.clip4clip.video import FrameSampling
 
     if ns.head is None:
@@ -117,6 +118,12 @@ def _head_or_zero_shot(ns, clip, max_frames: int | None):
         frames = max_frames or DEFAULT_FRAMES
         return zero_shot_head(clip.embed_dim, frames), FrameSampling(max_frames=frames, fps=None), None
     head, sampling, state = load_head(ns.head, clip)
+    if state.get("visual_fingerprint") != visual_fingerprint(clip.model):
+        print(
+            f"warning: head {ns.head} was trained on the frame features of {state['clip_identity']}, not of "
+            f"{clip.identity} (same width, other weights): pass the --checkpoint it was trained with",
+            file=sys.stderr,
+        )
     if getattr(ns, "fusion", None) and ns.fusion != head.config.fusion:
         raise ActionClipError(
             f"--fusion {ns.fusion} but head {ns.head} is {head.config.fusion}: drop --fusion or pick another head"
