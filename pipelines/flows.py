@@ -232,6 +232,13 @@ def end_to_end_flow(
                 "clip4clip: held-out captions found in the top 5 (%)",
                 [top5] if top5 else [],
             )
+    for app in chain.apps:
+        missing = tasks.library_missing(f"apps.{app}.demo")
+        if missing:
+            log.warning("%s: skipped, %s", app, missing)
+            result["skipped"][app] = missing
+            continue
+        result[app] = tasks.app_demo(app, apps_dir / app, train.out, result["round1"]["summary"]["out"])
     return result
 
 

@@ -122,6 +122,10 @@ class ChainConfig:
         default=480, metadata={"help": "synthetic training videos for the head"}
     )
     clip4clip_epochs: int = field(default=60, metadata={"help": "epochs of the video head"})
+    apps: list[str] = field(
+        default_factory=lambda: ["coop", "actionclip", "search"],
+        metadata={"help": "apps whose short demo runs with the trained model (apps/NAME/demo.py run_demo)"},
+    )
 
     def __post_init__(self) -> None:
         if self.rescore_top_fraction is not None and self.rescore_min_score is not None:

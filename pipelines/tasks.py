@@ -167,6 +167,17 @@ def library_missing(module: str) -> str | None:
     return None
 
 
+@task(name="app-demo", task_run_name="app-demo-{app}")
+def app_demo(app: str, out_dir: Path, checkpoint: Path, dataset: Path | None = None) -> dict:
+    """An app's short demo run with the trained model: `apps.APP.demo.run_demo(out_dir, checkpoint, ...)`."""
+    import importlib
+    import inspect
+
+    run_demo = importlib.import_module(f"apps.{app}.demo").run_demo
+    extra = {"dataset": dataset} if "dataset" in inspect.signature(run_demo).parameters else {}
+    return plain(run_demo(out_dir, checkpoint, **extra))
+
+
 @task(name="write-heldout-images")
 def write_heldout_images(out_dir: Path, per_class: int, seed: int, size: int) -> str:
     """Generated shape pictures (a seed training never saw), one folder per class, for zero-shot."""
