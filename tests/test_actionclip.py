@@ -16,6 +16,7 @@ import torch
 
 from apps.actionclip.__main__ import main
 from apps.actionclip.data import LabelsFileError, load_labelled_videos, read_labels_file, select_rows
+from apps.actionclip.demo import ActionDemoConfig, run_demo
 from apps.actionclip.model import ActionHead, FusionConfig, HeadCheckpointError, zero_shot_head
 from apps.actionclip.prompts import ACTION_TEMPLATES, LabelError, check_prompt_lengths, parse_labels
 from apps.actionclip.train import TrainConfig, evaluate, train_head
@@ -169,6 +170,19 @@ def test_frame_features_are_shared_with_clip4clip_cache(splits, action_set, clip
     shared = FrameFeatureCache(cache, visual_fingerprint(clip.model), SAMPLING)
     video = next(action_set.videos_dir.glob("*.mp4"))
     assert shared.get(video, file_sha256(video)) is not None
+
+
+def test_demo_run_writes_its_report_and_figures(tmp_path, tiny_checkpoint, one_thread):
+    """`make demo`'s hook end to end, at a toy size (the real figures: docs/actionclip.md)."""
+    config = ActionDemoConfig(train_per_action=2, test_per_action=1, epochs=1, batch_size=8)
+    figures = run_demo(tmp_path, tiny_checkpoint, config=config)
+    assert set(figures["top1_all_actions"]) == {"zero-shot", "meanP", "transf"}
+    assert set(figures["top1_held_out_names"]) == {"zero-shot", "meanP", "transf"}
+    assert figures["held_out_chance"] == pytest.approx(100 / 3)
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    report = (tmp_path / "report.md").read_text()
+    assert "| transf |" in report and "moves up, rotates counterclockwise, fades out" in report
+    assert json.loads((tmp_path / "report.json").read_text())["videos"] == {"train": 26, "test": 13}
 
 
 def test_every_refusal_is_a_user_error():

@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-from apps.actionclip.demo import ActionDemoConfig, run_demo
+from apps.actionclip.demo import ActionDemoConfig, run_experiment
 from models import create_model, load_clip, save_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def test_actionclip_experiment(tmp_path, one_thread):
     if not checkpoint:
         torch.manual_seed(0)
         checkpoint = save_checkpoint(tmp_path / "clip-small.pt", create_model("clip-small")[0], "clip-small")
-    summary = run_demo(tmp_path / "run", load_clip(checkpoint), DOCS_CONFIG, progress=False)
+    summary = run_experiment(tmp_path / "run", load_clip(checkpoint), DOCS_CONFIG, progress=False)
     print("\n" + (tmp_path / "run" / "report.md").read_text())
     top1 = summary["top1"]
     direction = {name: row["direction-dependent"]["mean"] for name, row in top1.items()}
