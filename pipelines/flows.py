@@ -125,8 +125,8 @@ def publish_build_artifacts(config: BuildConfig, chunk_results: list[Any], summa
 @flow(name="train", flow_run_name="train-{config.out.name}")
 def train_flow(config: TrainConfig, options: FlowOptions = FlowOptions()) -> dict:
     """`python -m training.train`, as a flow: the loss curve and final numbers become artifacts."""
-    with output_lock(config.out, "train flow"):
-        result = tasks.train_clip(config, options.train_processes)
+    # training.train holds the run folder's lock itself (rank 0 under torchrun, another process).
+    result = tasks.train_clip(config, options.train_processes)
     key = f"train-{config.out.name}"
     plain = tasks.plain(result)
     if isinstance(plain, dict):

@@ -4,10 +4,10 @@ There is one definition of every option: `curation.config.BuildConfig` for `buil
 `training.config.TrainConfig` / `EvalConfig` for `train` / `evaluate`. A params file has one
 table per stage, keyed by the same names the library CLIs take::
 
-    [build]                      # python -m curation build --source ... --out ... --allow-private
+    [build]                      # python -m curation build --source ... --out ... --allow-networks 127.0.0.1/32
     source = ["crawl:http://127.0.0.1:8000/"]
     out = "data/web"
-    allow_private = true
+    allow_networks = ["127.0.0.1/32"]
 
     [train]                      # python -m training.train ...
     steps = 800
