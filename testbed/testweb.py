@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import html
 import io
@@ -410,6 +411,34 @@ class Site:
             writer.writeheader()
             writer.writerows(rows)
         return len(rows)
+
+    def first_pages(self, count: int) -> Site:
+        """The site as it was when it had only its first `count` galleries: serve this, then the whole site,
+        and the web has grown (new pages, new images, new copies of old pictures; links from old pages
+        to the new ones answer 404 until then). Responses of what both hold are byte-identical."""
+        galleries = [p for p in self.pages if p.path.startswith("/gallery/")]
+        hidden_pages = {p.path for p in galleries[count:]}
+        hidden_images = [e for e in self.images if e.page_path in hidden_pages]
+        hidden = set(hidden_pages)
+        for entry in hidden_images:
+            hidden |= {entry.path, entry.served_path}
+            if entry.path.startswith(("/go/", "/loop/")):  # every hop of its redirect chain or loop
+                hop = entry.path.rsplit("/", 1)[0] + "/"
+                hidden |= {path for path in self.resources if path.startswith(hop)}
+        pages = [p for p in self.pages if p.path not in hidden_pages]
+        resources = {path: r for path, r in self.resources.items() if path not in hidden}
+        resources["/"] = Resource(body=_render_index(pages))
+        visible = {e.path for e in self.images if e.page_path not in hidden_pages}
+        groups = []
+        for group in self.duplicate_groups:
+            members = [m for m in group.members if m in visible]
+            if len(members) > 1:
+                original = group.original if group.original in visible else members[0]
+                groups.append(dataclasses.replace(group, original=original, members=members))
+        images = [e for e in self.images if e.page_path not in hidden_pages]
+        return dataclasses.replace(
+            self, pages=pages, images=images, resources=resources, duplicate_groups=groups
+        )
 
     def write_truth(self, path: str | Path, base_url: str) -> None:
         path = Path(path)
