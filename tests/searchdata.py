@@ -90,12 +90,12 @@ def png_bytes(size: int = 48, colour=(200, 30, 30)) -> bytes:
 def serve_search(world: SearchWorld, allowed_networks: tuple[str, ...] = ()) -> Iterator[str]:
     """The real app (FastAPI + uvicorn) on a free loopback port, from a thread."""
     from apps.clip4clip.search import open_index
-    from apps.search.query import QueryEncoder, UrlPolicy
+    from apps.search.query import QueryEncoder, url_policy
     from apps.search.service import ServiceState, create_app, running_server
     from apps.search.store import SearchIndex
 
     videos = open_index(world.videos, world.clip) if world.videos else None
-    encoder = QueryEncoder(world.clip, url_policy=UrlPolicy(allowed_networks=allowed_networks))
+    encoder = QueryEncoder(world.clip, url_policy=url_policy(allowed_networks))
     state = ServiceState(SearchIndex(world.index), encoder, videos)
     with running_server(create_app(state)) as base_url:
         yield base_url

@@ -82,15 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-upload", type=parse_size, default="8M", help="largest picture upload (default 8M)"
     )
     serve.add_argument(
-        "--allow-private",
-        action="store_true",
-        help="let image_url queries fetch from private, loopback and link-local addresses",
-    )
-    serve.add_argument(
-        "--allowed-network",
+        "--allow-network",
         action="append",
         default=[],
-        help="CIDR image_url may reach despite being private",
+        metavar="CIDR",
+        help="network image_url queries may reach despite being private or loopback, e.g. 127.0.0.0/8 (repeatable)",
     )
     add_model_arguments(serve)  # serve's default is the CLIP the index recorded, not the demo's
     return parser
@@ -130,7 +126,7 @@ def run_serve(ns: argparse.Namespace) -> None:
     import uvicorn
 
     from apps.search.index import SearchIndexError, read_index_meta
-    from apps.search.query import QueryEncoder, UrlPolicy
+    from apps.search.query import QueryEncoder, url_policy
     from apps.search.service import ServiceState, create_app
     from apps.search.store import SearchIndex
 
@@ -161,7 +157,7 @@ def run_serve(ns: argparse.Namespace) -> None:
 
         videos = open_index(ns.videos, clip)
     encoder = QueryEncoder(
-        clip, max_upload=ns.max_upload, url_policy=UrlPolicy(ns.allow_private, tuple(ns.allowed_network))
+        clip, max_upload=ns.max_upload, url_policy=url_policy(tuple(ns.allow_network), ns.max_upload)
     )
     state = ServiceState(SearchIndex(ns.index, nprobe=ns.nprobe), encoder, videos)
     app = create_app(state)

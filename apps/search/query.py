@@ -2,25 +2,25 @@
 
 The CLIP is the one the index was built with. Pictures are checked before they reach it: size
 limit, decodable, not a decompression bomb. A picture by URL is fetched by curation's guarded
-fetcher: every hop (redirects included) passes the address guard (`curation.netguard`), the
-connection goes to the address that was checked, and the body is bounded.
+fetch (`curation.fetch`): every hop (redirects included) passes the address guard
+(`curation.netguard`), the connection goes to the address that was checked, the body is capped,
+one deadline covers it all, and robots.txt / X-Robots-Tag opt-outs are honoured.
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import httpx
 import numpy as np
 from PIL import Image
 
 from apps.search.embed import encode_images, encode_texts
 from common.errors import UserError
-from curation.crawl import CrawlConfig, Fetcher, FetchError
+from curation.fetch import FetchFailed, FetchPolicy, fetch
+from curation.netguard import UrlRefused
 
 MAX_QUERY_CHARS = 1_000
 MAX_PIXELS = 40_000_000  # a decoded picture larger than this is refused (decompression bombs)
@@ -30,14 +30,11 @@ class QueryError(UserError, ValueError):
     """The query cannot be answered as sent; the message says what to send instead."""
 
 
-@dataclass(frozen=True)
-class UrlPolicy:
-    """Which addresses a picture URL may point to (the address guard's settings)."""
-
-    allow_private: bool = False
-    allowed_networks: tuple[str, ...] = ()
-    max_bytes: int = 8 << 20
-    timeout_s: float = 10.0
+def url_policy(
+    allow_networks: tuple[str, ...] = (), max_bytes: int = 8 << 20, timeout_s: float = 10.0
+) -> FetchPolicy:
+    """The guarded fetch's bounds for a picture URL (private addresses only in `allow_networks`)."""
+    return FetchPolicy(allow_networks=tuple(allow_networks), max_bytes=max_bytes, timeout_s=timeout_s)
 
 
 @dataclass
@@ -46,7 +43,7 @@ class QueryEncoder:
 
     clip: object | None
     max_upload: int = 8 << 20
-    url_policy: UrlPolicy = field(default_factory=UrlPolicy)
+    url_policy: FetchPolicy = field(default_factory=url_policy)
     cache_size: int = 4096
 
     def __post_init__(self) -> None:
@@ -110,27 +107,12 @@ def decode_picture(data: bytes, source: str) -> Image.Image:
         ) from None
 
 
-def fetch_picture(url: str, policy: UrlPolicy) -> bytes:
-    """GET a picture through curation's guarded fetcher (see module doc), or QueryError."""
-    cfg = CrawlConfig(
-        seed=["http://127.0.0.1/"],  # required by the crawl settings, never fetched here
-        allow_private=policy.allow_private,
-        allowed_networks=list(policy.allowed_networks),
-        max_bytes=policy.max_bytes,
-        timeout_s=policy.timeout_s,
-        progress=False,
-    )
-
-    async def get() -> bytes:
-        async with httpx.AsyncClient(
-            follow_redirects=False, trust_env=False, timeout=policy.timeout_s
-        ) as client:
-            response = await Fetcher(cfg, client).get(url, accept_html=False)
-        if response.status != 200:
-            raise QueryError(f"{url}: the server answered HTTP {response.status}")
-        return response.body
-
+def fetch_picture(url: str, policy: FetchPolicy) -> bytes:
+    """GET a picture through curation's guarded fetch (see module doc), or QueryError."""
     try:
-        return asyncio.run(get())
-    except FetchError as exc:
+        fetched = fetch(url, policy)
+    except (FetchFailed, UrlRefused) as exc:
         raise QueryError(f"{url}: {exc}") from None
+    if fetched.status != 200:
+        raise QueryError(f"{url}: the server answered HTTP {fetched.status} {fetched.reason}".rstrip())
+    return fetched.body
