@@ -299,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  sketch        {path}")
     if result.get("clip4clip"):
         print(f"  video search  {args.out / 'apps' / 'clip4clip' / 'search.html'}")
+    if result.get("coop"):
+        print(f"  coop          {result['coop'].get('coop_png')}")
+    if result.get("actionclip"):
+        print(f"  actionclip    {args.out / 'apps' / 'actionclip'}")
+    if result.get("search"):
+        print(f"  search        {result['search'].get('serve_command')}   (then open the page it prints)")
     for stage, why in result.get("skipped", {}).items():
         print(f"  {stage}: skipped ({why})")
     return 0
