@@ -327,6 +327,7 @@ class Concept:
     short_names: list[str] = field(default_factory=list)
     annotation: str = ""  # OpenMoji's CLDR annotation where it has one
     localised: dict[str, str] = field(default_factory=dict)  # language -> label
+    localised_section: dict[str, str] = field(default_factory=dict)  # language -> "group: subgroup"
 
 
 @dataclass(frozen=True)
@@ -365,11 +366,18 @@ def _emojibase(root: Path) -> dict[str, Concept]:
         )  # fmt: skip
     for lang in LANGUAGES:
         path = base / lang / "data.json"
-        if path.exists():
-            for row in _read_json(path):
-                concept = concepts.get(_hexkey(row["hexcode"]))
-                if concept is not None and row.get("label"):
-                    concept.localised[lang] = row["label"]
+        if not path.exists():
+            continue
+        names = _read_json(base / lang / "messages.json")
+        local_groups = {g["order"]: g["message"] for g in names["groups"]}
+        local_subgroups = {g["order"]: g["message"] for g in names["subgroups"]}
+        for row in _read_json(path):
+            concept = concepts.get(_hexkey(row["hexcode"]))
+            if concept is not None and row.get("label"):
+                concept.localised[lang] = row["label"]
+                group, subgroup = local_groups.get(row.get("group")), local_subgroups.get(row.get("subgroup"))
+                if group and subgroup:
+                    concept.localised_section[lang] = f"{group}: {subgroup}"
     return concepts
 
 
