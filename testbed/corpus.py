@@ -504,6 +504,15 @@ class Corpus:
         atomic_write_bytes(rendered, buffer.getvalue())
         return image
 
+    def restricted(self, concept_ids: Iterable[str], styles: Iterable[str] | None = None) -> Corpus:
+        """The same cache limited to some concepts and styles (a small slice for tests); shares the failures."""
+        keep, kept_styles = set(concept_ids), set(styles) if styles is not None else None
+        pictures = [
+            p for p in self.pictures if p.concept in keep and (kept_styles is None or p.style in kept_styles)
+        ]
+        concepts = {cid: c for cid, c in self.concepts.items() if cid in keep}
+        return Corpus(self.cache, concepts, pictures, self.failures)
+
     def _save_failures(self) -> None:
         atomic_write_json(self.cache / "render-failures.json", self.failures)
 

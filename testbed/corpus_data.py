@@ -77,7 +77,10 @@ class SplitPlan:
 
 
 def plan_split(corpus: Corpus, split: Split) -> SplitPlan:
-    """Which pictures train, which concepts evaluate; checks that the corpus has what the split names."""
+    """Which pictures train, which concepts evaluate; checks that the corpus has what the split names.
+
+    Restrict `corpus` first (`Corpus.restricted`) for a small slice (tests).
+    """
     styles = set(corpus.styles)
     missing = [s for s in (split.held_out_style, *split.train_styles) if s not in styles]
     if missing:
