@@ -41,7 +41,7 @@ from curation.shards import write_shard
 from testbed.corpus import DATASOURCE_STYLES, Concept, Corpus, Picture, load_corpus
 
 EMOJI_STYLES = (*DATASOURCE_STYLES, "openmoji-color", "openmoji-black")
-CAPTION_MODES = ("name", "name+section", "name+tags")
+CAPTION_MODES = ("name", "name+section", "name+tags", "mixed")
 
 
 class SplitError(UserError, ValueError):
@@ -126,13 +126,18 @@ def plan_split(corpus: Corpus, split: Split) -> SplitPlan:
 # --- captions --------------------------------------------------------------------------------------
 
 
-def caption(concept: Concept, mode: str, rng: random.Random | None = None) -> str:
+def caption(concept: Concept, mode: str, style: str = "") -> str:
     """The training caption of a concept's picture.
 
     name: "cat face"; name+section: "cat face, animal mammal, animals & nature" (the reference
     description with the section and page titles the web page gives it); name+tags: the name and
-    up to 4 of its CLDR keywords.
+    up to 4 of its CLDR keywords; mixed: name or name+section, chosen per picture (by a hash of
+    concept and style), so the bare name of the zero-shot prompts and the category words both occur.
     """
+    if mode == "mixed":
+        return caption(
+            concept, "name" if zlib.crc32(f"{concept.id}/{style}".encode()) % 2 else "name+section"
+        )
     if mode == "name":
         return concept.name
     if mode == "name+section":
@@ -223,7 +228,7 @@ def write_datasets(
             corpus,
             plan.train,
             size,
-            lambda p: caption(corpus.concepts[p.concept], caption_mode),
+            lambda p: caption(corpus.concepts[p.concept], caption_mode, p.style),
             "train",
             progress,
         )

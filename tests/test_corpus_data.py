@@ -85,6 +85,10 @@ def test_captions_and_split_errors(slice_):
     assert caption(cat, "name") == "cat face"
     assert caption(cat, "name+section") == "cat face, animal mammal, animals & nature"
     assert caption(cat, "name+tags").startswith("cat face (")
+    mixed = {
+        caption(cat, "mixed", style) for style in ("google", "apple", "facebook", "openmoji-color", "x", "y")
+    }
+    assert mixed == {"cat face", "cat face, animal mammal, animals & nature"}
     with pytest.raises(SplitError, match="no pictures of style"):
         plan_split(small, Split(held_out_style="twitter"))
     with pytest.raises(SplitError, match="too many"):
