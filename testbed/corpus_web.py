@@ -119,7 +119,11 @@ class CorpusWorld:
         if not self.topics:
             raise ValueError(f"the corpus has no pictures in the training styles {self.split.train_styles}")
         self._names = sorted(self.concepts)
-        self._image_cache: dict[tuple[str, int], Image.Image] = {}
+        self.begin_site()
+
+    def begin_site(self) -> None:
+        """Forget what was served: each (concept, style) is served once per site until all have been."""
+        self._served: set[tuple[str, str]] = set()
 
     # --- pages ---------------------------------------------------------------------------------------
 
@@ -149,9 +153,17 @@ class CorpusWorld:
         ]
         return PagePlan(title, intro, "", headings, topic)
 
+    def _fresh_styles(self, name: str) -> list[Picture]:
+        return [p for p in self.styles[name] if (name, p.style) not in self._served]
+
     def pick(self, plan: PagePlan | None, rng: np.random.Generator) -> str:
         names = plan.topic.names if plan is not None and plan.topic is not None else self._names
-        return str(names[int(rng.integers(len(names)))])
+        # a clean picture is never a copy: when the topic has shown everything, another topic's pictures fill in
+        fresh = [n for n in names if self._fresh_styles(n)] or [
+            n for n in self._names if self._fresh_styles(n)
+        ]
+        fresh = fresh or list(names)
+        return str(fresh[int(rng.integers(len(fresh)))])
 
     def section_paragraph(self, cls: str | None, rng: np.random.Generator) -> str:
         topic = self.concepts[cls].subgroup if cls in self.concepts else "open emoji"
@@ -160,8 +172,10 @@ class CorpusWorld:
     # --- pictures ------------------------------------------------------------------------------------
 
     def style(self, cls: str, path: str, rng: np.random.Generator) -> str:
-        pictures = self.styles[cls]
-        return pictures[int(rng.integers(len(pictures)))].style
+        pictures = self._fresh_styles(cls) or self.styles[cls]
+        style = pictures[int(rng.integers(len(pictures)))].style
+        self._served.add((cls, style))
+        return style
 
     def render(self, cls: str, rng: np.random.Generator, size: int, style: str | None) -> Image.Image:
         pictures = self.styles[cls]

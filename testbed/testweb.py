@@ -536,6 +536,9 @@ class World(Protocol):
 
     def section_paragraph(self, cls: str | None, rng: np.random.Generator) -> str: ...
 
+    def begin_site(self) -> None:
+        """Called once before a site is built (a world that remembers what it served starts afresh)."""
+
 
 @dataclass
 class PagePlan:
@@ -550,6 +553,9 @@ class PagePlan:
 
 class ShapesWorld:
     """The generated world: 36 colour-shape classes (testbed/shapes.py), one in five drawn as an outline."""
+
+    def begin_site(self) -> None:
+        pass
 
     def __init__(self, line_drawing_fraction: float = 0.2) -> None:
         self.line_drawing_fraction = line_drawing_fraction
@@ -625,6 +631,7 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
         )
     rng = np.random.default_rng(seed)
     world = options.world or ShapesWorld(options.line_drawing_fraction)
+    world.begin_site()
     lo, hi = options.images_per_page
     per_page = [int(rng.integers(lo, hi + 1)) for _ in range(pages)]
     slots = sum(per_page)

@@ -30,7 +30,7 @@ SPLIT = Split(
 @pytest.fixture(scope="module")
 def world():
     fetch(SMALL, progress=False)
-    return CorpusWorld(load_corpus(require=SMALL), SPLIT)
+    return CorpusWorld(load_corpus(require=SMALL), SPLIT, foreign_page_fraction=0.25)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_pages_show_real_pictures_with_their_real_names(web, world):
         assert not SPLIT.is_held_out(concept.id)  # held-out concepts are never served
         text = " ".join([t["caption_reference_description"], t["caption_alt_text_description"]]).lower()
         names = " ".join([concept.name, *concept.short_names])  # alt text may give a short name
-        words = [w for w in re.findall(r"[a-z]+", names) if len(w) > 2]
+        words = [w for w in re.findall(r"[a-z]+", names) if len(w) >= 2]
         assert not words or any(w in text for w in words) or not text.strip(), (concept.name, text)
         served = np.asarray(
             Image.open(io.BytesIO(httpx.get(url, follow_redirects=True).content)).convert("RGB")
@@ -78,6 +78,12 @@ def test_pages_show_real_pictures_with_their_real_names(web, world):
         picture = next(p for p in world.styles[t["class"]] if p.style == t["style"])
         original = np.asarray(world.corpus.image(picture, served.shape[1])).astype(int)
         assert np.abs(served.astype(int) - original).mean() < 6, url  # the real drawing, JPEG-encoded at most
+
+
+def test_no_clean_picture_is_served_twice(web):
+    clean = [t for t in web.truth["images"].values() if not t["junk"] and t["sha256"]]
+    assert len({t["sha256"] for t in clean}) == len(clean)
+    assert len({(t["class"], t["style"]) for t in clean}) == len(clean)  # not even at another size
 
 
 def test_sections_and_titles_carry_the_category_words(web, world):
@@ -117,13 +123,17 @@ def test_some_pages_are_in_other_languages_and_say_so(web):
         parser = _Images()
         parser.feed(httpx.get(web.url(path)).text)
         assert parser.lang == lang
-        captions = [c for c in parser.captions if c.strip()]
-        assert captions
-        detected = [py3langid.classify(c)[0] for c in captions]
-        assert sum(d != "en" for d in detected) >= 0.8 * len(detected), list(zip(captions, detected))
-    marked = [t for t in web.truth["images"].values() if "non_english" in t["junk"]]
-    assert all(t["caption_language"] != "en" for t in marked)
-    assert all(t["expected_reject"]["stage"] == "text_filter" for t in marked if t["junk"] == ["non_english"])
+    # the clean pictures of those pages carry texts in the page's language (junk keeps its own texts)
+    marked = [t for t in web.truth["images"].values() if t["junk"] == ["non_english"]]
+    on_pages = [t for t in marked if t["page_url"].removeprefix(web.base_url) in foreign_pages]
+    assert len(on_pages) >= 8
+    texts = [t["caption_reference_description"] or t["caption_alt_text_description"] for t in on_pages]
+    detected = [py3langid.classify(x)[0] for x in texts if x]
+    assert sum(d != "en" for d in detected) >= 0.8 * len(detected), list(zip(texts, detected))
+    assert all(
+        t["caption_language"] == foreign_pages[t["page_url"].removeprefix(web.base_url)] for t in on_pages
+    )
+    assert all(t["expected_reject"]["stage"] == "text_filter" for t in marked)
 
 
 def test_the_corpus_site_is_deterministic(world):
