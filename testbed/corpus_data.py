@@ -41,7 +41,9 @@ from curation.shards import write_shard
 from testbed.corpus import DATASOURCE_STYLES, Concept, Corpus, Picture, load_corpus
 
 EMOJI_STYLES = (*DATASOURCE_STYLES, "openmoji-color", "openmoji-black")
-CAPTION_MODES = ("name", "name+section", "name+tags", "mixed")
+CAPTION_MODES = ("name", "name+section", "name+tags", "mixed", "phrased")
+# How people write about a picture; deliberately not the evaluation's prompt "a photo of a {}."
+PHRASES = ("{}", "a picture of a {}", "an emoji of a {}", "a drawing of the {}", "{}, in colour", "a small {} icon")
 
 
 class SplitError(UserError, ValueError):
@@ -132,8 +134,13 @@ def caption(concept: Concept, mode: str, style: str = "") -> str:
     name: "cat face"; name+section: "cat face, animal mammal, animals & nature" (the reference
     description with the section and page titles the web page gives it); name+tags: the name and
     up to 4 of its CLDR keywords; mixed: name or name+section, chosen per picture (by a hash of
-    concept and style), so the bare name of the zero-shot prompts and the category words both occur.
+    concept and style), so the bare name of the zero-shot prompts and the category words both occur;
+    phrased: the mixed caption inside one of a few phrasings people use (`PHRASES`), so that prompts
+    like "a photo of a {}." are not the first sentences the text tower ever reads.
     """
+    if mode == "phrased":
+        phrase = PHRASES[zlib.crc32(f"{style}/{concept.id}".encode()) % len(PHRASES)]
+        return phrase.format(caption(concept, "mixed", style))
     if mode == "mixed":
         return caption(
             concept, "name" if zlib.crc32(f"{concept.id}/{style}".encode()) % 2 else "name+section"
