@@ -1,6 +1,6 @@
 """Splits of the emoji/icon corpus, training shards and the evaluation sets of `training.evaluate`.
 
-    python -m testbed.corpus_data --out data/corpus --caption name+section --size 64
+    python -m testbed.corpus_data --out data/corpus --train-styles google,apple,facebook,openmoji-color,openmoji-black
 
 writes, from the cached corpus (`python -m testbed.corpus fetch` first):
 - `train/`: shards (`curation.shards.write_shard`, what `curation build` leaves) of every training
@@ -220,7 +220,7 @@ def write_datasets(
     corpus: Corpus,
     out: Path,
     split: Split = Split(),
-    caption_mode: str = "name+section",
+    caption_mode: str = "phrased",
     size: int = 64,
     progress: bool = True,
     train: bool = True,
@@ -283,7 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "with one whole style and a set of concepts held out.",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (train/, eval/, split.json)")
-    parser.add_argument("--caption", default="name+section", choices=CAPTION_MODES, help="training caption")
+    parser.add_argument(
+        "--caption", default="phrased", choices=CAPTION_MODES,
+        help="training caption (default: phrased, the best measured; see docs/corpus.md)",
+    )  # fmt: skip
     parser.add_argument("--size", type=int, default=64, help="picture side in px (default: 64)")
     parser.add_argument(
         "--held-out-style", default="twitter", help="style never trained on (default: twitter)"
