@@ -43,7 +43,14 @@ from testbed.corpus import DATASOURCE_STYLES, Concept, Corpus, Picture, load_cor
 EMOJI_STYLES = (*DATASOURCE_STYLES, "openmoji-color", "openmoji-black")
 CAPTION_MODES = ("name", "name+section", "name+tags", "mixed", "phrased")
 # How people write about a picture; deliberately not the evaluation's prompt "a photo of a {}."
-PHRASES = ("{}", "a picture of a {}", "an emoji of a {}", "a drawing of the {}", "{}, in colour", "a small {} icon")
+PHRASES = (
+    "{}",
+    "a picture of a {}",
+    "an emoji of a {}",
+    "a drawing of the {}",
+    "{}, in colour",
+    "a small {} icon",
+)
 
 
 class SplitError(UserError, ValueError):
