@@ -20,6 +20,9 @@ image URLs point at this server; `--truth truth.json` writes what every image UR
 Content-Length, an endless body, a page with 10,000 links, a redirect loop, a redirect to a private
 address, a slow page, and pages in ISO-8859-1 / windows-1252.
 
+`--world corpus` serves the real emoji and icon corpus instead of shapes (testbed/corpus_web.py: a page per
+emoji subgroup or icon category, texts from the real names, some pages in other languages).
+
 `--corpus DIR` adds pages that serve a folder of real pictures (*.png, *.jpg) through the same page
 template. Metadata is read from a sidecar next to each picture: `NAME.json` ({"title", "description",
 "keywords"}), `NAME.txt` (first line title, the rest description), or `NAME.svg` (its <title> and
@@ -53,7 +56,7 @@ import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -213,6 +216,9 @@ class SiteOptions:
     corpus: Path | None = None
     corpus_limit: int = 400
     line_drawing_fraction: float = 0.2  # pictures drawn as a pen outline instead of a filled shape
+    # What the pictures show and how pages read: None is the shapes world (ShapesWorld); the emoji/icon
+    # corpus is testbed.corpus_web.CorpusWorld.
+    world: World | None = None
 
 
 @dataclass(frozen=True)
@@ -474,9 +480,9 @@ def _style(path: str, line_drawing_fraction: float) -> str:
     return "outline" if zlib.crc32(path.encode()) % 1000 < line_drawing_fraction * 1000 else "filled"
 
 
-def _banner(cls: str, rng: np.random.Generator, short_side: int) -> Image.Image:
-    """A shape on a strip more than 5 times longer than wide (a page banner or a spacer)."""
-    tile = render_shape_image(cls, rng, short_side)
+def _banner(world: World, cls: str, rng: np.random.Generator, short_side: int) -> Image.Image:
+    """A picture on a strip more than 5 times longer than wide (a page banner or a spacer)."""
+    tile = world.render(cls, rng, short_side, None)
     long_side = int(short_side * rng.uniform(6.0, 8.0))
     corner = tuple(int(v) for v in np.asarray(tile)[:2, :2].reshape(-1, 3).mean(axis=0))
     horizontal = rng.random() < 0.7
@@ -537,6 +543,88 @@ def _other_class(cls: str, rng: np.random.Generator) -> str:
     return str(rng.choice([c for c in CLASSES if c != cls]))
 
 
+# --- worlds: what the pictures show ----------------------------------------------------------------
+
+
+class World(Protocol):
+    """What a site's pictures show and how its pages read; every choice is drawn from the site's rng."""
+
+    def page(self, n: int, rng: np.random.Generator) -> PagePlan: ...
+
+    def pick(self, plan: PagePlan, rng: np.random.Generator) -> str: ...
+
+    def style(self, cls: str, path: str, rng: np.random.Generator) -> str: ...
+
+    def render(self, cls: str, rng: np.random.Generator, size: int, style: str | None) -> Image.Image: ...
+
+    def captions(self, cls: str, rng: np.random.Generator) -> tuple[str, str, str]: ...
+
+    def foreign_caption(self, cls: str, language: str, rng: np.random.Generator) -> str: ...
+
+    def other_class(self, cls: str, rng: np.random.Generator) -> str: ...
+
+    def section_paragraph(self, cls: str | None, rng: np.random.Generator) -> str: ...
+
+    def begin_site(self) -> None:
+        """Called once before a site is built (a world that remembers what it served starts afresh)."""
+
+
+@dataclass
+class PagePlan:
+    """A page's texts before its pictures: title, intro, language, section headings, and its topic."""
+
+    title: str
+    intro: str
+    lang: str
+    headings: list[str]
+    topic: Any = None
+
+
+class ShapesWorld:
+    """The generated world: 36 colour-shape classes (testbed/shapes.py), one in five drawn as an outline."""
+
+    def begin_site(self) -> None:
+        pass
+
+    def __init__(self, line_drawing_fraction: float = 0.2) -> None:
+        self.line_drawing_fraction = line_drawing_fraction
+
+    def page(self, n: int, rng: np.random.Generator) -> PagePlan:
+        theme = str(rng.choice(_PAGE_THEMES))
+        first_color, second_color = rng.choice(COLORS, size=2, replace=False)
+        title = f"{theme} {n + 1}: {first_color} and {second_color} {_plural(str(rng.choice(SHAPES)))}"
+        intro = " ".join(rng.choice(_INTRO_SENTENCES, size=2, replace=False))
+        headings = rng.choice(_SECTION_HEADINGS, size=min(3, len(_SECTION_HEADINGS)), replace=False)
+        return PagePlan(title, intro, "", [str(h) for h in headings])
+
+    def pick(self, plan: PagePlan, rng: np.random.Generator) -> str:
+        return str(rng.choice(CLASSES))
+
+    def style(self, cls: str, path: str, rng: np.random.Generator) -> str:
+        return _style(path, self.line_drawing_fraction)
+
+    def render(self, cls: str, rng: np.random.Generator, size: int, style: str | None) -> Image.Image:
+        return (
+            render_shape_image(cls, rng, size) if style is None else render_shape_image(cls, rng, size, style)
+        )
+
+    def captions(self, cls: str, rng: np.random.Generator) -> tuple[str, str, str]:
+        return _captions(cls, rng)
+
+    def foreign_caption(self, cls: str, language: str, rng: np.random.Generator) -> str:
+        return foreign_caption(cls, language, rng)
+
+    def other_class(self, cls: str, rng: np.random.Generator) -> str:
+        return _other_class(cls, rng)
+
+    def section_paragraph(self, cls: str | None, rng: np.random.Generator) -> str:
+        color, shape = split_class(cls or str(rng.choice(CLASSES)))
+        return " ".join(
+            s.format(c=color, s=shape, ss=_plural(shape))
+            for s in rng.choice(_SECTION_SENTENCES, 2, replace=False)
+        )
+
+
 # --- site generation --------------------------------------------------------------------------------
 
 
@@ -571,6 +659,8 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
             f"image_size={options.image_size}: use at least 48 px (small junk is under {MIN_SIDE})"
         )
     rng = np.random.default_rng(seed)
+    world = options.world or ShapesWorld(options.line_drawing_fraction)
+    world.begin_site()
     lo, hi = options.images_per_page
     per_page = [int(rng.integers(lo, hi + 1)) for _ in range(pages)]
     slots = sum(per_page)
@@ -589,9 +679,11 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
                 used_names.add(name)
                 return name
 
-    def make_image(page_path: str, junk: list[str], media_prefix: str = "/media/") -> ImageEntry:
-        cls = str(rng.choice(CLASSES))
-        reference, alt, attribution = _captions(cls, rng)
+    def make_image(
+        page_path: str, junk: list[str], media_prefix: str = "/media/", plan: PagePlan | None = None
+    ) -> ImageEntry:
+        cls = world.pick(plan, rng)
+        reference, alt, attribution = world.captions(cls, rng)
         fmt = "PNG" if rng.random() < 0.25 else "JPEG"
         ext = ".png" if fmt == "PNG" else ".jpg"
         entry = ImageEntry(
@@ -610,12 +702,12 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
         kind = junk[0] if junk else None
         size = int(options.image_size * rng.choice([0.75, 1.0, 1.25]))
         if kind == "small_image":
-            picture = render_shape_image(cls, rng, int(rng.integers(16, MIN_SIDE)))
+            picture = world.render(cls, rng, int(rng.integers(16, MIN_SIDE)), None)
         elif kind == "extreme_aspect":
-            picture = _banner(cls, rng, int(rng.integers(40, 64)))
+            picture = _banner(world, cls, rng, int(rng.integers(40, 64)))
         else:
-            entry.style = _style(entry.path, options.line_drawing_fraction)
-            picture = render_shape_image(cls, rng, size, entry.style)
+            entry.style = world.style(cls, entry.path, rng)
+            picture = world.render(cls, rng, size, entry.style)
         body = _encode(picture, fmt, int(rng.integers(80, 96)))
         entry.width, entry.height = picture.size
         headers: list[tuple[str, str]] = []
@@ -639,16 +731,16 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
             entry.caption_class = None
             entry.in_figure = True
         elif kind == "non_english":
-            language = str(rng.choice(FOREIGN_LANGUAGES))
-            entry.reference = foreign_caption(cls, language, rng)
-            entry.alt = foreign_caption(cls, language, rng) if rng.random() < 0.7 else ""
+            language = str(rng.choice(FOREIGN_LANGUAGES)) if plan is None or not plan.lang else plan.lang
+            entry.reference = world.foreign_caption(cls, language, rng)
+            entry.alt = world.foreign_caption(cls, language, rng) if rng.random() < 0.7 else ""
             entry.attribution = ""
             entry.caption_language = entry.variant = language
             entry.in_figure = True
         elif kind == "mismatched_caption":
-            wrong = _other_class(cls, rng)
+            wrong = world.other_class(cls, rng)
             entry.caption_class = wrong
-            entry.reference, entry.alt, entry.attribution = _captions(wrong, rng)
+            entry.reference, entry.alt, entry.attribution = world.captions(wrong, rng)
             entry.in_figure = True
 
         if kind in ("http_404", "http_500"):
@@ -689,17 +781,16 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
     private_path = "/private/album.html"
     slot = 0
     for n, path in enumerate(tqdm(page_paths, desc="testweb pages", unit="page", disable=None, leave=False)):
-        theme = str(rng.choice(_PAGE_THEMES))
-        first_color, second_color = rng.choice(COLORS, size=2, replace=False)
-        title = f"{theme} {n + 1}: {first_color} and {second_color} {_plural(str(rng.choice(SHAPES)))}"
-        intro = " ".join(rng.choice(_INTRO_SENTENCES, size=2, replace=False))
+        plan = world.page(n, rng)
+        title, intro, headings = plan.title, plan.intro, plan.headings
         sections: list[Section] = []
-        headings = rng.choice(_SECTION_HEADINGS, size=min(3, len(_SECTION_HEADINGS)), replace=False)
         n_sections = int(rng.integers(2, 4))
         entries = []
         for _ in range(per_page[n]):
             junk = kinds[slot]
             slot += 1
+            if plan.lang and not junk:
+                junk = ["non_english"]  # a page in another language: every clean picture's text is in it
             if junk and junk[0] in ("exact_duplicate", "near_duplicate"):
                 entry = ImageEntry(
                     path="", page_path=path, cls=None, caption_class=None, reference="", alt="", attribution="",
@@ -707,19 +798,14 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
                 )  # fmt: skip
                 deferred.append(entry)
             else:
-                entry = make_image(path, junk)
+                entry = make_image(path, junk, plan=plan)
                 if not junk:
                     clean_originals.append(entry)
             entries.append(entry)
         for k in range(n_sections):
             section_entries = entries[k::n_sections]
             first = section_entries[0] if section_entries else None
-            cls = first.cls if first is not None and first.cls else str(rng.choice(CLASSES))
-            color, shape = split_class(cls)
-            paragraph = " ".join(
-                s.format(c=color, s=shape, ss=_plural(shape))
-                for s in rng.choice(_SECTION_SENTENCES, 2, replace=False)
-            )
+            paragraph = world.section_paragraph(first.cls if first is not None else None, rng)
             section = Section(
                 heading=str(headings[k % len(headings)]), paragraph=paragraph, images=section_entries
             )
@@ -735,8 +821,10 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
         ]
         if n % 10 == 3:
             links += [private_path, "/moved.html", "/missing.html", "/error.html"]
-        site_pages.append(Page(path=path, title=title, lang=str(rng.choice(["en", "en", "en-GB", "en-US"])),
-                               intro=intro, sections=sections, links=links))  # fmt: skip
+        lang = plan.lang or str(rng.choice(["en", "en", "en-GB", "en-US"]))
+        site_pages.append(
+            Page(path=path, title=title, lang=lang, intro=intro, sections=sections, links=links)
+        )
 
     # Duplicates copy a clean original from anywhere on the site, under a new URL and a fresh caption.
     duplicate_groups: dict[str, DuplicateGroup] = {}
@@ -745,7 +833,7 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
         original = clean_originals[int(rng.integers(len(clean_originals)))]
         original_body = resources[original.served_path].body
         entry.cls = entry.caption_class = original.cls
-        entry.reference, entry.alt, entry.attribution = _captions(original.cls, rng)
+        entry.reference, entry.alt, entry.attribution = world.captions(original.cls, rng)
         if entry.junk[0] == "exact_duplicate":
             body, entry.mime = original_body, original.mime
             entry.width, entry.height = original.width, original.height
@@ -1149,6 +1237,13 @@ def _parser() -> argparse.ArgumentParser:
         "--truth", type=Path, help="write the truth JSON (class and junk of every image URL) here"
     )
     parser.add_argument(
+        "--world",
+        choices=("shapes", "corpus"),
+        default="shapes",
+        help="what the gallery pages show: generated coloured shapes (default), or the real emoji/icon corpus "
+        "of `python -m testbed.corpus fetch` (testbed/corpus_web.py; the held-out style and concepts are not served)",
+    )
+    parser.add_argument(
         "--corpus", type=Path, help="also serve a folder of real pictures (see the module docstring)"
     )
     parser.add_argument(
@@ -1196,7 +1291,19 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    world = None
+    if args.world == "corpus":
+        from common.errors import UserError
+        from testbed.corpus import load_corpus
+        from testbed.corpus_web import CorpusWorld
+
+        try:
+            world = CorpusWorld(load_corpus())
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     options = SiteOptions(
+        world=world,
         image_size=args.image_size,
         junk_fraction=args.junk_fraction,
         line_drawing_fraction=args.line_drawing_fraction,
