@@ -62,6 +62,7 @@ _DEDUP_COLUMNS = [
     "sha256",
     "phash",
     "colour_signature",
+    "ahash",
     "caption",
     "text_source",
     "original_width",
@@ -73,10 +74,12 @@ _DEDUP_COLUMNS = [
 STAGED_SCHEMA = pa.schema(
     list(RECORD_SCHEMA)
     + [pa.field("caption_language", pa.string()), pa.field("colour_signature", pa.string())]
+    + [pa.field("ahash", pa.string())]
 )
 STAGED_REJECT_SCHEMA = pa.schema(
     list(REJECT_SCHEMA)
     + [pa.field("caption_language", pa.string()), pa.field("colour_signature", pa.string())]
+    + [pa.field("ahash", pa.string())]
 )
 
 
@@ -410,7 +413,7 @@ def download_chunk(cfg: BuildConfig, chunk: ChunkSpec) -> ChunkResult:
         rejected = first_reject(row, cfg, IMAGE_FILTERS)
         if rejected is None:
             try:
-                row["phash"], row["colour_signature"] = image_signature(row["jpg"])
+                row["phash"], row["colour_signature"], row["ahash"] = image_signature(row["jpg"])
             except Exception as exc:  # noqa: BLE001 - a picture PIL cannot hash is a reject, not a crash
                 rejected = ("image", f"undecodable: phash failed ({type(exc).__name__})")
         if rejected is not None:
@@ -514,6 +517,7 @@ def finalize_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
         [(w or 0) * (h or 0) for w, h in zip(columns["original_width"], columns["original_height"])],
         columns["colour_signature"],
         verify=_pixel_verifier(staged, columns["key"]),
+        ahashes=columns["ahash"],
     )
 
     # CLIP score every pair that survived dedup; the top fraction needs all scores before deciding.
