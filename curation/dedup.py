@@ -109,16 +109,17 @@ def near_duplicate_pairs(phashes: Sequence[str], radius: int) -> list[tuple[int,
     values = hashes_to_ints(phashes)
     if len(values) < 2:
         return []
-    uniq, inverse = np.unique(values, return_inverse=True)
-    members: dict[int, list[int]] = {}
-    for i, u in enumerate(inverse.tolist()):
+    uniq, first, inverse, counts = np.unique(values, return_index=True, return_inverse=True, return_counts=True)
+    members: dict[int, list[int]] = {}  # rows of the repeated values only: millions of singletons stay arrays
+    repeated = counts[inverse] > 1
+    for i, u in zip(np.nonzero(repeated)[0].tolist(), inverse[repeated].tolist()):
         members.setdefault(u, []).append(i)
 
     def expand(u1: int, u2: int | None, distance: int) -> Iterator[tuple[int, int, int]]:
         # Every row pair behind one or two hash values (colour checks may split them later);
         # past _MAX_EXPANSION pairs, rows are chained instead (enough to connect a group).
-        a = members[u1]
-        b = members[u2] if u2 is not None else a
+        a = members.get(u1) or [int(first[u1])]
+        b = (members.get(u2) or [int(first[u2])]) if u2 is not None else a
         if len(a) * len(b) > _MAX_EXPANSION:
             if u2 is None:
                 yield from ((x, y, distance) for x, y in zip(a, a[1:]))
