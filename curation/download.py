@@ -234,6 +234,15 @@ def run_img2dataset(candidates: Path, output_folder: Path, options: DownloadOpti
         disallowed_header_directives=list(options.disallowed_header_directives) or None,
         blurring_bbox_col=None,
     )
+    if options.distributor == "multiprocessing":
+        import multiprocessing
+
+        if multiprocessing.current_process().daemon:
+            raise DistributorError(
+                "distributor multiprocessing cannot start its pool inside a daemonic process (a Dask worker "
+                "under its nanny): start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False "
+                "(docs/scale-out.md), or choose distributor pyspark or ray"
+            )
     connect_distributor(options.distributor)
     distribute = DISTRIBUTORS[options.distributor]
     _set_opencv_pixel_limit(options.max_image_pixels * 2)
