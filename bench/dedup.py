@@ -95,7 +95,7 @@ def synthetic_hashes(n: int, seed: int) -> list[str]:
     values |= rng.integers(0, 2, size=len(values)).astype(np.uint64)
     sources = values[: 7 * planted : 7]
     flips = np.zeros(planted, dtype=np.uint64)
-    for k in range(8):  # each copy gets 0-8 random bit flips (repeats cancel: at most 8)
+    for _ in range(8):  # each copy gets 0-8 random bit flips (repeats cancel: at most 8)
         bit = rng.integers(0, 64, size=planted).astype(np.uint64)
         flips ^= np.where(rng.random(planted) < 0.5, np.uint64(1) << bit, np.uint64(0))
     values = np.concatenate([values, sources ^ flips])
@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     load = os.getloadavg()[0]
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load:.1f}; radius {args.radius}")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load:.1f}; radius {args.radius}"
+    )
     table: dict[str, dict[int, list[dict]]] = {impl: {} for impl in IMPLEMENTATIONS}
     given_up: set[str] = set()
     for n in args.sizes:
@@ -211,14 +213,19 @@ def main(argv: list[str] | None = None) -> int:
                 result = measure(impl, n, args.radius, args.seed + r, args.timebox)
                 table[impl].setdefault(n, []).append(result)
                 shown = f"{result['seconds']:.1f} s" if result["seconds"] is not None else result["note"]
-                print(f"  {n:>10,} {impl:>8} run {r + 1}: {shown}, peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"  {n:>10,} {impl:>8} run {r + 1}: {shown}, peak RSS {result['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
                 if result["seconds"] is None or result.get("note"):
                     given_up.add(impl)  # larger sizes would only take longer
         first = [table[i].get(n, [{}])[0].get("groups") for i in IMPLEMENTATIONS]
         if first[0] is not None and first[1] is not None:
             print(f"  {n:>10,} same duplicate groups: {first[0] == first[1]}")
 
-    print(f"\n{'hashes':>10} | {'baseline s':>16} | {'ours s':>16} | {'baseline / ours':>15} | peak RSS MB (base / ours)")
+    print(
+        f"\n{'hashes':>10} | {'baseline s':>16} | {'ours s':>16} | {'baseline / ours':>15} | peak RSS MB (base / ours)"
+    )
     medians: dict[str, list[float | None]] = {impl: [] for impl in IMPLEMENTATIONS}
     for n in args.sizes:
         cells = []
@@ -233,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 spread = (max(done) - min(done)) / 2 if len(done) > 1 else 0.0
                 cells.append(f"{median:.1f} +- {spread:.1f}")
-        rss = [f"{max(r['peak_rss_mb'] for r in table[i][n]):.0f}" if table[i].get(n) else "-" for i in IMPLEMENTATIONS]
+        rss = [
+            f"{max(r['peak_rss_mb'] for r in table[i][n]):.0f}" if table[i].get(n) else "-"
+            for i in IMPLEMENTATIONS
+        ]
         b, o = medians["baseline"][-1], medians["ours"][-1]
         ratio = f"{b / o:.1f}x" if b and o else "-"
         print(f"{n:>10,} | {cells[0]:>16} | {cells[1]:>16} | {ratio:>15} | {rss[0]} / {rss[1]}")
@@ -243,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     if ours_10m is not None:
         rss = max(r["peak_rss_mb"] for r in table["ours"][10_000_000])
         ok = ours_10m <= 600 and rss <= 4096
-        print(f"goal 10M <= 600 s and <= 4096 MB: {ours_10m:.0f} s, {rss:.0f} MB -> {'met' if ok else 'NOT met'}")
+        print(
+            f"goal 10M <= 600 s and <= 4096 MB: {ours_10m:.0f} s, {rss:.0f} MB -> {'met' if ok else 'NOT met'}"
+        )
     return 0
 
 

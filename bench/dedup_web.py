@@ -64,12 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="finalize runs per variant (alternating)")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="bench-dedup-web-") as tmp, serve_testweb(
-        pages=args.pages, seed=args.seed, slow_delay_s=0.5
-    ) as web:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-dedup-web-") as tmp,
+        serve_testweb(pages=args.pages, seed=args.seed, slow_delay_s=0.5) as web,
+    ):
         tmp = Path(tmp)
         wit = web.write_wit(tmp / "site.tsv")
-        settings = dict(allow_private=True, chunk_size=2000, image_size=64, processes=2, threads=16, timeout=5)
+        settings = dict(
+            allow_private=True, chunk_size=2000, image_size=64, processes=2, threads=16, timeout=5
+        )
         started = time.perf_counter()
         built = BuildConfig(out=tmp / "built", source=[f"wit:{wit}"], **settings)
         build_dataset(built)
@@ -88,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                 results[variant].append((seconds, score(out, web.truth)))
                 shutil.rmtree(out)
     print(f"\nnear-duplicate copies on the site: {dict(nears)}")
-    print(f"{'candidates':>12} | {'junk rejected right':>22} | {'clean kept':>18} | finalize s | near-dup misses")
+    print(
+        f"{'candidates':>12} | {'junk rejected right':>22} | {'clean kept':>18} | finalize s | near-dup misses"
+    )
     for variant, runs in results.items():
         seconds = sorted(s for s, _ in runs)[len(runs) // 2]
         f = runs[0][1]

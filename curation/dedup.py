@@ -49,7 +49,9 @@ def image_signature(jpg: bytes) -> ImageSignature:
     with Image.open(io.BytesIO(jpg)) as im:
         rgb = im.convert("RGB")
     quadrants = np.asarray(rgb.resize((2, 2), Image.BOX), dtype=np.uint8)
-    return ImageSignature(str(imagehash.phash(rgb)), quadrants.tobytes().hex(), str(imagehash.average_hash(rgb)))
+    return ImageSignature(
+        str(imagehash.phash(rgb)), quadrants.tobytes().hex(), str(imagehash.average_hash(rgb))
+    )
 
 
 # Two copies of one picture, as 32x32 thumbnails aligned within +-2 px (a few % of the side: covers
@@ -109,7 +111,9 @@ def near_duplicate_pairs(phashes: Sequence[str], radius: int) -> list[tuple[int,
     values = hashes_to_ints(phashes)
     if len(values) < 2:
         return []
-    uniq, first, inverse, counts = np.unique(values, return_index=True, return_inverse=True, return_counts=True)
+    uniq, first, inverse, counts = np.unique(
+        values, return_index=True, return_inverse=True, return_counts=True
+    )
     members: dict[int, list[int]] = {}  # rows of the repeated values only: millions of singletons stay arrays
     repeated = counts[inverse] > 1
     for i, u in zip(np.nonzero(repeated)[0].tolist(), inverse[repeated].tolist()):

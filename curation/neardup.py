@@ -189,7 +189,9 @@ class Matches:
 class HammingIndex:
     """All rows within `radius` bits of a query, over a fixed set of 64-bit codes (uint64)."""
 
-    def __init__(self, codes: np.ndarray, radius: int, bands: int | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self, codes: np.ndarray, radius: int, bands: int | None = None, threads: int | None = None
+    ) -> None:
         if not 0 <= radius <= 32:
             raise ValueError(f"radius must be within 0-32 bits, got {radius}")
         self.codes = np.ascontiguousarray(codes, dtype=np.uint64)
@@ -365,7 +367,9 @@ class NearDupIndex:
     def _batch(self, hashes: Mapping[str, Sequence[str | None]], n: int):
         unknown = set(hashes) - set(self.radii)
         if unknown:
-            raise NearDupIndexError(f"hash kinds {sorted(unknown)} are not in this index ({sorted(self.radii)})")
+            raise NearDupIndexError(
+                f"hash kinds {sorted(unknown)} are not in this index ({sorted(self.radii)})"
+            )
         converted = {}
         for kind in self.radii:
             values = hashes.get(kind, [None] * n)
@@ -388,7 +392,9 @@ class NearDupIndex:
                 found.append(Candidate(int(batch_rows[q]), self.keys[rows[x]], kind, int(d)))
         return found
 
-    def query_and_add(self, hashes: Mapping[str, Sequence[str | None]], keys: Sequence[str]) -> list[Candidate]:
+    def query_and_add(
+        self, hashes: Mapping[str, Sequence[str | None]], keys: Sequence[str]
+    ) -> list[Candidate]:
         """Candidates of each new row among the indexed rows and the earlier rows of this batch; then add them.
 
         Add only what the dataset keeps (call `query` then `add`) when rejected rows should not be
@@ -413,7 +419,9 @@ class NearDupIndex:
     def save(self) -> Path | None:
         """Write the rows added since the last save as one segment, then the segment list (atomic)."""
         if self.root is None:
-            raise NearDupIndexError("this index has no directory: open it with NearDupIndex.open(dataset_dir)")
+            raise NearDupIndexError(
+                "this index has no directory: open it with NearDupIndex.open(dataset_dir)"
+            )
         new = slice(self._saved_rows, len(self.keys))
         if new.start == new.stop and (self.root / SEGMENTS_FILE).exists():
             return None
@@ -428,7 +436,12 @@ class NearDupIndex:
         self.segments.append(name)
         atomic_write_json(
             self.root / SEGMENTS_FILE,
-            {"version": FORMAT_VERSION, "kinds": sorted(self.radii), "rows": len(self.keys), "segments": self.segments},
+            {
+                "version": FORMAT_VERSION,
+                "kinds": sorted(self.radii),
+                "rows": len(self.keys),
+                "segments": self.segments,
+            },
         )
         self._saved_rows = len(self.keys)
         return path

@@ -43,7 +43,9 @@ def test_self_join_equals_brute_force(radius, threads):
     got = list(zip(matches.query.tolist(), matches.row.tolist()))
     assert len(got) == len(set(got)), "a pair reported twice"
     assert set(got) == brute_pairs(codes, radius)
-    assert all(d == np.bitwise_count(codes[q] ^ codes[x]) for q, x, d in zip(*map(list, vars(matches).values())))
+    assert all(
+        d == np.bitwise_count(codes[q] ^ codes[x]) for q, x, d in zip(*map(list, vars(matches).values()))
+    )
 
 
 def test_queries_against_an_index_equal_brute_force_and_buffers_grow():
@@ -52,13 +54,19 @@ def test_queries_against_an_index_equal_brute_force_and_buffers_grow():
     index = HammingIndex(codes, 8, bands=3)
     matches = index.search(queries)
     got = set(zip(matches.query.tolist(), matches.row.tolist()))
-    want = {(q, int(x)) for q in range(len(queries)) for x in np.nonzero(np.bitwise_count(codes ^ queries[q]) <= 8)[0]}
+    want = {
+        (q, int(x))
+        for q in range(len(queries))
+        for x in np.nonzero(np.bitwise_count(codes ^ queries[q]) <= 8)[0]
+    }
     assert got == want and len(got) == len(matches) > 1024 // 8
 
 
 def test_band_count_follows_the_cost_model():
     assert choose_bands(10_000_000, 8) == 3  # 3 bands of 21-22 bits, 2 flipped bits per band
-    assert all(max(64 // b + 1, 0) <= 22 for b in (choose_bands(n, r) for n in (10, 10**6) for r in (0, 4, 16)))
+    assert all(
+        max(64 // b + 1, 0) <= 22 for b in (choose_bands(n, r) for n in (10, 10**6) for r in (0, 4, 16))
+    )
 
 
 def hexes(codes: np.ndarray) -> list[str]:
@@ -78,7 +86,9 @@ def test_dataset_index_persists_and_an_increment_only_adds_a_segment(tmp_path):
 
     reopened = NearDupIndex.open(tmp_path, radii={"phash": 8, "ahash": 6})
     assert reopened.keys == keys
-    new = np.array([codes[10] ^ np.uint64(0b111), codes[20] ^ np.uint64(1 << 40), 12345, 12345 ^ 3], dtype=np.uint64)
+    new = np.array(
+        [codes[10] ^ np.uint64(0b111), codes[20] ^ np.uint64(1 << 40), 12345, 12345 ^ 3], dtype=np.uint64
+    )
     found = reopened.query_and_add({"phash": hexes(new) + [None]}, ["n0", "n1", "n2", "n3", "n4"])
     pairs = {(c.index, c.other_key, c.distance) for c in found}
     assert {(0, "v1-0010", 3), (1, "v1-0020", 1), (3, "n2", 2)} <= pairs
@@ -117,14 +127,18 @@ def encode(image: Image.Image, quality: int = 88) -> bytes:
 
 def shifted(image: Image.Image, dy: int, dx: int) -> Image.Image:
     pixels = np.asarray(image)
-    return Image.fromarray(np.pad(pixels, ((dy, 0), (dx, 0), (0, 0)), mode="edge")[: image.height, : image.width])
+    return Image.fromarray(
+        np.pad(pixels, ((dy, 0), (dx, 0), (0, 0)), mode="edge")[: image.height, : image.width]
+    )
 
 
 def test_ahash_catches_shifted_copies_phash_misses_and_pixels_refuse_look_alikes():
     rng = np.random.default_rng(1)
     originals = [render_shape_image(c, rng, 128) for c in ("red star", "blue circle")]
     look_alike = render_shape_image("blue circle", rng, 128)  # same class, another drawing
-    jpgs = [encode(o) for o in originals] + [encode(shifted(o, 4, 4)) for o in originals] + [encode(look_alike)]
+    jpgs = (
+        [encode(o) for o in originals] + [encode(shifted(o, 4, 4)) for o in originals] + [encode(look_alike)]
+    )
     signatures = [image_signature(j) for j in jpgs]
     phashes, ahashes = [s.phash for s in signatures], [s.ahash for s in signatures]
     colours = [s.colour for s in signatures]

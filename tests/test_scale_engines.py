@@ -63,7 +63,9 @@ def wait_port(host: str, port: int, timeout: float, procs: list[subprocess.Popen
 
 
 @contextlib.contextmanager
-def processes(commands: list[list[str]], logs_dir: Path, env: dict[str, str]) -> Iterator[tuple[list, list[Path]]]:
+def processes(
+    commands: list[list[str]], logs_dir: Path, env: dict[str, str]
+) -> Iterator[tuple[list, list[Path]]]:
     """Start each command in its own process group (logs in files); kill every group on exit."""
     logs_dir.mkdir(parents=True, exist_ok=True)
     procs, logs = [], []
@@ -72,7 +74,9 @@ def processes(commands: list[list[str]], logs_dir: Path, env: dict[str, str]) ->
             log = logs_dir / f"{i}-{Path(command[0]).name}.log"
             with open(log, "w") as fh:
                 procs.append(
-                    subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                    subprocess.Popen(
+                        command, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                    )
                 )
             logs.append(log)
         yield procs, logs
@@ -161,7 +165,13 @@ def test_pyspark_distributor_on_a_standalone_cluster_gives_the_rows_of_multiproc
     spark_class = str(BIN / "spark-class")
     master = [spark_class, "org.apache.spark.deploy.master.Master", "--host", HOST_A, "--port", str(port)]
     master += ["--webui-port", str(free_port())]
-    worker = [spark_class, "org.apache.spark.deploy.worker.Worker", f"spark://{HOST_A}:{port}", "--host", HOST_B]
+    worker = [
+        spark_class,
+        "org.apache.spark.deploy.worker.Worker",
+        f"spark://{HOST_A}:{port}",
+        "--host",
+        HOST_B,
+    ]
     worker += ["--cores", "2", "--memory", "1g", "--webui-port", str(free_port(HOST_B))]
     worker += ["--work-dir", str(tmp_path / "spark-work")]
     with processes([master, worker], tmp_path / "logs", env) as (procs, logs):
@@ -204,10 +214,25 @@ def test_ray_distributor_on_a_two_node_cluster_gives_the_rows_of_multiprocessing
     port = free_port()
     temp = Path("/tmp") / f"ray-t{os.getpid()}"  # short: Ray's socket paths must fit in 107 bytes
     env = _env(RAY_USAGE_STATS_ENABLED="0")
-    common = ["--num-cpus", "1", "--object-store-memory", str(100 * 2**20), "--block", "--disable-usage-stats"]
+    common = [
+        "--num-cpus",
+        "1",
+        "--object-store-memory",
+        str(100 * 2**20),
+        "--block",
+        "--disable-usage-stats",
+    ]
     head = [str(BIN / "ray"), "start", "--head", "--node-ip-address", HOST_A, "--port", str(port)]
     head += ["--include-dashboard", "false", "--temp-dir", str(temp), *common]
-    worker = [str(BIN / "ray"), "start", "--address", f"{HOST_A}:{port}", "--node-ip-address", HOST_B, *common]
+    worker = [
+        str(BIN / "ray"),
+        "start",
+        "--address",
+        f"{HOST_A}:{port}",
+        "--node-ip-address",
+        HOST_B,
+        *common,
+    ]
     with processes([head], tmp_path / "logs-head", env) as (procs, logs):
         wait_port(HOST_A, port, 180, procs, logs)
         with processes([worker], tmp_path / "logs-worker", env) as (wprocs, wlogs):
@@ -236,7 +261,17 @@ def test_build_flow_runs_its_chunk_tasks_and_clip_scoring_on_a_dask_cluster(web,
     env = _env(DASK_DISTRIBUTED__WORKER__DAEMON="False")
     scheduler = [str(BIN / "dask"), "scheduler", "--host", HOST_A, "--port", str(port), "--no-dashboard"]
     workers = [
-        [str(BIN / "dask"), "worker", f"tcp://{HOST_A}:{port}", "--host", host, "--nthreads", "1", "--nworkers", "1"]
+        [
+            str(BIN / "dask"),
+            "worker",
+            f"tcp://{HOST_A}:{port}",
+            "--host",
+            host,
+            "--nthreads",
+            "1",
+            "--nworkers",
+            "1",
+        ]
         + ["--no-dashboard", "--name", f"worker-{host}", "--local-directory", str(tmp_path / f"dask-{host}")]
         for host in (HOST_A, HOST_B)
     ]
@@ -322,7 +357,18 @@ def test_torchrun_two_nodes_train_the_weights_of_one_node(tmp_path):
 
     data = make_shape_dataset(tmp_path / "data", n=64, seed=0, size=32, shards=2, row_group_size=16)
     train = ["-m", "training.train", "--data", str(data), "--model", "clip-tiny", "--steps", "4"]
-    train += ["--batch-size", "16", "--workers", "0", "--seed", "3", "--checkpoint-every", "4", "--warmup", "1"]
+    train += [
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--seed",
+        "3",
+        "--checkpoint-every",
+        "4",
+        "--warmup",
+        "1",
+    ]
     train += ["--lr", "2e-3", "--no-progress", "--threads", "1"]
     torchrun = [str(BIN / "torchrun")]
 
@@ -337,7 +383,16 @@ def test_torchrun_two_nodes_train_the_weights_of_one_node(tmp_path):
     port = free_port()
     launchers = [
         [*torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(rank)]
-        + ["--rdzv-backend", "static", "--master-addr", HOST_A, "--master-port", str(port), "--local-addr", host]
+        + [
+            "--rdzv-backend",
+            "static",
+            "--master-addr",
+            HOST_A,
+            "--master-port",
+            str(port),
+            "--local-addr",
+            host,
+        ]
         + [*train, "--out", str(tmp_path / "two")]
         for rank, host in enumerate((HOST_A, HOST_B))
     ]
