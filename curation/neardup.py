@@ -5,9 +5,10 @@ the 64 bits are cut into m bands; two hashes within `radius` bits differ in at m
 `radius // m` bits of at least one band (pigeonhole). Each band has a bucket table (rows
 counting-sorted by band value, 2^width + 1 start offsets), and a query visits, per band, the
 buckets of every band value within `radius // m` bits of its own. The work per query is
-(probes) x (1 + rows per bucket); m is chosen from the index size by that cost model (3 bands
-of 21-22 bits for radius 8 up to tens of millions of rows). A compiled kernel (numba) walks
-the buckets; a pair is reported once, in the first band where it is close enough.
+(probes) x (visit + rows per bucket x compare); m is chosen from the index size by that cost
+model (radius 8: 5 bands of 12-13 bits up to ~500k hashes, 3 bands of 21-22 bits above). A
+compiled kernel (numba) walks the buckets; a pair is reported once, in the first band where it is
+close enough.
 
 Measured (bench/dedup.py, docs/benchmarks.md) against the banded numpy search it replaced, a
 faiss `IndexBinaryMultiHash` (nflip=2: 25 s for 100k, its per-query hash-map probing is slow)
@@ -146,15 +147,29 @@ def _probe_count(width: int, flips: int) -> int:
     return sum(math.comb(width, k) for k in range(flips + 1))
 
 
+# Cost of one bucket visit and of one hash comparison (ns), measured here with the kernel at 100k and
+# 1M random hashes, 3-6 bands: a visit costs a cache miss (~25 ns) while the table is sparse (fewer
+# than one row per 8 buckets, consecutive queries land on different cache lines), ~8 ns once dense.
+_VISIT_NS_SPARSE, _VISIT_NS_DENSE, _COMPARE_NS = 25.0, 8.0, 1.5
+
+
 def choose_bands(rows: int, radius: int) -> int:
-    """Number of bands minimising (probes) x (1 + rows per bucket), with bands of at most 22 bits."""
+    """Number of bands with the least estimated time per query (bands of at most 22 bits).
+
+    Per band: probes x (visit cost + rows per bucket x compare cost); the constants above predict
+    the measured order of 3-6 bands at 100k and 1M hashes (bench/dedup.py, docs/benchmarks.md).
+    """
     best, best_cost = 3, math.inf
     for bands in range(3, 17):
         widths = _band_widths(bands)
         if max(widths) > _MAX_BAND_BITS:
             continue
         flips = radius // bands
-        cost = sum(_probe_count(w, flips) * (1.0 + rows / 2.0**w) for w in widths)
+        cost = 0.0
+        for w in widths:
+            per_bucket = rows / 2.0**w
+            visit = _VISIT_NS_SPARSE if per_bucket < 1 / 8 else _VISIT_NS_DENSE
+            cost += _probe_count(w, flips) * (visit + per_bucket * _COMPARE_NS)
         if cost < best_cost:
             best, best_cost = bands, cost
     return best
