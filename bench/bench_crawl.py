@@ -86,7 +86,7 @@ def main() -> int:
             cfg = CrawlConfig(
                 seed=[seed],
                 out=Path(tmp) / "candidates.parquet",
-                allowed_networks=["127.0.0.0/8"],
+                allow_networks=["127.0.0.0/8"],
                 max_pages=10_000,
                 max_depth=10,
                 concurrency=args.concurrency,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -124,6 +125,25 @@ def _build_section(lines: list[str], title: str, build: dict | None, out: Path, 
         lines += [f"![contact sheet]({_rel(summary['contact_sheet'], out)})", ""]
 
 
+def _figure_lines(figures: dict, out: Path) -> list[str]:
+    """An app demo's figures as a list; pictures it wrote are shown."""
+    lines = []
+    for key, value in figures.items():
+        text = str(value)
+        if text.endswith(".png") and Path(text).exists():
+            lines.append(f"![{key}]({_rel(text, out)})")
+        elif isinstance(value, float):
+            lines.append(f"- {key}: {value:.4g}")
+        elif isinstance(value, dict):
+            lines.append(
+                f"- {key}: "
+                + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+            )
+        else:
+            lines.append(f"- {key}: `{text}`" if "/" in text else f"- {key}: {text}")
+    return lines
+
+
 def write_report(out: Path, web: dict, result: dict, truth: Path, seconds: float) -> Path:
     """runs/demo/report.md: every number from this run, pictures next to it."""
     from pipelines.artifacts import markdown_table
@@ -198,6 +218,13 @@ def write_report(out: Path, web: dict, result: dict, truth: Path, seconds: float
             text = report_md.read_text().split("\n", 1)[-1].replace("\n## ", "\n### ")
             lines += [text.strip(), ""]
         lines += [f"Result page: `{_rel(out / 'apps' / 'clip4clip' / 'search.html', out)}`", ""]
+    titles = {
+        "coop": "apps.coop: learned prompts (CoOp, CoCoOp) on 12 fine-grained colours, CLIP frozen",
+        "actionclip": "apps.actionclip: action recognition on generated videos",
+        "search": "apps.search: the curated dataset as a CLIP search service",
+    }
+    for number, app in enumerate((a for a in titles if result.get(a)), start=8):
+        lines += [f"## {number}. {titles[app]}", "", *_figure_lines(result[app], out), ""]
     for stage, why in result.get("skipped", {}).items():
         lines.append(f"- {stage}: skipped ({why})")
     path = out / "report.md"
@@ -220,6 +247,11 @@ def run_demo(out: Path, pages: int, seed: int, params_file: Path | None, overrid
     from pipelines.params import load_flow_params
 
     started = time.perf_counter()
+    if (out / "result.json").exists() or (out / "web" / "site.tsv").exists():
+        # A new run serves the web on a new port: every URL is new, so building into the old datasets
+        # would add a second version of the same pictures. The demo starts clean instead.
+        print(f"removing the previous demo run in {out}", file=sys.stderr)
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     server, wit, truth, web = start_web(out, pages, seed)
     try:
@@ -267,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  sketch        {path}")
     if result.get("clip4clip"):
         print(f"  video search  {args.out / 'apps' / 'clip4clip' / 'search.html'}")
+    if result.get("coop"):
+        print(f"  coop          {result['coop'].get('coop_png')}")
+    if result.get("actionclip"):
+        print(f"  actionclip    {args.out / 'apps' / 'actionclip'}")
+    if result.get("search"):
+        print(f"  search        {result['search'].get('serve_command')}   (then open the page it prints)")
     for stage, why in result.get("skipped", {}).items():
         print(f"  {stage}: skipped ({why})")
     return 0

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from open_clip.loss import ClipLoss, SigLipLoss
 from tqdm import tqdm
 
-from common.atomic import atomic_write_bytes
+from common.atomic import atomic_write_bytes, output_lock
 from common.errors import UserError
 from common.settings import ConfigError, to_dict
 from curation.shards import load_manifest, manifest_checksum
@@ -48,7 +48,7 @@ from models import (
     unwrap,
 )
 from training.config import TrainConfig
-from training.data import DatasetError, ShardStream, find_row_groups, train_loader
+from training.data import DatasetError, ShardStream, data_version_of, find_row_groups, train_loader
 
 LOG_FIELDS = [
     "step",
@@ -273,7 +273,16 @@ def _forward_backward(model, loss_fn, micro_batches, autocast, scaler, ddp: bool
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train `cfg.model` on `cfg.data`, writing checkpoints, log.csv and loss.png into `cfg.out`."""
+    """Train `cfg.model` on `cfg.data`, writing checkpoints, log.csv and loss.png into `cfg.out`.
+
+    One run per folder: a second `train` on the same `out` is refused at once (rank 0 holds the lock).
+    """
+    first_rank = int(os.environ.get("RANK", "0")) == 0
+    with output_lock(cfg.out, "training") if first_rank else contextlib.nullcontext():
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     d = _init_distributed(cfg.device)
@@ -281,7 +290,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and on every rerun
 
     # Data first: a bad dataset should fail before minutes of model set-up.
-    refs = find_row_groups(cfg.data)
+    # Each dataset pinned to one version now (latest by default): a build committing meanwhile changes nothing.
+    data_versions = {str(p): data_version_of(p, cfg.data_version) for p in cfg.data}
+    refs = [ref for p in cfg.data for ref in find_row_groups([p], data_versions[str(p)])]
     num_rows = sum(r.num_rows for r in refs)
     if cfg.batch_size > num_rows:
         raise DatasetError(
@@ -295,7 +306,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
     micro_batch = cfg.batch_size // (d.world_size * cfg.accum_steps)
     total_steps = cfg.steps or max(1, math.ceil((cfg.epochs or 1.0) * num_rows / cfg.batch_size))
-    data_checksums = {str(p): manifest_checksum(p) for p in cfg.data}
+    data_checksums = {str(p): manifest_checksum(p, data_versions[str(p)]) for p in cfg.data}
 
     with quiet_random_init() if cfg.resume else contextlib.nullcontext():  # resumed weights come next
         model, preprocess_train, _, tokenizer = create_model(
@@ -386,6 +397,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             "total_steps": total_steps,
         }
         config["data_checksums"] = data_checksums
+        config["data_versions"] = data_versions  # the version each dataset was pinned to (None: no versions)
         atomic_write_bytes(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
         # A resumed run rewrites the log up to its checkpoint, so the curve has no duplicate steps.
         kept = _read_log(log_path, start_step)
