@@ -71,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         wit = web.write_wit(tmp / "site.tsv")
         settings = dict(
-            allow_private=True, chunk_size=2000, image_size=64, processes=2, threads=16, timeout=5
+            allow_networks=["127.0.0.1/32"],
+            chunk_size=2000,
+            image_size=64,
+            processes=2,
+            threads=16,
+            timeout=5,
         )
         started = time.perf_counter()
         built = BuildConfig(out=tmp / "built", source=[f"wit:{wit}"], **settings)

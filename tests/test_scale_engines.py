@@ -117,7 +117,7 @@ def chunk(web, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("chunk")
     wit = web.write_wit(tmp / "site.tsv")
     candidates = collect_candidates(
-        BuildConfig(out=tmp / "ds", source=[f"wit:{wit}"], allow_private=True, chunk_size=10_000)
+        BuildConfig(out=tmp / "ds", source=[f"wit:{wit}"], allow_networks=["127.0.0.1/32"], chunk_size=10_000)
     )
     assert len(candidates.chunks) == 1 and candidates.chunks[0].rows >= 20
     return candidates.chunks[0].path
@@ -280,7 +280,14 @@ def test_build_flow_runs_its_chunk_tasks_and_clip_scoring_on_a_dask_cluster(web,
     _tiny_checkpoint(checkpoint)
     out = tmp_path / "ds"
     args = [sys.executable, "-m", "pipelines", "run", "build-dataset", f"source=wit:{wit}", f"out={out}"]
-    args += ["allow_private=true", "chunk_size=12", "image_size=32", "processes=1", "threads=4", "timeout=5"]
+    args += [
+        "allow_networks=127.0.0.1/32",
+        "chunk_size=12",
+        "image_size=32",
+        "processes=1",
+        "threads=4",
+        "timeout=5",
+    ]
     args += [f"clip_checkpoint={checkpoint}", "clip_top_fraction=0.9", "runner.download_concurrency=2"]
     with processes([scheduler, *workers], tmp_path / "logs", env) as (procs, logs):
         wait_port(HOST_A, port, 120, procs, logs)
