@@ -127,9 +127,21 @@ COMPARED = ["key_candidate", "status", "error_message", "sha256", "width", "heig
 
 
 def download_rows(chunk: Path, out: Path, distributor: str) -> tuple[list[dict], float]:
-    from curation.download import DownloadOptions, run_img2dataset
+    import dataclasses
 
-    options = DownloadOptions(image_size=32, processes=2, threads=4, timeout=5, distributor=distributor)
+    from curation.build import download_options
+    from curation.config import BuildConfig
+    from curation.download import run_img2dataset
+
+    cfg = BuildConfig(
+        out=out.parent / "cfg",
+        source=[],
+        allow_networks=["127.0.0.1/32"],
+        image_size=32,
+        processes=2,
+        threads=4,
+    )
+    options = dataclasses.replace(download_options(cfg), distributor=distributor)
     started = time.perf_counter()
     table = run_img2dataset(chunk, out, options)
     seconds = time.perf_counter() - started
