@@ -35,7 +35,7 @@ test: $(STAMP) chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -x --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
 test-slow: $(STAMP) chromium
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+	$(PY) -m pip install --quiet -e '.[dev,spark,ray]' && HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -76,6 +76,7 @@ _DEDUP_COLUMNS = [
     "sha256",
     "phash",
     "colour_signature",
+    "ahash",
     "caption",
     "text_source",
     "original_width",
@@ -87,10 +88,12 @@ _DEDUP_COLUMNS = [
 STAGED_SCHEMA = pa.schema(
     list(RECORD_SCHEMA)
     + [pa.field("caption_language", pa.string()), pa.field("colour_signature", pa.string())]
+    + [pa.field("ahash", pa.string())]
 )
 STAGED_REJECT_SCHEMA = pa.schema(
     list(REJECT_SCHEMA)
     + [pa.field("caption_language", pa.string()), pa.field("colour_signature", pa.string())]
+    + [pa.field("ahash", pa.string())]
 )
 
 
@@ -515,7 +518,7 @@ def download_chunk(cfg: BuildConfig, chunk: ChunkSpec) -> ChunkResult:
         rejected = first_reject(row, cfg, IMAGE_FILTERS)
         if rejected is None:
             try:
-                row["phash"], row["colour_signature"] = image_signature(row["jpg"])
+                row["phash"], row["colour_signature"], row["ahash"] = image_signature(row["jpg"])
             except Exception as exc:  # noqa: BLE001 - a picture PIL cannot hash is a reject, not a crash
                 rejected = ("image", f"undecodable: phash failed ({type(exc).__name__})")
         if rejected is not None:
@@ -579,11 +582,20 @@ def _pixel_verifier(staged: list[Path], keys: list[str]):
     return verify
 
 
+def _read_dedup_columns(path: Path) -> pa.Table:
+    # shards written before a column existed (ahash came with #15) read it as nulls
+    names = pq.read_schema(path).names
+    table = pq.read_table(path, columns=[c for c in _DEDUP_COLUMNS if c in names])
+    for name in _DEDUP_COLUMNS:
+        if name not in names:
+            table = table.append_column(name, pa.nulls(table.num_rows, STAGED_SCHEMA.field(name).type))
+    return table.select(_DEDUP_COLUMNS)
+
+
 def _dedup_columns(paths: list[Path], desc: str) -> PairColumns:
     """The small columns dedup needs, read from shards without their pixels."""
     tables = [
-        pq.read_table(path, columns=_DEDUP_COLUMNS)
-        for path in tqdm(paths, desc=desc, unit=" shard", disable=len(paths) < 2)
+        _read_dedup_columns(path) for path in tqdm(paths, desc=desc, unit=" shard", disable=len(paths) < 2)
     ]
     schema = pa.schema([STAGED_SCHEMA.field(name) for name in _DEDUP_COLUMNS])
     table = pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()

@@ -1,14 +1,10 @@
-"""Dedup across the whole dataset: exact (sha256) and near duplicates (64-bit pHash, Hamming radius).
+"""Dedup across the whole dataset: exact (sha256) and near duplicates (two 64-bit hashes, Hamming radius).
 
-Near-duplicate search is multi-index hashing: the 64 bits are split into `radius + 1` bands;
-two hashes within `radius` bits agree exactly on at least one band (pigeonhole), so
-candidates are the rows that share a band value, and only those are compared (vectorised
-numpy over sorted runs). Measured here on random hashes: radius 4 (5 bands of 12 bits), a million
-in ~20 s; radius 8 (9 bands of 7 bits: more chance matches, growing with n^2 / 128), 100 k in 5 s
-and 200 k in 17 s. An all-pairs scan of a million takes hours. For tens of millions of rows use a
-radius of 4-5 (`dedup_radius`). faiss's `IndexBinaryMultiHash.range_search` does the same and
-measured ~10x slower here at a million rows; probing variants (fewer, wider bands, probing
-nearby band values) measured slower than this in numpy.
+Candidates come from two hashes: pHash (DCT of luminance: robust to re-encoding and resizing)
+within `radius` bits, and average hash (8x8 mean threshold) within AHASH_RADIUS bits, which
+catches copies shifted by a few pixels that move pHash 10-20 bits. Both searches are
+curation.neardup's multi-index Hamming search (close to linear in the number of hashes,
+bench/dedup.py). A colour check and a pixel check (`same_picture`) then reject false candidates.
 """
 
 from __future__ import annotations
@@ -16,10 +12,13 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import imagehash
 import numpy as np
 from PIL import Image
+
+from curation.neardup import HammingIndex
 
 DEDUP_STAGE = "dedup"
 _MAX_EXPANSION = 10_000  # rows sharing one hash value beyond this are chained through one of them
@@ -28,17 +27,31 @@ _MAX_EXPANSION = 10_000  # rows sharing one hash value beyond this are chained t
 COLOUR_TOLERANCE = 24
 
 
+# Average hash radius of the second candidate search. Measured on the 600-page loopback web (4,239
+# images): copies shifted by 2-4 px sit at aHash distance 0-6 (pHash 4-20); distinct pictures within
+# 6 bits and of matching colour are 0.2 % of pairs, which the pixel check rejects.
+AHASH_RADIUS = 6
+
+
+class ImageSignature(NamedTuple):
+    phash: str  # 16 hex digits
+    colour: str  # mean RGB of the 4 quadrants, 24 hex digits
+    ahash: str  # 16 hex digits
+
+
 def phash_hex(jpg: bytes) -> str:
     """16 hex digits of the 64-bit perceptual hash of an encoded image."""
-    return image_signature(jpg)[0]
+    return image_signature(jpg).phash
 
 
-def image_signature(jpg: bytes) -> tuple[str, str]:
-    """(pHash as 16 hex digits, colour signature: mean RGB of the 4 quadrants as 24 hex digits)."""
+def image_signature(jpg: bytes) -> ImageSignature:
+    """pHash, colour signature and average hash of an encoded image."""
     with Image.open(io.BytesIO(jpg)) as im:
         rgb = im.convert("RGB")
     quadrants = np.asarray(rgb.resize((2, 2), Image.BOX), dtype=np.uint8)
-    return str(imagehash.phash(rgb)), quadrants.tobytes().hex()
+    return ImageSignature(
+        str(imagehash.phash(rgb)), quadrants.tobytes().hex(), str(imagehash.average_hash(rgb))
+    )
 
 
 # Two copies of one picture, as 32x32 thumbnails aligned within +-2 px (a few % of the side: covers
@@ -91,23 +104,26 @@ def hashes_to_ints(phashes: Sequence[str]) -> np.ndarray:
 def near_duplicate_pairs(phashes: Sequence[str], radius: int) -> list[tuple[int, int, int]]:
     """(i, j, distance) pairs, enough to connect every group of hashes within `radius` bits.
 
-    Identical hashes are paired with their first occurrence; distinct ones are found by
-    multi-index hashing over `radius + 1` bands, each band compared only inside runs of equal
-    band values (sorted), so the work grows with the number of true candidates, not n^2.
+    Identical hashes are paired with their first occurrence; distinct ones come from the
+    multi-index Hamming search of curation.neardup over the unique values, so the work grows
+    close to linearly with the number of hashes (bench/dedup.py).
     """
     values = hashes_to_ints(phashes)
     if len(values) < 2:
         return []
-    uniq, inverse = np.unique(values, return_inverse=True)
-    members: dict[int, list[int]] = {}
-    for i, u in enumerate(inverse.tolist()):
+    uniq, first, inverse, counts = np.unique(
+        values, return_index=True, return_inverse=True, return_counts=True
+    )
+    members: dict[int, list[int]] = {}  # rows of the repeated values only: millions of singletons stay arrays
+    repeated = counts[inverse] > 1
+    for i, u in zip(np.nonzero(repeated)[0].tolist(), inverse[repeated].tolist()):
         members.setdefault(u, []).append(i)
 
     def expand(u1: int, u2: int | None, distance: int) -> Iterator[tuple[int, int, int]]:
         # Every row pair behind one or two hash values (colour checks may split them later);
         # past _MAX_EXPANSION pairs, rows are chained instead (enough to connect a group).
-        a = members[u1]
-        b = members[u2] if u2 is not None else a
+        a = members.get(u1) or [int(first[u1])]
+        b = (members.get(u2) or [int(first[u2])]) if u2 is not None else a
         if len(a) * len(b) > _MAX_EXPANSION:
             if u2 is None:
                 yield from ((x, y, distance) for x, y in zip(a, a[1:]))
@@ -120,28 +136,10 @@ def near_duplicate_pairs(phashes: Sequence[str], radius: int) -> list[tuple[int,
                     yield (x, y, distance)
 
     pairs = [pair for u, rows in members.items() if len(rows) > 1 for pair in expand(u, None, 0)]
-    width = 64 // (radius + 1)  # disjoint bands; leftover bits only make the pigeonhole argument stronger
-    mask = np.uint64((1 << width) - 1)
-    found: set[tuple[int, int]] = set()
-    for band in range(radius + 1):
-        band_values = (uniq >> np.uint64(band * width)) & mask
-        order = np.argsort(band_values, kind="stable")
-        sorted_band, sorted_values = band_values[order], uniq[order]
-        offset = 1
-        while offset < len(order):
-            same = np.nonzero(sorted_band[offset:] == sorted_band[:-offset])[0]
-            if len(same) == 0:  # runs are contiguous: no run is longer than `offset`
-                break
-            dist = np.bitwise_count(sorted_values[same] ^ sorted_values[same + offset])
-            close = same[dist <= radius]
-            for a, b, d in zip(
-                order[close].tolist(), order[close + offset].tolist(), dist[dist <= radius].tolist()
-            ):
-                pair = (min(a, b), max(a, b))
-                if pair not in found:
-                    found.add(pair)
-                    pairs.extend(expand(pair[0], pair[1], int(d)))
-            offset += 1
+    if len(uniq) > 1:
+        matches = HammingIndex(uniq, radius).pairs()
+        for a, b, d in zip(matches.row.tolist(), matches.query.tolist(), matches.distance.tolist()):
+            pairs.extend(expand(a, b, int(d)))
     return pairs
 
 
@@ -180,11 +178,14 @@ def duplicate_groups(
     radius: int,
     colours: Sequence[str | None] | None = None,
     verify: PairVerifier | None = None,
+    ahashes: Sequence[str | None] | None = None,
+    ahash_radius: int = AHASH_RADIUS,
 ) -> list[list[int]]:
     """Groups (row indices) of rows that are exact or near duplicates of each other, size >= 2.
 
-    Same sha256: duplicates. Otherwise a pair needs pHash within `radius`, matching colours, and
-    (when `verify` is given) `verify` to confirm it from the pixels, in one batch call.
+    Same sha256: duplicates. Otherwise a pair needs pHash within `radius` or aHash within
+    `ahash_radius`, matching colours, and (when `verify` is given) `verify` to confirm it from the
+    pixels, in one batch call.
     """
     n = len(phashes)
     uf = _UnionFind(n)
@@ -195,14 +196,18 @@ def duplicate_groups(
                 uf.union(first_by_sha[digest], i)
             else:
                 first_by_sha[digest] = i
-    hashed = [i for i, h in enumerate(phashes) if h]
+    searches = [(phashes, radius)] + ([(ahashes, ahash_radius)] if ahashes is not None else [])
+    seen: set[tuple[int, int]] = set()
     candidates = []
-    for a, b, _ in near_duplicate_pairs([phashes[i] for i in hashed], radius):
-        i, j = hashed[a], hashed[b]
-        if uf.find(i) == uf.find(j) and sha256[i] and sha256[i] == sha256[j]:
-            continue  # already joined by sha256
-        if colours is None or colours_match(colours[i], colours[j]):
-            candidates.append((i, j))
+    for hashes, within in searches:
+        hashed = [i for i, h in enumerate(hashes) if h]
+        for a, b, _ in near_duplicate_pairs([hashes[i] for i in hashed], within):
+            i, j = min(hashed[a], hashed[b]), max(hashed[a], hashed[b])
+            if (i, j) in seen or (sha256[i] and sha256[i] == sha256[j]):
+                continue  # found by the other hash, or already joined by sha256
+            seen.add((i, j))
+            if colours is None or colours_match(colours[i], colours[j]):
+                candidates.append((i, j))
     confirmed = verify(candidates) if verify is not None and candidates else [True] * len(candidates)
     for (i, j), same in zip(candidates, confirmed):
         if same:
@@ -234,11 +239,12 @@ def dedup_decisions(
     pixels: Sequence[int | None] | None = None,
     colours: Sequence[str | None] | None = None,
     verify: PairVerifier | None = None,
+    ahashes: Sequence[str | None] | None = None,
 ) -> dict[str, DedupDecision]:
     """Which rows to drop: in each duplicate group keep the best copy (`copy_quality`; ties: smallest key)."""
     decisions: dict[str, DedupDecision] = {}
     area = pixels if pixels is not None else [None] * len(keys)
-    for group in duplicate_groups(sha256, phashes, radius, colours, verify):
+    for group in duplicate_groups(sha256, phashes, radius, colours, verify, ahashes):
         best = max(
             group, key=lambda i: (copy_quality(captions[i], text_sources[i], area[i], policy), _neg(keys[i]))
         )
@@ -248,8 +254,10 @@ def dedup_decisions(
             if sha256[i] and sha256[i] == sha256[best]:
                 reason = f"exact_duplicate: same sha256 as key {keys[best]}"
             else:
-                distance = _hamming(phashes[i], phashes[best])
-                reason = f"near_duplicate: of key {keys[best]} (phash distance {distance})"
+                distance = f"phash distance {_hamming(phashes[i], phashes[best])}"
+                if ahashes is not None:
+                    distance += f", ahash distance {_hamming(ahashes[i], ahashes[best])}"
+                reason = f"near_duplicate: of key {keys[best]} ({distance})"
             decisions[keys[i]] = DedupDecision(keys[best], reason)
     return decisions
 

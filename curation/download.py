@@ -68,6 +68,53 @@ class DownloadError(UserError, RuntimeError):
     """img2dataset did not produce a row for every candidate of the chunk (the chunk is retried)."""
 
 
+class DistributorError(UserError):
+    """The chosen img2dataset distributor cannot run here (extra not installed, cluster unreachable)."""
+
+
+def connect_distributor(name: str) -> None:
+    """Attach to the cluster the distributor runs on, before img2dataset hands it the shards.
+
+    pyspark: a SparkSession on the master URL in $SPARK_MASTER (spark://HOST:7077 of a standalone
+    cluster), else local[*]; img2dataset uses the active session. ray: ray.init on $RAY_ADDRESS
+    (HOST:6379 of `ray start --head`), else a Ray instance private to this process. Workers must
+    import this package (install it on every node, or start them with PYTHONPATH set).
+    """
+    if name == "pyspark":
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError as exc:
+            raise DistributorError(
+                "distributor pyspark needs the [spark] extra: pip install 'clip-workbench[spark]' (and Java 17)"
+            ) from exc
+        if SparkSession.getActiveSession() is None:
+            master = os.environ.get("SPARK_MASTER") or "local[*]"
+            try:
+                SparkSession.builder.master(master).appName("clip-workbench-download").getOrCreate()
+            except Exception as exc:  # noqa: BLE001 - py4j/JVM errors: one line naming the master
+                raise DistributorError(
+                    f"distributor pyspark: cannot start a Spark session on {master} ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); check $SPARK_MASTER and that Java 17 is installed"
+                ) from exc
+    elif name == "ray":
+        try:
+            import ray
+        except ImportError as exc:
+            raise DistributorError(
+                "distributor ray needs the [ray] extra: pip install 'clip-workbench[ray]'"
+            ) from exc
+        if not ray.is_initialized():
+            address = os.environ.get("RAY_ADDRESS")
+            try:
+                extra = {} if address else {"include_dashboard": False, "num_cpus": os.cpu_count()}
+                ray.init(address=address or None, log_to_driver=False, **extra)
+            except (ConnectionError, RuntimeError) as exc:
+                raise DistributorError(
+                    f"distributor ray: no Ray cluster answers at RAY_ADDRESS={address} ({exc}); "
+                    "start one with `ray start --head`, or unset RAY_ADDRESS for a local instance"
+                ) from exc
+
+
 @dataclass(frozen=True)
 class DownloadOptions:
     """What img2dataset needs for one chunk (taken from BuildConfig by the build stage)."""
@@ -206,6 +253,16 @@ def run_img2dataset(candidates: Path, output_folder: Path, options: DownloadOpti
         disallowed_header_directives=None,  # the policy's directives are checked by our fetch
         blurring_bbox_col=None,
     )
+    if options.distributor == "multiprocessing":
+        import multiprocessing
+
+        if multiprocessing.current_process().daemon:
+            raise DistributorError(
+                "distributor multiprocessing cannot start its pool inside a daemonic process (a Dask worker "
+                "under its nanny): start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False "
+                "(docs/scale-out.md), or choose distributor pyspark or ray"
+            )
+    connect_distributor(options.distributor)
     distribute = DISTRIBUTORS[options.distributor]
     _set_opencv_pixel_limit(options.max_image_pixels * 2)
     distribute(min(options.processes, -(-rows // per_shard)), downloader, reader, 1000, 1)

@@ -131,6 +131,7 @@ class PairColumns:
     text_sources: list[str | None]
     pixels: list[int]
     colours: list[str | None]
+    ahashes: list[str | None] | None = None  # second candidate hash (#15); None: pHash only
 
     @classmethod
     def from_table(cls, table: pa.Table) -> PairColumns:
@@ -145,6 +146,7 @@ class PairColumns:
                 (w or 0) * (h or 0) for w, h in zip(columns["original_width"], columns["original_height"])
             ],
             colours=columns.get("colour_signature") or [None] * table.num_rows,
+            ahashes=columns.get("ahash") or [None] * table.num_rows,
         )
 
     def __len__(self) -> int:
@@ -171,7 +173,8 @@ def dedup_against_dataset(
     captions = old.captions + new.captions
     sources = old.text_sources + new.text_sources
     pixels = old.pixels + new.pixels
-    groups = duplicate_groups(sha, phash, radius, old.colours + new.colours, verify)
+    ahash = (old.ahashes or [None] * n_old) + (new.ahashes or [None] * len(new))
+    groups = duplicate_groups(sha, phash, radius, old.colours + new.colours, verify, ahash)
     decisions: dict[str, DedupDecision] = {}
     for group in groups:
         committed = [i for i in group if i < n_old]
@@ -195,6 +198,8 @@ def dedup_against_dataset(
                     if phash[i] and phash[best]
                     else "?"
                 )
+                if ahash[i] and ahash[best]:
+                    distance = f"{distance}, ahash distance {bin(int(ahash[i], 16) ^ int(ahash[best], 16)).count('1')}"
                 reason = f"near_duplicate: of key {keys[best]}{where} (phash distance {distance})"
             decisions[keys[i]] = DedupDecision(keys[best], reason)
     return decisions

@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dask-address",
         metavar="tcp://HOST:PORT",
-        help="run tasks on this Dask cluster (default: a thread pool)",
+        help="run the build's download chunks and CLIP scoring on this Dask cluster (build-dataset, "
+        "end-to-end; default: a thread pool). train/evaluate refuse it: training scales with torchrun",
     )
     serve = commands.add_parser(
         "serve",
@@ -64,7 +65,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Flows whose tasks a Dask cluster runs; training scales with torchrun instead, evaluation is one process.
+DASK_FLOWS = ("build-dataset", "end-to-end")
+
+
+def _refuse_dask(flow: str, address: str | None) -> None:
+    if address and flow not in DASK_FLOWS:
+        from common.settings import ConfigError
+
+        raise ConfigError(
+            f"--dask-address is for {' and '.join(DASK_FLOWS)} (download chunks, CLIP scoring); flow {flow} "
+            "does not use Dask: train across processes or machines with train_processes (torchrun, see "
+            "docs/scale-out.md) and leave --dask-address out"
+        )
+
+
 def _with_dask(params, address: str | None):
+    _refuse_dask(params.flow, address or params.options.dask_address)
     if not address:
         return params
     from pipelines.runtime import check_dask_address
@@ -77,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     from pipelines.params import load_flow_params
     from pipelines.runtime import check_dask_address, check_prefect_api, redact_url
 
+    _refuse_dask(args.flow, args.dask_address)
     params = _with_dask(load_flow_params(args.flow, args.params, args.overrides), args.dask_address)
     if params.options.dask_address:
         check_dask_address(params.options.dask_address)

@@ -88,6 +88,19 @@ def run_download_chunks(config: BuildConfig, chunks: list[Any], options: FlowOpt
     return download_chunks.with_options(task_runner=runner)(config, chunks, options)
 
 
+@flow(name="finalize-on-runner", flow_run_name="finalize-{config.out.name}")
+def finalize_on_runner(config: BuildConfig, options: FlowOptions = FlowOptions()) -> Any:
+    """Dedup, CLIP score and shards as one task on the runner's workers (#15: CLIP scoring on Dask)."""
+    return tasks.finalize_dataset.submit(config).result()
+
+
+def run_finalize(config: BuildConfig, options: FlowOptions) -> Any:
+    if not options.dask_address:
+        return tasks.finalize_dataset(config)
+    runner = make_task_runner(options.dask_address)
+    return finalize_on_runner.with_options(task_runner=runner)(config, options)
+
+
 @flow(name="build-dataset", flow_run_name="build-{config.out.name}")
 def build_dataset_flow(config: BuildConfig, options: FlowOptions = FlowOptions()) -> dict:
     """`python -m curation build`, as a flow: resumable chunk by chunk, with retries and artifacts."""
@@ -98,7 +111,7 @@ def build_dataset_flow(config: BuildConfig, options: FlowOptions = FlowOptions()
         chunks = tasks.plan_chunks(config)
         log.info("%d chunk(s) of candidates to download into %s", len(chunks), config.out)
         chunk_results = run_download_chunks(config, chunks, options)
-        summary = tasks.finalize_dataset(config)
+        summary = run_finalize(config, options)
     publish_build_artifacts(config, chunk_results, summary)
     return {"out": str(config.out), "chunks": tasks.plain(chunk_results), "summary": tasks.plain(summary)}
 

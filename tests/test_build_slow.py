@@ -28,11 +28,10 @@ def test_truth_figures_on_a_40_page_site(tmp_path):
         f"({figures['clean_kept_pct']:.1f} %), mismatched caught {figures['mismatched_caught']}/{figures['mismatched']}"
     )
     assert figures["junk"] >= 50
-    # The one known gap (docs/benchmarks.md): a copy shifted by 2-4 px can sit 10-18 bits from its
-    # original's pHash, beyond the default radius 8. Every other miss is a failure.
-    shifted = [m for m in figures["misses"] if web.truth["images"][m.split()[1]]["variant"] == "shifted"]
-    assert len(shifted) <= 2 and figures["misses"] == shifted, figures["misses"]
-    assert figures["junk_rejected_pct"] >= 96.0, figures["misses"]
+    # A copy shifted by 2-4 px can sit 10-18 bits from its original's pHash; the aHash candidates catch
+    # it (#15; pHash alone misses the one on this site, bench/dedup_web.py). No miss is allowed.
+    assert figures["misses"] == [], figures["misses"]
+    assert figures["junk_rejected_pct"] >= 99.0, figures["misses"]
     assert figures["clean_kept_pct"] >= 98.0, figures["misses"]
 
 
