@@ -37,6 +37,22 @@ def img2dataset_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def library_chunk_calls(monkeypatch):
+    """Counts the calls of the library's per-chunk download (the body of each Prefect download task)."""
+    from curation import build
+
+    calls: list[int] = []
+    real = build.download_chunk
+
+    def counting(cfg, chunk):
+        calls.append(chunk.index)
+        return real(cfg, chunk)
+
+    monkeypatch.setattr(build, "download_chunk", counting)
+    return calls
+
+
 def _build_config(wit: Path, out: Path, chunk_size: int = 12) -> BuildConfig:
     return BuildConfig(
         source=[f"wit:{wit}"],
@@ -69,7 +85,7 @@ def _artifacts_exist(*keys: str) -> bool:
     return set(keys) <= {a["key"] for a in found}
 
 
-def test_build_flow_chunks_concurrency_artifacts_and_cache(tmp_path, img2dataset_calls):
+def test_build_flow_chunks_concurrency_artifacts_and_cache(tmp_path, img2dataset_calls, library_chunk_calls):
     out = tmp_path / "web"
     with serve_testweb(pages=3, seed=1, slow_delay_s=0.5) as web:
         cfg = _build_config(web.write_wit(tmp_path / "site.tsv"), out)
@@ -89,9 +105,15 @@ def test_build_flow_chunks_concurrency_artifacts_and_cache(tmp_path, img2dataset
             assert earlier["end_time"] <= later["start_time"]
         assert _artifacts_exist("build-web-chunks", "build-web-counts", "build-web-picture-0")
 
-        # Rerun: every chunk is a cache hit (inputs unchanged), img2dataset is not called again.
+        # Rerun: every chunk is a Prefect cache hit (inputs unchanged): the task body, and so the library's
+        # own resume check, never runs again. (Without the cache the library's markers would still skip
+        # img2dataset, so counting img2dataset calls alone cannot tell whether the cache works.)
+        assert len(library_chunk_calls) == chunks
         second = build_dataset_flow(cfg, FlowOptions(download_concurrency=1, retries=0))
         assert len(img2dataset_calls) == chunks
+        assert len(library_chunk_calls) == chunks, "download tasks ran again: the Prefect cache missed"
+        rerun = sorted(_task_runs("download-chunk-"), key=lambda r: r["created"])
+        assert [r["state"]["name"] for r in rerun[-chunks:]] == ["Cached"] * chunks
         assert second["summary"]["kept"] == first["summary"]["kept"]
         assert (out / ".prefect-cache" / "keys").is_dir()
 
