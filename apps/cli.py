@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError, run_cli
+from common.settings import add_arguments, from_namespace
 from models import DEFAULT_CHECKPOINT, LoadedCLIP, load_clip
 
 
@@ -25,10 +26,16 @@ class ThreadsError(UserError, ValueError):
 class ModelChoice:
     """Which CLIP to use: a checkpoint (file, run dir or export), else an open_clip name + tag, else the demo's."""
 
-    checkpoint: Path | None = None
-    model: str | None = None
-    pretrained: str | None = None
-    device: str = "cpu"
+    checkpoint: Path | None = dataclasses.field(
+        default=None, metadata={"help": "checkpoint file, training run directory or its export/ folder"}
+    )
+    model: str | None = dataclasses.field(
+        default=None, metadata={"help": "open_clip model name, e.g. ViT-B-32 (with --pretrained)"}
+    )
+    pretrained: str | None = dataclasses.field(
+        default=None, metadata={"help": "open_clip pretrained tag or weights file, e.g. openai"}
+    )
+    device: str = dataclasses.field(default="cpu", metadata={"help": "cpu, cuda or auto"})
 
     def load(self) -> LoadedCLIP:
         return load_clip(
@@ -41,11 +48,9 @@ class ModelChoice:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint/--model/--pretrained/--device (from ModelChoice) and --threads."""
     group = parser.add_argument_group("model (default: the checkpoint `make demo` trained, runs/demo/train)")
-    group.add_argument("--checkpoint", type=Path, help="checkpoint file or training run directory")
-    group.add_argument("--model", help="open_clip model name, e.g. ViT-B-32 (with --pretrained)")
-    group.add_argument("--pretrained", help="open_clip pretrained tag or weights file, e.g. openai")
-    group.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    add_arguments(group, ModelChoice)
     group.add_argument(
         "--threads",
         type=int,
@@ -64,9 +69,7 @@ def set_threads(threads: int) -> None:
 
 def model_choice(args: argparse.Namespace) -> ModelChoice:
     """The model the `add_model_arguments` options name."""
-    return ModelChoice(
-        checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, device=args.device
-    )
+    return from_namespace(ModelChoice, args)
 
 
 def run_command(name: str, threads: int, produce: Callable[[], dict[str, Path]]) -> int:

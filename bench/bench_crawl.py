@@ -65,7 +65,7 @@ def _ours(seed: str, out: Path, concurrency: int, per_host: int) -> tuple[int, i
     cfg = CrawlConfig(
         seed=[seed],
         out=out,
-        allowed_networks=["127.0.0.0/8"],
+        allow_networks=["127.0.0.0/8"],
         max_pages=10_000,
         max_depth=10,
         concurrency=concurrency,

@@ -60,7 +60,7 @@ def build_config(wit: Path, out: Path, image_size: int) -> BuildConfig:
     return BuildConfig(
         source=[f"wit:{wit}"],
         out=out,
-        allow_private=True,
+        allow_networks=["127.0.0.1/32"],
         chunk_size=2000,
         image_size=image_size,
         processes=2,

@@ -34,7 +34,7 @@ def _config(wit: Path, out: Path, chunk_size: int):
     return BuildConfig(
         source=[f"wit:{wit}"],
         out=out,
-        allow_private=True,
+        allow_networks=["127.0.0.1/32"],
         chunk_size=chunk_size,
         image_size=64,
         processes=1,

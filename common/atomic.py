@@ -9,10 +9,13 @@ with output_lock(run_dir, "training"):          # a second writer gets a one-lin
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -85,6 +88,29 @@ def file_lock(path: Path | str) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+# File descriptors of the output locks this process holds. A forked child (DataLoader workers,
+# img2dataset's pools) would otherwise share the lock and keep it after its parent was killed.
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    if not _HELD_LOCKS:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        for fd in _HELD_LOCKS:
+            with contextlib.suppress(OSError):
+                os.dup2(
+                    null, fd
+                )  # the fd number stays valid (its owner closes it later), the lock is not ours
+    finally:
+        os.close(null)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextlib.contextmanager
 def output_lock(out: Path | str, what: str = "run") -> Iterator[Path]:
     """Hold an exclusive lock on an output folder while writing it; refuse at once if it is held.
@@ -111,6 +137,45 @@ def output_lock(out: Path | str, what: str = "run") -> Iterator[Path]:
             json.dumps({"pid": os.getpid(), "what": what, "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
         )
         handle.flush()
+        _HELD_LOCKS.add(handle.fileno())
         yield path
     finally:
+        _HELD_LOCKS.discard(handle.fileno())
         handle.close()
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return result == 0
+
+
+def replace_directory(staging: Path | str, target: Path | str) -> None:
+    """Put the finished folder `staging` in place of `target`: a reader sees the old folder or the new one.
+
+    With renameat2 the two are exchanged in one step; elsewhere target is renamed aside first (a
+    process killed in between leaves `target` missing and its old contents at `.NAME.old`).
+    The old contents are removed afterwards.
+    """
+    staging, target = Path(staging), Path(target)
+    if target.exists() and _exchange(staging, target):
+        shutil.rmtree(staging)  # now holds the old contents
+        _fsync_dir(target.parent)
+        return
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(staging, target)
+    _fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)

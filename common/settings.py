@@ -224,11 +224,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: Iterable[str] = ()) -> None:
-    """One `--flag` per field (underscores become dashes); defaults stay in the dataclass."""
+def add_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    exclude: Iterable[str] = (),
+    include: Iterable[str] | None = None,
+) -> None:
+    """One `--flag` per field (underscores become dashes; `include` limits them); defaults stay in the dataclass."""
     excluded = set(exclude)
+    included = None if include is None else set(include)
     for name, (f, tp) in _fields(cls).items():
-        if name in excluded:
+        if name in excluded or (included is not None and name not in included):
             continue
         flag = "--" + name.replace("_", "-")
         help_text = f.metadata.get("help", "")

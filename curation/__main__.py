@@ -1,7 +1,7 @@
 """`python -m curation build ...`: build a curated image-text dataset (see curation/build.py).
 
-    python -m curation build --source wit:site.tsv --out data/web --allow-private
-    python -m curation build --source crawl:http://127.0.0.1:8765/ --out data/web --allow-private \\
+    python -m curation build --source wit:site.tsv --out data/web --allow-networks 127.0.0.1/32
+    python -m curation build --source crawl:http://127.0.0.1:8765/ --out data/web --allow-networks 127.0.0.1/32 \\
         --clip-checkpoint runs/demo/train --clip-top-fraction 0.7
     python -m curation build --config build.toml      # the same settings as TOML keys
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common.atomic import atomic_write_json
+from common.atomic import atomic_write_json, output_lock
 from common.errors import UserError
 from common.settings import ConfigError
 from curation import shards
@@ -217,7 +217,9 @@ def _iter_crawl(cfg: BuildConfig, url: str, index: int) -> Iterator[tuple[dict, 
         CrawlConfig(
             seed=[url],
             out=out,
-            allow_private=cfg.allow_private,
+            allow_networks=list(cfg.allow_networks),
+            user_agent=cfg.user_agent,
+            respect_robots=cfg.respect_robots,
             max_pages=cfg.crawl_max_pages,
             max_depth=cfg.crawl_max_depth,
         )
@@ -239,10 +241,13 @@ def _iter_crawl(cfg: BuildConfig, url: str, index: int) -> Iterator[tuple[dict, 
 
 
 class _AddressCheck:
-    """netguard's after-DNS address check on image URLs, cached per host (millions of rows, few hosts)."""
+    """netguard's after-DNS address check on image URLs, cached per host (millions of rows, few hosts).
 
-    def __init__(self, allow_private: bool) -> None:
-        self.allow_private = allow_private
+    An early, cheap reject only: the download checks every hop again (curation/fetch.py).
+    """
+
+    def __init__(self, allow_networks: list[str]) -> None:
+        self.allow_networks = list(allow_networks)
         self.cache: dict[str, str | None] = {}
 
     def __call__(self, url: str) -> str | None:
@@ -254,7 +259,7 @@ class _AddressCheck:
         host = urlsplit(url).netloc
         if host not in self.cache:
             try:
-                guard(url, allow_private=self.allow_private)
+                guard(url, self.allow_networks)
                 self.cache[host] = None
             except UrlRefused as exc:
                 self.cache[host] = f"refused_address: {exc}"
@@ -286,7 +291,7 @@ def collect_candidates(cfg: BuildConfig) -> CandidateSet:
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
 
-    address_check = _AddressCheck(cfg.allow_private)
+    address_check = _AddressCheck(cfg.allow_networks)
     seen_urls: dict[bytes, int] = {}  # ~100 bytes per unique URL
     kept: list[dict] = []
     rejects: list[dict] = []
@@ -301,7 +306,7 @@ def collect_candidates(cfg: BuildConfig) -> CandidateSet:
             progress.update()
             record = {**record, "key_candidate": f"{seq:010d}", "source": spec}
             if reason is None:
-                reason = address_check(record["url"]) if not cfg.allow_private else None
+                reason = address_check(record["url"])
                 stage = READ_STAGE if reason else None
             if reason is None:
                 rejected = first_reject(record, cfg, TEXT_FILTERS)
@@ -372,6 +377,22 @@ def plan_chunks(cfg: BuildConfig) -> list[ChunkSpec]:
 # --- stage 2: download + image filters, per chunk ---------------------------------------------------------
 
 
+def fetch_policy(cfg: BuildConfig):
+    """The guarded fetch's bounds for this build's image downloads (and the flows' host probe)."""
+    from curation.fetch import FetchPolicy
+
+    return FetchPolicy(
+        allow_networks=tuple(cfg.allow_networks),
+        max_bytes=cfg.max_image_bytes,
+        timeout_s=float(cfg.timeout),
+        max_redirects=cfg.max_redirects,
+        user_agent=cfg.user_agent,
+        user_agent_token=cfg.user_agent_token,
+        disallowed_directives=tuple(d.strip().lower() for d in cfg.disallowed_header_directives),
+        respect_robots=cfg.respect_robots,
+    )
+
+
 def download_options(cfg: BuildConfig):
     from curation.download import DownloadOptions
 
@@ -380,11 +401,10 @@ def download_options(cfg: BuildConfig):
         resize_mode=cfg.resize_mode,
         processes=cfg.processes,
         threads=cfg.threads,
-        timeout=cfg.timeout,
         retries=cfg.retries,
         distributor=cfg.distributor,
-        disallowed_header_directives=tuple(cfg.disallowed_header_directives),
         max_image_pixels=cfg.max_image_pixels,
+        fetch=fetch_policy(cfg),
     )
 
 
@@ -619,11 +639,12 @@ def _summary_from_manifest(cfg: BuildConfig, manifest: shards.Manifest, skipped:
 
 
 def build_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
-    """All stages in order, each skipped where a previous run finished it."""
-    candidates = collect_candidates(cfg)
-    for chunk in tqdm(candidates.chunks, desc="download chunks", unit=" chunk"):
-        download_chunk(cfg, chunk)
-    return finalize_dataset(cfg, embedder)
+    """All stages in order, each skipped where a previous run finished it; one writer per folder."""
+    with output_lock(cfg.out, "curation build"):
+        candidates = collect_candidates(cfg)
+        for chunk in tqdm(candidates.chunks, desc="download chunks", unit=" chunk"):
+            download_chunk(cfg, chunk)
+        return finalize_dataset(cfg, embedder)
 
 
 def summary_dict(summary: BuildSummary) -> dict:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Literal
 
 from common.settings import ConfigError, to_dict
+from curation.fetch import AGENT_TOKEN, NOAI_DIRECTIVES, USER_AGENT
+from curation.netguard import UrlRefused, parse_networks
 
 # WIT's caption fields, best first: the reference description is written for the reader of the
 # article, alt text for screen readers, attribution often only names the file or the author.
@@ -31,8 +33,12 @@ class BuildConfig:
         default_factory=list, metadata={"help": "wit:PATH.tsv[.gz] or crawl:URL; repeat for several"}
     )
     config: Path | None = field(default=None, metadata={"help": "TOML file with these same settings"})
-    allow_private: bool = field(
-        default=False, metadata={"help": "allow crawling private/loopback addresses (tests, own network)"}
+    allow_networks: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "CIDR of a private/loopback network that pages and images may come from, e.g. "
+            "127.0.0.0/8 for a loopback web (repeatable); link-local and metadata addresses stay refused"
+        },
     )
     # --- CLIP score
     clip_checkpoint: Path | None = field(default=None, metadata={"help": "our checkpoint file or run dir"})
@@ -54,14 +60,33 @@ class BuildConfig:
     )
     processes: int = field(default=2, metadata={"help": "img2dataset processes per chunk"})
     threads: int = field(default=16, metadata={"help": "img2dataset download threads per process"})
-    timeout: int = field(default=10, metadata={"help": "seconds per image request"})
+    timeout: int = field(
+        default=10, metadata={"help": "seconds per image download, all of it (redirects and body included)"}
+    )
     retries: int = field(default=0, metadata={"help": "img2dataset retries per image"})
     distributor: Literal["multiprocessing", "pyspark", "ray"] = field(
         default="multiprocessing", metadata={"help": "img2dataset distributor"}
     )
     disallowed_header_directives: list[str] = field(
-        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"],
-        metadata={"help": "X-Robots-Tag directives that forbid using an image"},
+        default_factory=lambda: list(NOAI_DIRECTIVES),
+        metadata={
+            "help": "X-Robots-Tag directives that forbid using an image (plain or scoped to our token)"
+        },
+    )
+    max_image_bytes: int = field(
+        default=20_000_000, metadata={"help": "bytes per image download at most (enforced while reading)"}
+    )
+    max_redirects: int = field(default=5, metadata={"help": "redirect hops per image download at most"})
+    respect_robots: bool = field(
+        default=True,
+        metadata={
+            "help": "honour the robots.txt of image hosts, for WIT sources too (--no-respect-robots: off)"
+        },
+    )
+    user_agent: str = field(default=USER_AGENT, metadata={"help": "User-Agent header of every request"})
+    user_agent_token: str = field(
+        default=AGENT_TOKEN,
+        metadata={"help": "our robots.txt / X-Robots-Tag agent name (must appear in user_agent)"},
     )
     max_image_pixels: int = field(
         default=100_000_000,
@@ -109,6 +134,20 @@ class BuildConfig:
         for name in ("chunk_size", "image_size", "processes", "threads", "timeout", "clip_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_image_bytes",):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_redirects < 0:
+            raise ConfigError(f"max_redirects must not be negative, got {self.max_redirects}")
+        try:
+            parse_networks(self.allow_networks)
+        except UrlRefused as exc:
+            raise ConfigError(str(exc)) from exc
+        if self.user_agent_token.lower() not in self.user_agent.lower():
+            raise ConfigError(
+                f"user_agent {self.user_agent!r} does not contain user_agent_token {self.user_agent_token!r}: "
+                "hosts must be able to tell which robots.txt group and X-Robots-Tag scope is ours"
+            )
         if self.dedup_radius < 0 or self.dedup_radius > 16:
             raise ConfigError(f"dedup_radius must be within 0-16, got {self.dedup_radius}")
 
@@ -132,6 +171,7 @@ _RUNTIME_ONLY = {
     "device",
     "timeout",
     "retries",
+    "user_agent",
 }
 
 

@@ -12,9 +12,11 @@ Bounded everywhere: pages, depth, frontier size, bytes per response (a Content-L
 refused before reading), seconds per request, redirects. Redirects are followed here, not by httpx,
 so the address guard (curation/netguard.py) checks every hop, and the request goes to the address
 that was checked (Host header and TLS SNI keep the name), so a second DNS answer cannot point it
-elsewhere (DNS rebinding). Private and loopback addresses are refused unless `--allow-private` or
-`--allowed-networks CIDR` (e.g. 127.0.0.0/8). robots.txt is honoured (and its Crawl-delay), as are
-`X-Robots-Tag` / `<meta name=robots>` nofollow and noai / noimageai / noindex.
+elsewhere (DNS rebinding). Private and loopback addresses are refused unless `--allow-networks CIDR`
+(e.g. 127.0.0.0/8) opens them; link-local and metadata addresses never. robots.txt is honoured (and its
+Crawl-delay), as are `X-Robots-Tag` (plain or scoped to our agent token) / `<meta name=robots>` nofollow
+and noai / noimageai / noindex / noimageindex / none. Pages are parsed by libxml2 (lxml), whose cost
+grows linearly with the page; images listed per page and new image hosts per page are capped.
 
 Resumable: each finished page is appended to a journal (`<out>.state/journal.jsonl`); a crawl that
 was killed resumes from it without fetching finished pages again. `--fresh` starts over.
@@ -27,7 +29,6 @@ import asyncio
 import codecs
 import collections
 import contextlib
-import ipaddress
 import json
 import os
 import re
@@ -37,33 +38,30 @@ import urllib.parse
 import urllib.robotparser
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
+import lxml.etree
 import pyarrow as pa
 from tqdm import tqdm
 
+from common.atomic import output_lock
 from common.errors import UserError, one_line
 from common.settings import ConfigError, add_arguments, from_namespace
-from curation.netguard import UrlRefused, check_url_async, split_url
+from curation.fetch import AGENT_TOKEN, NOAI_DIRECTIVES, robots_rules, robots_tag_directives
+from curation.fetch import USER_AGENT as FETCH_USER_AGENT
+from curation.netguard import UrlRefused, check_url_async, parse_networks, split_url
 from curation.schema import WIT_TEXT_COLUMNS
 from curation.shards import write_parquet_atomic
 
-USER_AGENT = "clip-workbench-crawler/0.1 (research image-text crawler; honours robots.txt)"
-ROBOTS_AGENT = "clip-workbench-crawler"
+USER_AGENT = FETCH_USER_AGENT
+ROBOTS_AGENT = AGENT_TOKEN
 CANDIDATE_COLUMNS = ["url", *WIT_TEXT_COLUMNS]
 REJECT_COLUMNS = ["url", "page_url", "reject_stage", "reject_reason"]
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 JOURNAL_VERSION = 1
 MAX_CRAWL_DELAY_S = 30.0  # a robots.txt Crawl-delay above this would stall the run: cap it
-_NOAI = {
-    "noai",
-    "noimageai",
-    "noimageindex",
-    "noindex",
-    "none",
-}  # directives that keep a page out of a dataset
+_NOAI = set(NOAI_DIRECTIVES)  # directives that keep a page out of a dataset
 
 
 @dataclass(frozen=True)
@@ -73,13 +71,12 @@ class CrawlConfig:
     out: Path = field(
         default=Path("candidates.parquet"), metadata={"help": "candidate list to write (Parquet)"}
     )
-    allow_private: bool = field(
-        default=False,
-        metadata={"help": "allow private, loopback and link-local addresses (your own network)"},
-    )
-    allowed_networks: list[str] = field(
+    allow_networks: list[str] = field(
         default_factory=list,
-        metadata={"help": "CIDR allowed despite being private, e.g. 127.0.0.0/8 (repeatable)"},
+        metadata={
+            "help": "CIDR allowed despite being private or loopback, e.g. 127.0.0.0/8 (repeatable); "
+            "link-local and metadata addresses stay refused"
+        },
     )
     allowed_hosts: list[str] = field(
         default_factory=list,
@@ -90,6 +87,10 @@ class CrawlConfig:
     max_frontier: int = field(default=10_000, metadata={"help": "URLs waiting at most (memory bound)"})
     max_bytes: int = field(default=5_000_000, metadata={"help": "bytes per response at most"})
     max_redirects: int = field(default=5, metadata={"help": "redirect hops per request at most"})
+    max_images_per_page: int = field(default=1000, metadata={"help": "image candidates per page at most"})
+    max_new_hosts_per_page: int = field(
+        default=20, metadata={"help": "image hosts a page may introduce at most (each costs a robots.txt)"}
+    )
     timeout_s: float = field(default=10.0, metadata={"help": "seconds per request, all of it"})
     concurrency: int = field(default=8, metadata={"help": "requests in flight at most"})
     per_host_concurrency: int = field(default=2, metadata={"help": "requests in flight per host at most"})
@@ -109,7 +110,8 @@ class CrawlConfig:
                 split_url(seed)
             except UrlRefused as exc:
                 raise ConfigError(f"seed {exc}") from exc
-        for name in ("max_pages", "max_frontier", "max_bytes", "concurrency", "per_host_concurrency"):
+        for name in ("max_pages", "max_frontier", "max_bytes", "concurrency", "per_host_concurrency",
+                     "max_images_per_page", "max_new_hosts_per_page"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be at least 1")
         for name in ("max_depth", "max_redirects", "delay_s"):
@@ -117,13 +119,10 @@ class CrawlConfig:
                 raise ConfigError(f"{name}={getattr(self, name)}: must not be negative")
         if self.timeout_s <= 0:
             raise ConfigError(f"timeout_s={self.timeout_s}: must be positive")
-        for network in self.allowed_networks:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError as exc:
-                raise ConfigError(
-                    f"allowed_networks: {network!r} is not a CIDR network (e.g. 127.0.0.0/8)"
-                ) from exc
+        try:
+            parse_networks(self.allow_networks)
+        except UrlRefused as exc:
+            raise ConfigError(str(exc)) from exc
 
     @property
     def state_dir(self) -> Path:
@@ -271,14 +270,17 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
-class _PageParser(HTMLParser):
-    """One pass over the page: title, lang, headings, paragraphs, figures, images and links."""
+class _PageParser:
+    """One pass over the page: title, lang, headings, paragraphs, figures, images and links.
+
+    The target of lxml's HTML parser (libxml2: linear in the page size; html.parser rescans an
+    unfinished tag, so a page of repeated `<a ` cost it seconds per 20 KB).
+    """
 
     _SKIP = {"script", "style", "noscript", "template"}
     _HEADINGS = {"h2", "h3", "h4", "h5", "h6"}
 
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self.page = ParsedPage()
         self._skip_depth = 0
         self._capture: str | None = None  # "title", "heading", "p" or "figcaption"
@@ -289,8 +291,11 @@ class _PageParser(HTMLParser):
         self._heading = ""
         self._figures: list[tuple[list[ImageCandidate], list[str]]] = []
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attr = {k.lower(): (v or "") for k, v in attrs}
+    def start(self, tag: str, attrs) -> None:
+        if not isinstance(tag, str):
+            return
+        tag = tag.lower()
+        attr = {str(k).lower(): (v or "") for k, v in attrs.items()}
         if tag in self._SKIP:
             self._skip_depth += 1
             return
@@ -330,12 +335,10 @@ class _PageParser(HTMLParser):
             if self._figures:
                 self._figures[-1][0].append(image)
 
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.handle_starttag(tag, attrs)
-        if tag in self._SKIP:
-            self._skip_depth -= 1
-
-    def handle_endtag(self, tag: str) -> None:
+    def end(self, tag: str) -> None:
+        if not isinstance(tag, str):
+            return
+        tag = tag.lower()
         if tag in self._SKIP:
             self._skip_depth = max(0, self._skip_depth - 1)
             return
@@ -363,7 +366,7 @@ class _PageParser(HTMLParser):
             for image in images:
                 image.figcaption = caption
 
-    def handle_data(self, data: str) -> None:
+    def data(self, data: str) -> None:
         if self._skip_depth:
             return
         if self._capture is not None:
@@ -371,13 +374,21 @@ class _PageParser(HTMLParser):
         if self._paragraph is not None and self._capture is None:
             self._paragraph.append(data)
 
+    def close(self) -> ParsedPage:
+        return self.page
+
 
 def parse_page(text: str) -> ParsedPage:
     """Extract title, language, links and image candidates (with their texts) from HTML."""
-    parser = _PageParser()
-    parser.feed(text)
-    parser.close()
-    return parser.page
+    target = _PageParser()
+    if not text.strip():
+        return target.page
+    parser = lxml.etree.HTMLParser(target=target, recover=True, no_network=True, huge_tree=False)
+    try:
+        parser.feed(text)
+        return parser.close()
+    except lxml.etree.LxmlError:
+        return target.page  # what was read before libxml2 gave up
 
 
 # --- state: the journal -----------------------------------------------------------------------------
@@ -548,7 +559,7 @@ class Fetcher:
         current = url
         for _ in range(self.cfg.max_redirects + 1):
             try:
-                addresses = await check_url_async(current, self.cfg.allow_private, self.cfg.allowed_networks)
+                addresses = await check_url_async(current, self.cfg.allow_networks)
             except UrlRefused as exc:
                 raise FetchError(f"refused: {exc}") from exc
             host = self._host(current)
@@ -604,7 +615,9 @@ class Fetcher:
                 and content_type
                 and not content_type.startswith(("text/html", "application/xhtml"))
             ):
-                raise FetchError(f"not HTML (Content-Type {content_type})")
+                raise FetchError(
+                    f"not_html: Content-Type {content_type}"
+                )  # category first: the rest is the server's
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
@@ -612,6 +625,11 @@ class Fetcher:
                     raise FetchError(f"body exceeds max_bytes {self.cfg.max_bytes:,} (stopped reading)")
                 chunks.append(chunk)
             return response.status_code, response.headers, b"".join(chunks)
+
+    def knows_host(self, url: str) -> bool:
+        """Whether this host's robots.txt is fetched or being fetched (no new cost to list its images)."""
+        parts = urllib.parse.urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}" in self.robots
 
     async def robots_for(self, url: str) -> urllib.robotparser.RobotFileParser:
         parts = urllib.parse.urlsplit(url)
@@ -621,19 +639,13 @@ class Fetcher:
         return await self.robots[origin]
 
     async def _fetch_robots(self, origin: str) -> urllib.robotparser.RobotFileParser:
-        parser = urllib.robotparser.RobotFileParser(origin + "/robots.txt")
+        url = origin + "/robots.txt"
         try:
-            response = await self.get(origin + "/robots.txt", accept_html=False)
+            response = await self.get(url, accept_html=False)
         except FetchError:
-            parser.disallow_all = True  # RFC 9309: unreachable robots.txt means "do not crawl"
-            return parser
-        if response.status >= 500:
-            parser.disallow_all = True
-        elif response.status >= 400:
-            parser.allow_all = True
-        else:
-            text, _ = decode_html(response.body, response.headers.get("content-type"))
-            parser.parse(text.splitlines())
+            return robots_rules(url, None, b"")  # RFC 9309: unreachable robots.txt means "do not crawl"
+        parser = robots_rules(url, response.status, response.body)  # the image downloads' rules too
+        if 200 <= response.status < 300:
             delay = parser.crawl_delay(ROBOTS_AGENT)
             if delay:
                 host = self._host(origin)
@@ -660,7 +672,7 @@ async def _visit(
         return record
 
     try:  # the guard first: a refused host's robots.txt is not fetched either
-        await check_url_async(url, cfg.allow_private, cfg.allowed_networks)
+        await check_url_async(url, cfg.allow_networks)
     except UrlRefused as exc:
         return rejected(f"refused: {exc}", False)
     if cfg.respect_robots:
@@ -685,9 +697,9 @@ async def _visit(
     # Parsing a big page takes a while: in a thread, so that other requests' timers do not fire meanwhile.
     text, _ = decode_html(response.body, response.headers.get("content-type"))
     page = await asyncio.to_thread(parse_page, text)
-    directives = page.robots_meta | {
-        d.strip().lower() for d in response.headers.get("x-robots-tag", "").split(",") if d.strip()
-    }
+    directives = page.robots_meta | robots_tag_directives(
+        response.headers.get_list("x-robots-tag"), ROBOTS_AGENT
+    )
     base = normalize_url(page.base, response.url) if page.base else response.url
     base = base or response.url
     links: dict[str, None] = {}  # ordered set
@@ -701,12 +713,23 @@ async def _visit(
     if not directives & _NOAI:
         language = page.language.split("-")[0].lower() or None
         seen_images: set[str] = set()
+        new_hosts: set[str] = set()
+        over = collections.Counter()
         for image in page.images:
             image_url = normalize_url(image.src, base)
             if image_url is None:
                 continue  # data: URIs and other schemes are not downloadable pictures
             if image_url in seen_images:
                 continue
+            if len(seen_images) >= cfg.max_images_per_page:
+                over["max_images_per_page"] += 1
+                continue
+            host = host_of(image_url)
+            if not fetcher.knows_host(image_url) and host not in new_hosts:
+                if len(new_hosts) >= cfg.max_new_hosts_per_page:
+                    over["max_new_hosts_per_page"] += 1
+                    continue  # each new host costs a DNS lookup and a robots.txt: a page cannot order thousands
+                new_hosts.add(host)
             seen_images.add(image_url)
             problem = await _image_problem(fetcher, cfg, image_url)
             if problem:
@@ -725,6 +748,9 @@ async def _visit(
                     "language": language,
                 }
             )
+        for cap, skipped in over.items():
+            rejects.append({"url": response.url, "page_url": referrer,
+                            "reason": f"page cap: {skipped} more images not listed ({cap}={getattr(cfg, cap)})"})  # fmt: skip
     record["candidates"] = candidates
     record["rejects"] = rejects
     return record
@@ -733,7 +759,7 @@ async def _visit(
 async def _image_problem(fetcher: Fetcher, cfg: CrawlConfig, image_url: str) -> str | None:
     """Why the downloader must not be given this image URL (its address, or robots.txt), or None."""
     try:
-        await check_url_async(image_url, cfg.allow_private, cfg.allowed_networks)
+        await check_url_async(image_url, cfg.allow_networks)
     except UrlRefused as exc:
         return f"refused: {exc}"
     if cfg.respect_robots:
@@ -792,19 +818,20 @@ def _table(rows: list[dict], columns: list[str]) -> pa.Table:
 def crawl(cfg: CrawlConfig) -> CrawlResult:
     """Crawl from `cfg.seed`; write `cfg.out` (candidates) and `cfg.rejects_path` atomically; resume if killed."""
     started = time.monotonic()
-    state = CrawlState(cfg)
-    state.open()
-    try:
-        asyncio.run(_run(cfg, state))
-    finally:
-        state.close()
-    candidates = list(state.candidates.values())
-    write_parquet_atomic(_table(candidates, CANDIDATE_COLUMNS), cfg.out)
-    reject_rows = [
-        {"url": r.url, "page_url": r.page_url, "reject_stage": "crawl", "reject_reason": r.reason}
-        for r in state.rejects
-    ]
-    write_parquet_atomic(_table(reject_rows, REJECT_COLUMNS), cfg.rejects_path)
+    with output_lock(cfg.state_dir, "crawl"):  # one crawl per output: two would interleave one journal
+        state = CrawlState(cfg)
+        state.open()
+        try:
+            asyncio.run(_run(cfg, state))
+        finally:
+            state.close()
+        candidates = list(state.candidates.values())
+        write_parquet_atomic(_table(candidates, CANDIDATE_COLUMNS), cfg.out)
+        reject_rows = [
+            {"url": r.url, "page_url": r.page_url, "reject_stage": "crawl", "reject_reason": r.reason}
+            for r in state.rejects
+        ]
+        write_parquet_atomic(_table(reject_rows, REJECT_COLUMNS), cfg.rejects_path)
     stats = dict(state.stats)
     stats["frontier_peak"] = state.frontier_peak
     stats["urls_seen"] = len(state.seen)

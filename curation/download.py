@@ -3,14 +3,18 @@
 One call per chunk: the chunk is the unit of retry and resume. We wire img2dataset's own
 classes the way `img2dataset.download()` does, with two differences that matter here:
 
+* every image is fetched by our guarded fetch (curation/fetch.py: address checked after DNS and
+  pinned, every redirect hop checked, robots.txt and X-Robots-Tag honoured, a byte cap while
+  reading, one deadline per download), installed in the worker in place of img2dataset's
+  urllib `download_image` by `GuardedDownloader`;
 * the resizer is `StrictResizer`, which refuses decompression bombs from the header alone
   (before OpenCV allocates the pixels) and truncated JPEG/PNG files (OpenCV decodes those
   silently with a grey bottom), each with a specific error message;
 * no LoggerProcess (an extra spawned process and wandb import per call): the per-shard stats
   JSON that img2dataset writes is read back instead.
 
-Everything else (HTTP, X-Robots-Tag handling, resizing, sha256, parquet writer, the
-multiprocessing / pyspark / ray distributors) is img2dataset's.
+Everything else (threads, resizing, sha256, parquet writer, the multiprocessing / pyspark / ray
+distributors) is img2dataset's.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+import img2dataset.downloader  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from img2dataset.distributor import (  # noqa: E402
@@ -41,6 +46,7 @@ from img2dataset.resizer import Resizer  # noqa: E402
 from img2dataset.writer import ParquetSampleWriter  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from curation.fetch import FetchPolicy, download_image  # noqa: E402
 from curation.schema import WIT_TEXT_COLUMNS  # noqa: E402
 
 # Columns carried from the candidate list through img2dataset into its output.
@@ -70,12 +76,10 @@ class DownloadOptions:
     resize_mode: str = "center_crop"
     processes: int = 2
     threads: int = 16
-    timeout: int = 10
     retries: int = 0
     distributor: str = "multiprocessing"
-    disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
     max_image_pixels: int = 100_000_000
-    user_agent_token: str | None = None
+    fetch: FetchPolicy = FetchPolicy()  # addresses, redirects, bytes, deadline, opt-outs
 
 
 def _sniff(head: bytes) -> str:
@@ -112,6 +116,22 @@ class StrictResizer(Resizer):
             return (*failed, "Image decoding error: truncated PNG (no IEND chunk)")
         img_stream.seek(0)
         return super().__call__(img_stream, blurring_bbox_list)
+
+
+class GuardedDownloader(Downloader):
+    """img2dataset's Downloader whose threads fetch with curation.fetch instead of urllib.
+
+    img2dataset's download threads call the module function `img2dataset.downloader.download_image`
+    with `self.timeout`: in the worker (whatever the distributor: this object is pickled there) the
+    function is replaced by ours and the timeout slot carries the whole FetchPolicy.
+    """
+
+    def __init__(self, policy: FetchPolicy, **kwargs) -> None:
+        super().__init__(timeout=policy, user_agent_token=policy.user_agent_token, **kwargs)
+
+    def __call__(self, row):
+        img2dataset.downloader.download_image = download_image
+        return super().__call__(row)
 
 
 def _set_opencv_pixel_limit(limit: int) -> None:
@@ -168,7 +188,8 @@ def run_img2dataset(candidates: Path, output_folder: Path, options: DownloadOpti
         max_aspect_ratio=float("inf"),
         blurrer=None,
     )
-    downloader = Downloader(
+    downloader = GuardedDownloader(
+        options.fetch,
         sample_writer_class=ParquetSampleWriter,
         resizer=resizer,
         thread_count=options.threads,
@@ -176,15 +197,13 @@ def run_img2dataset(candidates: Path, output_folder: Path, options: DownloadOpti
         extract_exif=True,
         output_folder=str(output_folder),
         column_list=reader.column_list,
-        timeout=options.timeout,
         number_sample_per_shard=per_shard,
         oom_shard_count=5,
         compute_hash="sha256",
         verify_hash_type=None,
         encode_format="jpg",
         retries=options.retries,
-        user_agent_token=options.user_agent_token,
-        disallowed_header_directives=list(options.disallowed_header_directives) or None,
+        disallowed_header_directives=None,  # the policy's directives are checked by our fetch
         blurring_bbox_col=None,
     )
     distribute = DISTRIBUTORS[options.distributor]

@@ -167,6 +167,13 @@ TEXT_FILTERS: tuple[Filter, ...] = (
 
 # img2dataset's error messages, mapped to reason names (first match wins).
 _DOWNLOAD_ERRORS: tuple[tuple[str, str], ...] = (
+    # curation/fetch.py's refusals
+    ("redirect refused", "refused_redirect"),
+    ("refused: ", "refused_address"),
+    ("robots.txt disallows", "robots_txt"),
+    ("max_image_bytes", "too_large"),
+    ("redirects:", "too_many_redirects"),
+    ("redirect loop", "redirect_loop"),
     ("x-robots-tag", "noai"),
     ("cv_io_max_image_pixels", "decompression_bomb"),
     ("image area too large", "decompression_bomb"),

@@ -4,7 +4,10 @@ Every URL (seeds, every redirect hop, every image URL handed to the downloader) 
 DNS resolution: a public web page can link to or redirect to http://10.0.0.1/admin or
 http://169.254.169.254/ (cloud metadata), and a crawler that follows blindly becomes a proxy into
 the network it runs in. Refused unless explicitly allowed: private (RFC 1918, fc00::/7),
-loopback, link-local, shared (100.64/10), and always refused: multicast, unspecified, reserved.
+loopback, shared (100.64/10); opened one network at a time by `allow_networks` (CIDR, e.g.
+127.0.0.0/8 for the loopback test web). Always refused, whatever is allowed: link-local
+(169.254.0.0/16, fe80::/10: cloud metadata lives there), the metadata address fd00:ec2::254,
+multicast, unspecified and reserved addresses.
 
     check_url("http://example.org/a.html")                     # -> resolved addresses, or raises
     check_url("http://127.0.0.1:8765/", allowed_networks=["127.0.0.0/8"])   # tests: loopback only
@@ -65,27 +68,53 @@ def is_public_address(ip: str | IPAddress) -> bool:
     return address_problem(ip) is None
 
 
+# Cloud metadata services: 169.254.169.254 (inside link-local) and AWS's IPv6 one (inside fc00::/7).
+METADATA_ADDRESSES = frozenset(
+    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+)
+
+
 def _never_allowed(address: IPAddress) -> bool:
-    # No web server lives there: 0.0.0.0 connects to this host on Linux, multicast is not TCP.
+    # No web server of ours lives there: 0.0.0.0 connects to this host on Linux, multicast is not TCP,
+    # link-local holds the cloud metadata service (credentials of the machine we run on).
     # (::1 sits inside IPv6's reserved ::/8, so loopback is excepted.)
     reserved = address.is_reserved and not address.is_loopback
-    return address.is_unspecified or address.is_multicast or reserved
+    return (
+        address.is_unspecified
+        or address.is_multicast
+        or reserved
+        or address.is_link_local
+        or address in METADATA_ADDRESSES
+    )
 
 
-def address_allowed(
-    ip: str | IPAddress, allow_private: bool = False, allowed_networks: Iterable[str] = ()
-) -> str | None:
-    """None when the crawler may connect to `ip`, else the reason it may not."""
+def parse_networks(networks: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """CIDR strings as networks, or UrlRefused naming the one that is not a network."""
+    parsed = []
+    for network in networks:
+        try:
+            parsed.append(ipaddress.ip_network(str(network).strip(), strict=False))
+        except ValueError as exc:
+            raise UrlRefused(f"allow_networks: {network!r} is not a CIDR network (e.g. 127.0.0.0/8)") from exc
+    return parsed
+
+
+def address_allowed(ip: str | IPAddress, allowed_networks: Iterable[str] = ()) -> str | None:
+    """None when we may connect to `ip`, else the reason: public, or inside an allowed network.
+
+    Link-local, metadata, multicast, unspecified and reserved addresses are refused even when an
+    allowed network contains them (an `allow_networks = ["0.0.0.0/0"]` opens private networks only).
+    """
     address = _as_address(ip)
     problem = address_problem(address)
     if problem is None:
         return None
     if _never_allowed(address):
-        return problem
-    if allow_private:
-        return None
-    for network in allowed_networks:
-        if address in ipaddress.ip_network(network, strict=False):
+        if address in METADATA_ADDRESSES:
+            return f"{problem} (cloud metadata, never allowed)"
+        return f"{problem} (never allowed)"
+    for network in parse_networks(allowed_networks):
+        if address.version == network.version and address in network:
             return None
     return problem
 
@@ -112,23 +141,23 @@ def split_url(url: str) -> tuple[str, str, int]:
     return scheme, host, port or (443 if scheme == "https" else 80)
 
 
-def _judge(
-    url: str, host: str, addresses: Sequence[str], allow_private: bool, allowed_networks: Iterable[str]
-) -> list[str]:
+def _judge(url: str, host: str, addresses: Sequence[str], allowed_networks: Iterable[str]) -> list[str]:
     if not addresses:
         raise UrlRefused(f"{url}: host {host} has no address")
     networks = list(allowed_networks)
     for address in addresses:
-        problem = address_allowed(address, allow_private, networks)
+        problem = address_allowed(address, networks)
         if problem is not None:
             # All addresses must pass: a name resolving to one public and one private address is refused.
-            hint = (
-                ""
-                if _never_allowed(_as_address(address))
-                else " (pass --allow-private to crawl your own network)"
-            )
+            hint = "" if _never_allowed(_as_address(address)) else f" ({allow_hint(address)})"
             raise UrlRefused(f"{url}: {host} resolves to {problem}{hint}")
     return list(addresses)
+
+
+def allow_hint(address: str | IPAddress) -> str:
+    """How to allow one refused address: the narrowest --allow-networks that opens it."""
+    ip = _as_address(address)
+    return f"pass --allow-networks {ip}/{ip.max_prefixlen}, or your network's CIDR, to allow it"
 
 
 def _literal(host: str) -> str | None:
@@ -138,12 +167,7 @@ def _literal(host: str) -> str | None:
         return None
 
 
-def check_url(
-    url: str,
-    allow_private: bool = False,
-    allowed_networks: Iterable[str] = (),
-    resolver: Resolver = system_resolver,
-) -> list[str]:
+def check_url(url: str, allowed_networks: Iterable[str] = (), resolver: Resolver | None = None) -> list[str]:
     """Resolve the URL's host and return its addresses, or raise UrlRefused (scheme, host or address)."""
     _, host, port = split_url(url)
     literal = _literal(host)
@@ -151,23 +175,20 @@ def check_url(
         addresses = [literal]
     else:
         try:
-            addresses = list(resolver(host, port))
+            addresses = list((resolver or system_resolver)(host, port))
         except (OSError, UnicodeError) as exc:
             raise UrlRefused(f"{url}: cannot resolve host {host} ({exc})") from exc
-    return _judge(url, host, addresses, allow_private, allowed_networks)
+    return _judge(url, host, addresses, allowed_networks)
 
 
 async def check_url_async(
-    url: str,
-    allow_private: bool = False,
-    allowed_networks: Iterable[str] = (),
-    resolver: Resolver | None = None,
+    url: str, allowed_networks: Iterable[str] = (), resolver: Resolver | None = None
 ) -> list[str]:
     """`check_url` without blocking the event loop on DNS."""
     _, host, port = split_url(url)
     literal = _literal(host)
     if literal is not None:
-        return _judge(url, host, [literal], allow_private, allowed_networks)
+        return _judge(url, host, [literal], allowed_networks)
     try:
         if resolver is not None:
             addresses = list(resolver(host, port))
@@ -176,4 +197,4 @@ async def check_url_async(
             addresses = list(dict.fromkeys(info[4][0] for info in infos))
     except (OSError, UnicodeError) as exc:
         raise UrlRefused(f"{url}: cannot resolve host {host} ({exc})") from exc
-    return _judge(url, host, addresses, allow_private, allowed_networks)
+    return _judge(url, host, addresses, allowed_networks)

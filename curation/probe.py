@@ -2,11 +2,15 @@
 
 img2dataset never raises for HTTP errors: a host that answers 503 for a minute would leave a
 whole chunk of failed rows, recorded as done. A flow checks first and retries the chunk later.
+The probe asks for the host's robots.txt (always fetchable, small, and fetched by the download
+anyway) through the guarded fetch: same address checks, redirect checks, byte cap and deadline.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from curation.fetch import FetchFailed, FetchPolicy, fetch
 
 # Answers that mean "the server is temporarily unable": worth waiting for, not worth recording
 # as every row of the chunk failing.
@@ -18,28 +22,28 @@ class HostUnavailableError(RuntimeError):
     """A host of the chunk answers 429/5xx-unavailable or refuses connections: retry the chunk later."""
 
 
-def unavailable_hosts(chunk_path: Path, timeout: float, limit: int = PROBE_HOSTS) -> list[str]:
-    """One request to the first image URL of each host in the chunk; the hosts that are down."""
+def unavailable_hosts(chunk_path: Path, policy: FetchPolicy, limit: int = PROBE_HOSTS) -> list[str]:
+    """One guarded request to each host of the chunk (its robots.txt); the hosts that are down."""
     from urllib.parse import urlsplit
 
-    import httpx
     import pyarrow.parquet as pq
 
-    first_url: dict[str, str] = {}
+    origins: dict[str, str] = {}
     for batch in pq.ParquetFile(chunk_path).iter_batches(columns=["url"], batch_size=4096):
         for url in batch.column(0).to_pylist():
-            if url:
-                first_url.setdefault(urlsplit(url).netloc, url)
-        if len(first_url) >= limit:
+            parts = urlsplit(url or "")
+            if parts.scheme in ("http", "https") and parts.netloc:
+                origins.setdefault(parts.netloc, f"{parts.scheme}://{parts.netloc}/robots.txt")
+        if len(origins) >= limit:
             break
     down = []
-    for host, url in list(first_url.items())[:limit]:
+    for host, url in list(origins.items())[:limit]:
         try:
-            with httpx.stream("GET", url, timeout=timeout, follow_redirects=False) as response:
-                if response.status_code in RETRYABLE_STATUS:
-                    down.append(f"{host} (HTTP {response.status_code})")
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            down.append(f"{host} ({type(exc).__name__})")
-        except httpx.HTTPError:
-            pass  # a slow or odd answer for one image is img2dataset's to record, not a reason to wait
+            fetched = fetch(url, policy, check_robots=False, read_body=False, honour_headers=False)
+        except FetchFailed as exc:
+            if exc.kind == "connect":
+                down.append(f"{host} ({exc})")
+            continue  # refused, slow or odd: the download records that per image, no reason to wait
+        if fetched.status in RETRYABLE_STATUS:
+            down.append(f"{host} (HTTP {fetched.status})")
     return down

@@ -104,6 +104,24 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+_MARKDOWN_SPECIAL = str.maketrans(
+    {"\\": "\\\\", "|": "\\|", "`": "\\`", "[": "\\[", "]": "\\]", "<": "&lt;", ">": "&gt;", "&": "&amp;"}
+)
+
+
+def markdown_cell(value: object, limit: int = 200) -> str:
+    """Text for one markdown table cell, whoever wrote it (reject reasons can quote a server's words).
+
+    One line, at most `limit` characters, no control characters, and nothing that markdown or the
+    HTML inside it would act on: `|` cannot add a column, `<script>` or `[link](...)` stay text.
+    """
+    text = "".join(c if c.isprintable() else " " for c in str(value))
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.translate(_MARKDOWN_SPECIAL)
+
+
 def _stage_key(stage: str) -> tuple:
     return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)
 
@@ -128,13 +146,15 @@ def render_report(
     ]
     for stage in sorted(counts, key=_stage_key):
         for reason, n in sorted(counts[stage].items(), key=lambda kv: (-kv[1], kv[0])):
-            lines.append(f"| {stage} | {reason} | {n} | {100 * n / max(total, 1):.1f} % |")
+            lines.append(
+                f"| {markdown_cell(stage)} | {markdown_cell(reason)} | {n} | {100 * n / max(total, 1):.1f} % |"
+            )
     if not counts:
         lines.append("| - | - | 0 | 0 % |")
     lines += ["", "## Samples", ""]
     lines.append(f"![kept and rejected samples]({sheet})" if sheet else "(no samples with pictures)")
     lines += ["", "## Settings", "", "```"]
-    lines += [f"{k} = {v!r}" for k, v in sorted(settings.items())]
+    lines += [f"{k} = {v!r}".replace("`", "'") for k, v in sorted(settings.items())]  # cannot close the block
     lines += ["```", ""]
     return "\n".join(lines)
 

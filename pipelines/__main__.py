@@ -1,6 +1,6 @@
 """`python -m pipelines run FLOW ...` runs a flow now; `python -m pipelines serve ...` serves scheduled deployments.
 
-    python -m pipelines run build-dataset source=crawl:http://127.0.0.1:8000/ out=data/web allow_private=true
+    python -m pipelines run build-dataset source=crawl:http://127.0.0.1:8000/ out=data/web allow_networks=127.0.0.1/32
     python -m pipelines run end-to-end --params pipelines/params/demo.toml train.steps=100
     python -m pipelines run build-dataset --params build.toml --dask-address tcp://127.0.0.1:8786
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m pipelines serve --params pipelines/params/nightly.toml
@@ -75,13 +75,13 @@ def _with_dask(params, address: str | None):
 
 def _run(args: argparse.Namespace) -> int:
     from pipelines.params import load_flow_params
-    from pipelines.runtime import check_dask_address, check_prefect_api
+    from pipelines.runtime import check_dask_address, check_prefect_api, redact_url
 
     params = _with_dask(load_flow_params(args.flow, args.params, args.overrides), args.dask_address)
     if params.options.dask_address:
         check_dask_address(params.options.dask_address)
     api = check_prefect_api()
-    print(f"running flow {args.flow} on {api or 'a temporary local Prefect API'}", file=sys.stderr)
+    print(f"running flow {args.flow} on {redact_url(api) if api else 'a temporary local Prefect API'}", file=sys.stderr)
     from pipelines.flows import run_flow
 
     result = run_flow(params)

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from curation.report import markdown_cell
+
 # Larger pictures are shrunk before inlining: the Prefect database keeps every artifact.
 MAX_INLINE_SIDE = 640
 
@@ -24,11 +26,8 @@ def artifact_key(text: str) -> str:
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        text = f"{value:.4g}"
-    else:
-        text = str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    # Values can quote a server (reject reasons): escaped like report.md's cells.
+    return markdown_cell(f"{value:.4g}" if isinstance(value, float) else value)
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:

@@ -124,6 +124,25 @@ def _build_section(lines: list[str], title: str, build: dict | None, out: Path, 
         lines += [f"![contact sheet]({_rel(summary['contact_sheet'], out)})", ""]
 
 
+def _figure_lines(figures: dict, out: Path) -> list[str]:
+    """An app demo's figures as a list; pictures it wrote are shown."""
+    lines = []
+    for key, value in figures.items():
+        text = str(value)
+        if text.endswith(".png") and Path(text).exists():
+            lines.append(f"![{key}]({_rel(text, out)})")
+        elif isinstance(value, float):
+            lines.append(f"- {key}: {value:.4g}")
+        elif isinstance(value, dict):
+            lines.append(
+                f"- {key}: "
+                + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+            )
+        else:
+            lines.append(f"- {key}: `{text}`" if "/" in text else f"- {key}: {text}")
+    return lines
+
+
 def write_report(out: Path, web: dict, result: dict, truth: Path, seconds: float) -> Path:
     """runs/demo/report.md: every number from this run, pictures next to it."""
     from pipelines.artifacts import markdown_table
@@ -198,6 +217,13 @@ def write_report(out: Path, web: dict, result: dict, truth: Path, seconds: float
             text = report_md.read_text().split("\n", 1)[-1].replace("\n## ", "\n### ")
             lines += [text.strip(), ""]
         lines += [f"Result page: `{_rel(out / 'apps' / 'clip4clip' / 'search.html', out)}`", ""]
+    titles = {
+        "coop": "apps.coop: learned prompts (CoOp, CoCoOp) on 12 fine-grained colours, CLIP frozen",
+        "actionclip": "apps.actionclip: action recognition on generated videos",
+        "search": "apps.search: the curated dataset as a CLIP search service",
+    }
+    for number, app in enumerate((a for a in titles if result.get(a)), start=8):
+        lines += [f"## {number}. {titles[app]}", "", *_figure_lines(result[app], out), ""]
     for stage, why in result.get("skipped", {}).items():
         lines.append(f"- {stage}: skipped ({why})")
     path = out / "report.md"

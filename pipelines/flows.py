@@ -125,8 +125,8 @@ def publish_build_artifacts(config: BuildConfig, chunk_results: list[Any], summa
 @flow(name="train", flow_run_name="train-{config.out.name}")
 def train_flow(config: TrainConfig, options: FlowOptions = FlowOptions()) -> dict:
     """`python -m training.train`, as a flow: the loss curve and final numbers become artifacts."""
-    with output_lock(config.out, "train flow"):
-        result = tasks.train_clip(config, options.train_processes)
+    # training.train holds the run folder's lock itself (rank 0 under torchrun, another process).
+    result = tasks.train_clip(config, options.train_processes)
     key = f"train-{config.out.name}"
     plain = tasks.plain(result)
     if isinstance(plain, dict):
@@ -232,6 +232,13 @@ def end_to_end_flow(
                 "clip4clip: held-out captions found in the top 5 (%)",
                 [top5] if top5 else [],
             )
+    for app in chain.apps:
+        missing = tasks.library_missing(f"apps.{app}.demo")
+        if missing:
+            log.warning("%s: skipped, %s", app, missing)
+            result["skipped"][app] = missing
+            continue
+        result[app] = tasks.app_demo(app, apps_dir / app, train.out, result["round1"]["summary"]["out"])
     return result
 
 

@@ -4,10 +4,10 @@ There is one definition of every option: `curation.config.BuildConfig` for `buil
 `training.config.TrainConfig` / `EvalConfig` for `train` / `evaluate`. A params file has one
 table per stage, keyed by the same names the library CLIs take::
 
-    [build]                      # python -m curation build --source ... --out ... --allow-private
+    [build]                      # python -m curation build --source ... --out ... --allow-networks 127.0.0.1/32
     source = ["crawl:http://127.0.0.1:8000/"]
     out = "data/web"
-    allow_private = true
+    allow_networks = ["127.0.0.1/32"]
 
     [train]                      # python -m training.train ...
     steps = 800
@@ -122,6 +122,10 @@ class ChainConfig:
         default=480, metadata={"help": "synthetic training videos for the head"}
     )
     clip4clip_epochs: int = field(default=60, metadata={"help": "epochs of the video head"})
+    apps: list[str] = field(
+        default_factory=lambda: ["coop", "actionclip", "search"],
+        metadata={"help": "apps whose short demo runs with the trained model (apps/NAME/demo.py run_demo)"},
+    )
 
     def __post_init__(self) -> None:
         if self.rescore_top_fraction is not None and self.rescore_min_score is not None:

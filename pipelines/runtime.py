@@ -46,6 +46,32 @@ def configured_api_url() -> str | None:
     return get_current_settings().api.url
 
 
+_SECRET_QUERY_KEYS = ("key", "token", "password", "secret", "auth", "signature", "sig")
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may be printed or logged: user:password@ and secret-looking query values masked.
+
+    >>> redact_url("https://me:s3cret@prefect.example/api?token=abc&x=1")
+    'https://***@prefect.example/api?token=***&x=1'
+    """
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(unparsable URL)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        masked = [(k, "***" if any(s in k.lower() for s in _SECRET_QUERY_KEYS) else v) for k, v in pairs]
+        query = urlencode(masked, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def check_prefect_api(url: str | None = None, timeout: float = 3.0) -> str | None:
     """Fail within `timeout` seconds when a configured Prefect server does not answer its health check.
 
@@ -65,11 +91,14 @@ def check_prefect_api(url: str | None = None, timeout: float = 3.0) -> str | Non
     try:
         response = httpx.get(health, timeout=timeout)
     except httpx.HTTPError as exc:
+        message = str(exc).replace(url, redact_url(url)).replace(health, redact_url(health))
         raise PrefectApiError(
-            f"Prefect API {url} is unreachable ({type(exc).__name__}: {exc}); {hint}"
+            f"Prefect API {redact_url(url)} is unreachable ({type(exc).__name__}: {message}); {hint}"
         ) from exc
     if response.status_code != 200:
-        raise PrefectApiError(f"Prefect API {url} answered HTTP {response.status_code} to {health}; {hint}")
+        raise PrefectApiError(
+            f"Prefect API {redact_url(url)} answered HTTP {response.status_code} to {redact_url(health)}; {hint}"
+        )
     return url
 
 

@@ -1,9 +1,10 @@
 """Prefect tasks: each one calls one library function, nothing else.
 
 One task per chunk of candidates (one img2dataset call), never per image: thousands of tiny
-tasks are slow and unstable in Prefect. Network-facing tasks retry with exponential backoff;
-the download task caches its result by its inputs, with the cache kept inside the dataset
-directory so that deleting a dataset also forgets its cache.
+tasks are slow and unstable in Prefect. Network-facing tasks retry with exponential backoff.
+The download task persists nothing: Prefect's default result store is a pickle, and a pickle
+inside the dataset folder runs the code of anyone who can write there on the next rerun. The
+build's own chunk markers (`work/staged/chunk-N.json`) already make a finished chunk return at once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import INPUTS
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from pipelines.params import FlowOptions
@@ -21,8 +22,6 @@ from pipelines.params import FlowOptions
 # Tag of every img2dataset call: `python -m pipelines` sets a Prefect concurrency limit on it.
 DOWNLOAD_TAG = "img2dataset-download"
 NETWORK_TAG = "network"
-# Where the download task keeps its cache records and results, relative to the dataset directory.
-CACHE_DIR = ".prefect-cache"
 
 
 def plain(value: Any) -> Any:
@@ -62,11 +61,11 @@ def plan_chunks(cfg: Any) -> list[Any]:
     tags=[DOWNLOAD_TAG, NETWORK_TAG],
     retries=3,
     retry_delay_seconds=exponential_backoff(2.0),
-    cache_policy=INPUTS,
-    persist_result=True,
+    cache_policy=NO_CACHE,
+    persist_result=False,
 )
-def download_chunk(cfg: Any, chunk: Any) -> Any:
-    """One img2dataset call for one chunk: the unit of retry, resume and caching.
+def download_chunk(cfg: Any, chunk: Any) -> dict:
+    """One img2dataset call for one chunk: the unit of retry and resume; returns plain JSON-able counts.
 
     While retries remain, a chunk whose hosts answer "unavailable" raises (Prefect retries it with
     backoff); the last attempt downloads anyway and img2dataset records each failure.
@@ -78,20 +77,17 @@ def download_chunk(cfg: Any, chunk: Any) -> Any:
     context = TaskRunContext.get()
     last_attempt = context is None or context.task_run.run_count > context.task.retries
     if not last_attempt and not build.chunk_done(cfg, chunk):
-        down = probe.unavailable_hosts(Path(chunk.path), timeout=float(cfg.timeout))
+        down = probe.unavailable_hosts(Path(chunk.path), build.fetch_policy(cfg))
         if down:
             raise probe.HostUnavailableError(f"chunk {chunk.index}: {', '.join(down)}; retrying later")
-    return build.download_chunk(cfg, chunk)
+    return plain(build.download_chunk(cfg, chunk))
 
 
 def download_task_for(cfg: Any, options: FlowOptions) -> Any:
-    """The download task with this run's retry settings and its cache stored inside the dataset."""
-    cache_dir = Path(cfg.out).resolve() / CACHE_DIR
+    """The download task with this run's retry settings (no cache, no persisted result: see above)."""
     return download_chunk.with_options(
         retries=options.retries,
         retry_delay_seconds=exponential_backoff(options.retry_delay_seconds) if options.retries else 0,
-        cache_policy=INPUTS.configure(key_storage=str(cache_dir / "keys")),
-        result_storage=cache_dir / "results",
     )
 
 
@@ -165,6 +161,17 @@ def library_missing(module: str) -> str | None:
     except ImportError as exc:
         return f"{module} does not import ({exc})"
     return None
+
+
+@task(name="app-demo", task_run_name="app-demo-{app}")
+def app_demo(app: str, out_dir: Path, checkpoint: Path, dataset: Path | None = None) -> dict:
+    """An app's short demo run with the trained model: `apps.APP.demo.run_demo(out_dir, checkpoint, ...)`."""
+    import importlib
+    import inspect
+
+    run_demo = importlib.import_module(f"apps.{app}.demo").run_demo
+    extra = {"dataset": dataset} if "dataset" in inspect.signature(run_demo).parameters else {}
+    return plain(run_demo(out_dir, checkpoint, **extra))
 
 
 @task(name="write-heldout-images")

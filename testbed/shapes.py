@@ -173,14 +173,19 @@ def _draw_pen_outline(
 
 
 def render_shape_image(
-    cls: str, rng: np.random.Generator, size: int = 128, style: str = "filled"
+    cls: str,
+    rng: np.random.Generator,
+    size: int = 128,
+    style: str = "filled",
+    fill_rgb: tuple[int, int, int] | None = None,
 ) -> Image.Image:
     """Draw one picture of class `cls` ("red circle"): random light background, position, size, rotation.
 
     Colour and background are jittered and light noise is added, so no two pictures are identical
     and a model has to learn colour and shape rather than exact pixels. `style="outline"` draws the
     shape as a wobbly pen line in its colour on near-white paper, like a hand-drawn sketch (the web has
-    line drawings too; a CLIP that never saw one cannot recognise a sketch).
+    line drawings too; a CLIP that never saw one cannot recognise a sketch). `fill_rgb` replaces the
+    class colour's RGB (before jitter), for hues between the named colours.
     """
     color, shape = split_class(cls)
     if size < 8:
@@ -203,7 +208,8 @@ def render_shape_image(
     cx = rng.uniform(margin, big - margin)
     cy = rng.uniform(margin, big - margin)
     rotation = rng.uniform(-math.pi, math.pi)
-    fill = np.clip(np.array(COLOR_RGB[color], dtype=np.float32) + rng.uniform(-18, 18, size=3), 0, 255)
+    base_rgb = COLOR_RGB[color] if fill_rgb is None else fill_rgb
+    fill = np.clip(np.array(base_rgb, dtype=np.float32) + rng.uniform(-18, 18, size=3), 0, 255)
     fill_rgb = tuple(int(v) for v in fill)
     outline_rgb = tuple(int(v * 0.7) for v in fill_rgb)
     line_width = max(1, int(big * 0.012)) if rng.random() < 0.5 else 0

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from common.settings import ConfigError
 from curation.video_captions import Caption, write_captions
 
 # `shape_outline` draws exactly the outlines the shape pictures use; reused so the demo CLIP knows them.
@@ -47,12 +48,13 @@ class Event:
 
 @dataclass(frozen=True)
 class SynthConfig:
-    n_train: int = 240  # rounded up to an even number: training videos come in order-swapped pairs
-    n_test_pairs: int = 20  # held-out videos come in order-swapped pairs: 2 * n_test_pairs videos
-    size: int = 64  # frame side in pixels
-    fps: int = 8
-    event_seconds: float = 1.5
-    seed: int = 0
+    # rounded up to an even number: training videos come in order-swapped pairs
+    n_train: int = field(default=240, metadata={"help": "training videos (order-swapped pairs)"})
+    n_test_pairs: int = field(default=20, metadata={"help": "held-out videos come in order-swapped pairs"})
+    size: int = field(default=64, metadata={"help": "frame side in pixels"})
+    fps: int = field(default=8, metadata={"help": "frames per second of the mp4 files"})
+    event_seconds: float = field(default=1.5, metadata={"help": "length of each of the two events"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
     classes: tuple[str, ...] = field(default_factory=lambda: tuple(CLASSES))
     motions: tuple[str, ...] = tuple(MOTIONS)  # a subset makes a smaller world (fast tests)
 
@@ -146,10 +148,10 @@ def _captions_for(video_id: str, events: tuple[Event, Event], rng: np.random.Gen
 def generate_synthetic_set(out_dir: str | Path, config: SynthConfig = SynthConfig()) -> SyntheticSet:
     """Write `videos/*.mp4` and `captions.json` (MSR-VTT style, with splits) under `out_dir`."""
     if len(config.classes) < 2:
-        raise ValueError("the synthetic set needs at least 2 shape classes")
+        raise ConfigError("the synthetic set needs at least 2 shape classes")
     unknown = [m for m in config.motions if m not in MOTIONS]
     if unknown or not config.motions:
-        raise ValueError(f"motions {unknown or '()'}: use some of {list(MOTIONS)}")
+        raise ConfigError(f"motions {unknown or '()'}: use some of {list(MOTIONS)}")
     out = Path(out_dir)
     videos_dir = out / "videos"
     videos_dir.mkdir(parents=True, exist_ok=True)

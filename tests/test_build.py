@@ -135,7 +135,7 @@ def built(tmp_path_factory):
             cfg = BuildConfig(
                 out=root / "dataset",
                 source=[f"wit:{wit}", f"wit:{hostile}"],
-                allow_private=True,
+                allow_networks=["127.0.0.1/32"],
                 **FAST,
             )
             torch.manual_seed(0)
@@ -243,7 +243,7 @@ def test_changed_settings_are_refused_on_resume(built):
         build_dataset(changed)
 
 
-def test_private_addresses_refused_without_allow_private(tmp_path):
+def test_private_addresses_refused_without_allow_networks(tmp_path):
     rows = []
     for url in ("http://127.0.0.1:9/a.png", "http://10.0.0.7/b.png", "http://169.254.169.254/c.png"):
         row = dict.fromkeys(WIT_COLUMNS, "")
@@ -256,7 +256,11 @@ def test_private_addresses_refused_without_allow_private(tmp_path):
     reasons = pq.read_table(tmp_path / "ds/work/candidates/rejects-00000.parquet")[
         "reject_reason"
     ].to_pylist()
-    assert all("--allow-private" in r for r in reasons)
+    assert "--allow-networks 127.0.0.1/32" in reasons[0] and "--allow-networks 10.0.0.7/32" in reasons[1]
+    assert "never allowed" in reasons[2]  # the metadata address: no hint, no way to open it
+    # even a build that opens every network keeps link-local / metadata shut
+    everything = BuildConfig(out=tmp_path / "all", source=[f"wit:{wit}"], allow_networks=["0.0.0.0/0"])
+    assert collect_candidates(everything).counts == {"read/refused_address": 1}
 
 
 def test_truth_file_matches_the_served_site(built, tmp_path):
@@ -314,7 +318,7 @@ def all_keys(out: Path) -> tuple[list[str], list[str]]:
 def test_cli_killed_between_chunks_then_resumed_equals_uninterrupted(built, tmp_path):
     cfg = built["cfg"]
     out = tmp_path / "killed"
-    args = ["build", "--out", str(out), "--allow-private", "--chunk-size", "40"]
+    args = ["build", "--out", str(out), "--allow-networks", "127.0.0.1/32", "--chunk-size", "40"]
     for spec in cfg.source:
         args += ["--source", spec]
     for name, value in FAST.items():
@@ -367,7 +371,7 @@ def test_cli_help_and_one_line_errors(tmp_path):
 def test_crawl_source_end_to_end(tmp_path):
     with serve_testweb(pages=6, seed=1, slow_delay_s=1.0) as web:
         cfg = BuildConfig(
-            out=tmp_path / "crawled", source=[f"crawl:{web.base_url}/"], allow_private=True, **FAST
+            out=tmp_path / "crawled", source=[f"crawl:{web.base_url}/"], allow_networks=["127.0.0.1/32"], **FAST
         )
         summary = build_dataset(cfg)
         figures = score(cfg.out, web.truth, in_wit_only=False)  # robots-disallowed pages count as rejected

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_truth_figures_on_a_40_page_site(tmp_path):
     with serve_testweb(pages=40, seed=3, slow_delay_s=2.0) as web:
         wit = web.write_wit(tmp_path / "site.tsv")
-        cfg = BuildConfig(out=tmp_path / "ds", source=[f"wit:{wit}"], allow_private=True, **FAST)
+        cfg = BuildConfig(out=tmp_path / "ds", source=[f"wit:{wit}"], allow_networks=["127.0.0.1/32"], **FAST)
         build_dataset(cfg)
         figures = score(cfg.out, web.truth)
     print(
@@ -40,12 +40,12 @@ def test_sigkill_at_five_random_moments_then_resume_equals_uninterrupted(tmp_pat
     rng = np.random.default_rng(7)
     with serve_testweb(pages=16, seed=5, slow_delay_s=1.0) as web:
         wit = web.write_wit(tmp_path / "site.tsv")
-        reference = BuildConfig(out=tmp_path / "reference", source=[f"wit:{wit}"], allow_private=True, **FAST)
+        reference = BuildConfig(out=tmp_path / "reference", source=[f"wit:{wit}"], allow_networks=["127.0.0.1/32"], **FAST)
         started = time.monotonic()
         build_dataset(reference)  # one chunk, one img2dataset call
         one_call = time.monotonic() - started
         out = tmp_path / "killed"
-        args = ["build", "--out", str(out), "--source", f"wit:{wit}", "--allow-private", "--chunk-size", "30"]
+        args = ["build", "--out", str(out), "--source", f"wit:{wit}", "--allow-networks", "127.0.0.1/32", "--chunk-size", "30"]
         for name, value in FAST.items():
             args += ["--" + name.replace("_", "-"), str(value)]
         chunks = -(-len(web.site.wit_rows(web.base_url)) // 30)

@@ -118,10 +118,3 @@ def test_help_runs_as_a_module() -> None:
         timeout=120,
     )
     assert result.returncode == 0 and "--html" in result.stdout
-
-
-def test_cli_head_choices_match_the_heads() -> None:
-    from apps.clip4clip import __main__ as cli
-    from apps.clip4clip.heads import HEAD_NAMES
-
-    assert cli.HEAD_NAMES == HEAD_NAMES

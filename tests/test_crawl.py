@@ -48,11 +48,15 @@ def test_guard_accepts_public_addresses(address):
 
 
 def test_guard_allowances():
-    # allow_private opens private, loopback and link-local, never multicast/unspecified/reserved
-    for ok in ["10.0.0.1", "192.168.0.7", "127.0.0.1", "::1", "fc00::1", "169.254.1.1"]:
-        assert address_allowed(ok, allow_private=True) is None
-    for never in ["224.0.0.1", "0.0.0.0", "::", "240.0.0.1", "ff02::1"]:
-        assert address_allowed(never, allow_private=True) is not None
+    # allowed networks open private and loopback addresses; never link-local, metadata, multicast,
+    # unspecified or reserved ones, even inside an allowed network
+    everything = ["0.0.0.0/0", "::/0"]
+    for ok in ["10.0.0.1", "192.168.0.7", "127.0.0.1", "::1", "fc00::1", "100.64.0.1"]:
+        assert address_allowed(ok, allowed_networks=everything) is None
+    for never in ["224.0.0.1", "0.0.0.0", "::", "240.0.0.1", "ff02::1", "169.254.169.254", "169.254.1.1",
+                  "fe80::1", "fd00:ec2::254", "::ffff:169.254.169.254"]:  # fmt: skip
+        assert "never allowed" in address_allowed(never, allowed_networks=everything + ["169.254.0.0/16"])
+    assert "metadata" in address_allowed("fd00:ec2::254", allowed_networks=["fd00::/8"])
     # a named network opens just that network
     assert address_allowed("127.0.0.1", allowed_networks=LOOPBACK) is None
     assert "private" in address_allowed("10.0.0.1", allowed_networks=LOOPBACK)
@@ -72,7 +76,7 @@ def test_check_url_resolves_then_judges():
         check_url("http://mixed.example/", resolver=resolver)
     with pytest.raises(UrlRefused, match="no address"):
         check_url("http://nowhere.example/", resolver=resolver)
-    assert check_url("http://intranet.example/", allow_private=True, resolver=resolver) == ["10.1.2.3"]
+    assert check_url("http://intranet.example/", ["10.0.0.0/8"], resolver=resolver) == ["10.1.2.3"]
     for url, reason in [("ftp://example.org/x", "scheme"), ("file:///etc/passwd", "scheme"), ("http:///x", "no host"),
                         ("http://[::1]:80/", "loopback"), ("http://169.254.169.254/latest", "link-local"),
                         ("http://localhost/", "loopback"), ("http://0x7f000001/", "loopback")]:  # fmt: skip
@@ -147,7 +151,7 @@ def web():
 
 
 def _config(tmp_path: Path, seeds: list[str], **overrides) -> CrawlConfig:
-    values = dict(seed=seeds, out=tmp_path / "candidates.parquet", allowed_networks=LOOPBACK, max_pages=100,
+    values = dict(seed=seeds, out=tmp_path / "candidates.parquet", allow_networks=LOOPBACK, max_pages=100,
                   max_depth=5, progress=False)  # fmt: skip
     values.update(overrides)
     return CrawlConfig(**values)
@@ -193,7 +197,7 @@ def test_host_names_are_pinned_to_the_checked_address(web, tmp_path):
     """A named host is fetched at the address the guard approved (no second DNS answer), Host header kept."""
     port = web.base_url.rsplit(":", 1)[1]
     page = f"http://localhost:{port}/gallery/p000.html"
-    result = crawl(_config(tmp_path, [page], max_depth=0, allowed_networks=["127.0.0.0/8", "::1/128"]))
+    result = crawl(_config(tmp_path, [page], max_depth=0, allow_networks=["127.0.0.0/8", "::1/128"]))
     assert result.pages_fetched == 1 and result.candidates > 0
     rows = pq.read_table(result.out).to_pylist()
     assert {r["page_url"] for r in rows} == {page} and all(
@@ -255,7 +259,7 @@ def test_page_with_10000_links_keeps_limits(web, tmp_path):
 
 def test_guard_refuses_loopback_seed_without_allowance(web, tmp_path):
     before = len(web.requests)
-    result = crawl(_config(tmp_path, [web.base_url + "/"], allowed_networks=[]))
+    result = crawl(_config(tmp_path, [web.base_url + "/"], allow_networks=[]))
     assert result.pages_fetched == 0 and result.candidates == 0
     assert "loopback address 127.0.0.1" in result.rejects[0].reason
     assert len(web.requests) == before, "the guard let a request through"
@@ -277,7 +281,7 @@ def test_killed_crawl_resumes_without_refetching(web, tmp_path):
     before = len(web.requests)
     process = subprocess.Popen(
         [sys.executable, "-m", "curation.crawl", "--seed", web.base_url + "/", "--out", str(out),
-         "--allowed-networks", "127.0.0.0/8", "--delay-s", "0.4", "--per-host-concurrency", "1", "--no-progress"],
+         "--allow-networks", "127.0.0.0/8", "--delay-s", "0.4", "--per-host-concurrency", "1", "--no-progress"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -316,6 +320,6 @@ def test_cli_errors_are_one_line(web, tmp_path, capsys):
     assert "--seed" in capsys.readouterr().err
     assert main(["--seed", web.base_url + "/", "--out", str(tmp_path / "c.parquet"), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "loopback address" in err and "--allow-private" in err
+    assert err.count("\n") == 1 and "loopback address" in err and "--allow-networks 127.0.0.1/32" in err
     with pytest.raises(ConfigError, match="max_pages=0"):
         _config(tmp_path, [web.base_url], max_pages=0)

@@ -99,7 +99,7 @@ def test_download_task_retries_while_the_host_answers_503(tmp_path, monkeypatch)
         cfg = BuildConfig(
             source=[f"wit:{wit}"],
             out=tmp_path / "flaky",
-            allow_private=True,
+            allow_networks=["127.0.0.1/32"],
             image_size=32,
             processes=1,
             timeout=2,
@@ -108,8 +108,9 @@ def test_download_task_retries_while_the_host_answers_503(tmp_path, monkeypatch)
     finally:
         host.shutdown()
         host.server_close()
-    # Two attempts met 503 and were retried by Prefect; the third downloaded every picture.
-    assert host.requests[:2] == ["/img/0.jpg", "/img/0.jpg"]
+    # Two attempts met 503 (the probe asks robots.txt) and were retried by Prefect; the third downloaded
+    # every picture.
+    assert host.requests[:2] == ["/robots.txt", "/robots.txt"]
     assert len(calls) == 1, "img2dataset must not be spent on a chunk while its host is unavailable"
     assert result["summary"]["kept"] == 3
     assert sorted(read_table(cfg.out, columns=["url"])["url"].to_pylist()) == sorted(
@@ -146,7 +147,7 @@ def test_sigkill_mid_build_then_rerun_skips_finished_chunks(tmp_path):
             "build-dataset",
             f"source=wit:{wit}",
             f"out={out}",
-            "allow_private=true",
+            "allow_networks=127.0.0.1/32",
             "chunk_size=8",
         ]
         args += ["image_size=32", "processes=1", "timeout=2"]

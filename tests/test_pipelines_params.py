@@ -28,14 +28,14 @@ def test_overrides_use_the_library_cli_names(tmp_path):
         [
             "source=crawl:http://127.0.0.1:8000/",
             f"out={tmp_path / 'web'}",
-            "allow_private=true",
+            "allow_networks=127.0.0.1/32",
             "chunk_size=50",
         ],
     )
     cfg = params["build"]
     assert isinstance(cfg, BuildConfig)
     assert cfg.source == ["crawl:http://127.0.0.1:8000/"]
-    assert cfg.out == tmp_path / "web" and cfg.allow_private is True and cfg.chunk_size == 50
+    assert cfg.out == tmp_path / "web" and cfg.allow_networks == ["127.0.0.1/32"] and cfg.chunk_size == 50
     assert params.options == FlowOptions()
 
 

@@ -21,7 +21,7 @@ import py3langid
 import pytest
 from PIL import Image
 
-from curation import shapes
+from testbed import shapes
 from testbed.testweb import (
     EXPECTED_REJECTS,
     JUNK_KINDS,

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 
+from apps.clip4clip.errors import Clip4ClipError
 from apps.clip4clip.video import FrameSampling, VideoRejected, choose_times, find_videos, read_video
 from testbed.videos import write_mp4
 
@@ -145,5 +146,5 @@ def test_find_videos_is_recursive_and_checks_the_folder(tmp_path: Path) -> None:
         "a/x.mp4",
         "z.gif",
     ]
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(Clip4ClipError, match="does not exist"):
         find_videos(tmp_path / "missing")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -114,22 +114,46 @@ def _topk(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return hits.float().mean().item()
 
 
-@torch.no_grad()
-def zero_shot(clip: LoadedCLIP, folder: Path, cfg: EvalConfig, device) -> dict:
-    """Top-1/top-5 with the single prompt and with the 80-prompt ensemble, plus per-class top-1."""
-    feats, labels, classes, unreadable = _folder_features(clip, folder, cfg, device)
-    labels_t = torch.from_numpy(labels)
-    result: dict = {
-        "folder": str(folder),
-        "images": len(labels),
-        "classes": len(classes),
-        "unreadable": unreadable,
-    }
-    for name, templates in (("single", SINGLE_PROMPT), ("ensemble", OPENAI_IMAGENET_TEMPLATES)):
-        classifier = build_zero_shot_classifier(
+# A classifier maps unit-norm image features [N, D] and class names to logits [N, C]. The hand prompt and
+# the ensemble are two; apps add their own (apps.coop's learned prompts) through `extra`.
+Classifier = Callable[[torch.Tensor, list[str]], torch.Tensor]
+
+
+def prompt_classifier(clip: LoadedCLIP, templates: Sequence[str], device) -> Classifier:
+    """open_clip's `build_zero_shot_classifier` over `templates` (mean of the prompts' text features)."""
+
+    @torch.no_grad()
+    def logits(feats: torch.Tensor, classes: list[str]) -> torch.Tensor:
+        weights = build_zero_shot_classifier(
             clip.model, clip.tokenizer, classes, templates, num_classes_per_batch=10, device=device
         )
-        logits = feats @ classifier.float().cpu()
+        return feats @ weights.float().cpu()
+
+    return logits
+
+
+@torch.no_grad()
+def zero_shot_scores(
+    clip: LoadedCLIP,
+    feats: torch.Tensor,
+    labels: np.ndarray,
+    classes: list[str],
+    device,
+    extra: Mapping[str, Classifier] | None = None,
+) -> dict:
+    """Top-1/top-5 and per-class top-1 of the single prompt, the 80-prompt ensemble and any `extra` classifier."""
+    labels_t = torch.from_numpy(np.asarray(labels))
+    classifiers: dict[str, tuple[Classifier, int | None]] = {
+        "single": (prompt_classifier(clip, SINGLE_PROMPT, device), len(SINGLE_PROMPT)),
+        "ensemble": (
+            prompt_classifier(clip, OPENAI_IMAGENET_TEMPLATES, device),
+            len(OPENAI_IMAGENET_TEMPLATES),
+        ),
+    }
+    classifiers.update({name: (clf, None) for name, clf in (extra or {}).items()})
+    result: dict = {}
+    for name, (classifier, templates) in classifiers.items():
+        logits = classifier(feats, list(classes)).float().cpu()
         pred = logits.argmax(dim=1)
         per_class = {
             c: (pred[labels_t == i] == i).float().mean().item()
@@ -137,11 +161,27 @@ def zero_shot(clip: LoadedCLIP, folder: Path, cfg: EvalConfig, device) -> dict:
             if (labels_t == i).any()
         }
         result[name] = {
-            "templates": len(templates),
+            "templates": templates,
             "top1": _topk(logits, labels_t, 1),
             "top5": _topk(logits, labels_t, 5),
             "per_class_top1": per_class,
         }
+    return result
+
+
+@torch.no_grad()
+def zero_shot(
+    clip: LoadedCLIP, folder: Path, cfg: EvalConfig, device, extra: Mapping[str, Classifier] | None = None
+) -> dict:
+    """Top-1/top-5 with the single prompt and with the 80-prompt ensemble (and `extra`), plus per-class top-1."""
+    feats, labels, classes, unreadable = _folder_features(clip, folder, cfg, device)
+    result: dict = {
+        "folder": str(folder),
+        "images": len(labels),
+        "classes": len(classes),
+        "unreadable": unreadable,
+    }
+    result.update(zero_shot_scores(clip, feats, labels, classes, device, extra))
     return result
 
 
@@ -229,12 +269,12 @@ def markdown_table(report: dict) -> str:
     rows = []
     if "zeroshot" in report:
         z = report["zeroshot"]
-        for name in ("single", "ensemble"):
-            label = (
-                'single prompt "a photo of a {}."'
-                if name == "single"
-                else f"ensemble of {z[name]['templates']} prompts"
-            )
+        names = [n for n, v in z.items() if isinstance(v, dict) and "top1" in v]
+        for name in names:
+            label = {
+                "single": 'single prompt "a photo of a {}."',
+                "ensemble": f"ensemble of {z[name]['templates']} prompts",
+            }.get(name, name)
             rows.append((f"zero-shot top-1, {label}", f"{100 * z[name]['top1']:.1f} %"))
             rows.append((f"zero-shot top-5, {label}", f"{100 * z[name]['top5']:.1f} %"))
     if "retrieval" in report:
@@ -255,14 +295,17 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate(cfg: EvalConfig) -> dict:
-    """Run the evaluations `cfg` asks for; write REPORT.json and REPORT.md; return the report."""
+def evaluate(cfg: EvalConfig, classifiers: Mapping[str, Classifier] | None = None) -> dict:
+    """Run the evaluations `cfg` asks for; write REPORT.json and REPORT.md; return the report.
+
+    `classifiers` adds zero-shot classifiers beside the hand prompt and the ensemble (e.g. learned prompts).
+    """
     device = _device(cfg.device)
     checkpoint = resolve_checkpoint(cfg.checkpoint)
     clip = load_clip(checkpoint, device)
     report: dict = {"checkpoint": str(checkpoint), "model": clip.model_name, "config": to_dict(cfg)}
     if cfg.zeroshot is not None:
-        report["zeroshot"] = zero_shot(clip, Path(cfg.zeroshot), cfg, device)
+        report["zeroshot"] = zero_shot(clip, Path(cfg.zeroshot), cfg, device, classifiers)
     if cfg.retrieval is not None:
         report["retrieval"] = retrieval(clip, Path(cfg.retrieval), cfg, device)
     if cfg.linear_probe is not None:

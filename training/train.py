@@ -29,7 +29,7 @@ import torch.distributed as dist
 from open_clip.loss import ClipLoss, SigLipLoss
 from tqdm import tqdm
 
-from common.atomic import atomic_write_bytes
+from common.atomic import atomic_write_bytes, output_lock
 from common.errors import UserError
 from common.settings import ConfigError, to_dict
 from curation.shards import load_manifest, manifest_checksum
@@ -273,7 +273,16 @@ def _forward_backward(model, loss_fn, micro_batches, autocast, scaler, ddp: bool
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train `cfg.model` on `cfg.data`, writing checkpoints, log.csv and loss.png into `cfg.out`."""
+    """Train `cfg.model` on `cfg.data`, writing checkpoints, log.csv and loss.png into `cfg.out`.
+
+    One run per folder: a second `train` on the same `out` is refused at once (rank 0 holds the lock).
+    """
+    first_rank = int(os.environ.get("RANK", "0")) == 0
+    with output_lock(cfg.out, "training") if first_rank else contextlib.nullcontext():
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     d = _init_distributed(cfg.device)

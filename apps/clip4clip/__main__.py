@@ -16,35 +16,22 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from apps.cli import add_model_arguments, model_choice
+from apps.clip4clip.demo import VideoDemoConfig
 from apps.clip4clip.errors import Clip4ClipError
+from apps.clip4clip.heads import HEAD_NAMES, HeadConfig
+from apps.clip4clip.train import TrainConfig
 from apps.clip4clip.video import FrameSampling
 from common.errors import run_cli
-
-# User errors become one line on stderr and exit status 2; anything else is a bug and keeps its traceback.
-EXIT_USER_ERROR = 2
-# Same as heads.HEAD_NAMES (a test checks), spelled here so `--help` does not wait for torch to import.
-HEAD_NAMES = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
-
-
-def _add_clip_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("CLIP (default: the checkpoint `make demo` trains)")
-    group.add_argument("--checkpoint", type=Path, help="checkpoint file or training run directory")
-    group.add_argument("--model", help="open_clip model name, e.g. ViT-B-32 or clip-small")
-    group.add_argument("--pretrained", help="open_clip weights tag or weights file for --model")
-    group.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
-    group.add_argument(
-        "--threads", type=int, help="torch CPU threads (small models on busy cores: 1 is fastest)"
-    )
+from common.settings import add_arguments, from_namespace
+from testbed.videos import SynthConfig
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "frame sampling (default: the head checkpoint's, else 12 frames at 1 fps)"
     )
-    group.add_argument("--max-frames", type=int, help="frames kept per video")
-    group.add_argument(
-        "--fps", type=float, help="pre-sample at this rate before uniform selection; 0 = every frame"
-    )
+    add_arguments(group, FrameSampling, include=("max_frames", "fps"))
     group.add_argument(
         "--cache-dir", type=Path, help="frame-feature cache (default: inside the output folder)"
     )
@@ -56,12 +43,9 @@ def _sampling(ns: argparse.Namespace, head_checkpoint: Path | None = None) -> Fr
     if head_checkpoint is not None:
         from apps.clip4clip.train import read_head_sampling
 
-        base = read_head_sampling(head_checkpoint)
-    return FrameSampling(
-        max_frames=ns.max_frames if ns.max_frames is not None else base.max_frames,
-        fps=(ns.fps or None) if ns.fps is not None else base.fps,
-        short_side=base.short_side,
-    )
+        base = read_head_sampling(head_checkpoint) or base
+    given = {k: v for k, v in vars(from_namespace(FrameSampling, ns)).items() if k in vars(ns)}
+    return replace(base, **given)
 
 
 def _load_clip(
@@ -70,12 +54,12 @@ def _load_clip(
     default_model: str | None = None,
     default_pretrained: str | None = None,
 ):
-    from models import DEFAULT_CHECKPOINT, load_clip
-
-    checkpoint, model, pretrained = ns.checkpoint, ns.model, ns.pretrained
-    if checkpoint is None and model is None:
-        checkpoint, model, pretrained = default_checkpoint, default_model, default_pretrained
-    return load_clip(checkpoint, ns.device, model=model, pretrained=pretrained, default=DEFAULT_CHECKPOINT)
+    choice = model_choice(ns)
+    if choice.checkpoint is None and choice.model is None:
+        choice = replace(
+            choice, checkpoint=default_checkpoint, model=default_model, pretrained=default_pretrained
+        )
+    return choice.load()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="faiss index type: Flat (exact), IVF1024,Flat, HNSW32 (default: Flat below "
         "20,000 videos, else IVF)",
     )
-    _add_clip_args(p)
+    add_model_arguments(p)
     _add_sampling_args(p)
 
     p = sub.add_parser("search", help="rank the indexed videos for a text query")
@@ -109,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", help="what the video shows, in words")
     p.add_argument("-k", type=int, default=5, help="number of results (default 5)")
     p.add_argument("--html", type=Path, help="also write an HTML page with a thumbnail strip per result")
-    _add_clip_args(p)
+    add_model_arguments(p)
 
     p = sub.add_parser("train", help="train a similarity head on video-caption pairs")
     p.add_argument(
@@ -120,20 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, required=True, help="run folder: head.pt, log.jsonl, loss.png, metrics.json"
     )
-    p.add_argument(
-        "--layers", type=int, default=4, help="transformer blocks of seqTransf/tightTransf (default 4)"
-    )
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr-head", type=float, default=1e-4, help="learning rate of the head's new modules")
-    p.add_argument(
-        "--lr-clip", type=float, default=1e-7, help="learning rate of the CLIP text encoder (0 freezes it)"
-    )
-    p.add_argument(
-        "--split", default="train", help="split of the caption file to train on; 'all' for every video"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    _add_clip_args(p)
+    add_arguments(p, HeadConfig, include=("layers",))
+    add_arguments(p.add_argument_group("training"), TrainConfig, exclude=("head", "sampling"))
+    add_model_arguments(p)
     _add_sampling_args(p)
 
     p = sub.add_parser("evaluate", help="R@1/5/10, MdR, MnR both ways for a head (or meanP zero-shot)")
@@ -147,30 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dual-softmax", action="store_true", help="re-rank with dual softmax over all queries")
     p.add_argument("--ties", choices=("pessimistic", "optimistic", "average"), default="pessimistic")
     p.add_argument("--json", type=Path, help="also write the metrics as JSON here")
-    _add_clip_args(p)
+    add_model_arguments(p)
     _add_sampling_args(p)
 
     p = sub.add_parser("synth", help="write the synthetic moving-shapes video set (mp4 + captions.json)")
     p.add_argument("out", type=Path)
-    p.add_argument("--n-train", type=int, default=240)
-    p.add_argument("--n-test-pairs", type=int, default=20, help="held-out videos come in order-swapped pairs")
-    p.add_argument("--size", type=int, default=64, help="frame side in pixels")
-    p.add_argument("--seed", type=int, default=0)
+    add_arguments(p, SynthConfig, exclude=("classes", "motions"))
     p = sub.add_parser(
         "demo", help="synthetic set -> train meanP and seqTransf -> index -> search; report.md"
     )
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--n-train", type=int, help="training videos (default: VideoDemoConfig's)")
-    p.add_argument("--epochs", type=int, help="training epochs per head (default: VideoDemoConfig's)")
-    _add_clip_args(p)
+    add_arguments(p.add_argument_group("demo settings"), VideoDemoConfig, exclude=("threads",))
+    add_model_arguments(p)
     return parser
 
 
 def run_demo(ns: argparse.Namespace) -> int:
-    from apps.clip4clip.demo import VideoDemoConfig, run_video_demo
+    from apps.clip4clip.demo import run_video_demo
 
-    chosen = {k: v for k, v in (("n_train", ns.n_train), ("epochs", ns.epochs)) if v is not None}
-    summary = run_video_demo(ns.out, _load_clip(ns), replace(VideoDemoConfig(), **chosen))
+    summary = run_video_demo(ns.out, _load_clip(ns), from_namespace(VideoDemoConfig, ns))
     print((ns.out / "report.md").read_text())
     print(f"top-5 search hit rate on held-out captions: {summary['search_top5']['all']:.1f} %")
     return 0
@@ -179,9 +147,10 @@ def run_demo(ns: argparse.Namespace) -> int:
 def run_index(ns: argparse.Namespace) -> int:
     from apps.clip4clip.index import IndexOptions, build_index
 
-    if ns.checkpoint is None and ns.model is not None and ns.pretrained is None:
+    choice = model_choice(ns)
+    if choice.checkpoint is None and choice.model is not None and choice.pretrained is None:
         raise Clip4ClipError(
-            f"--model {ns.model} without --pretrained is randomly initialised: a search could never "
+            f"--model {choice.model} without --pretrained is randomly initialised: a search could never "
             "load the same weights again. Pass --checkpoint PATH, or --pretrained TAG"
         )
     clip = _load_clip(ns)
@@ -217,7 +186,8 @@ def run_search(ns: argparse.Namespace) -> int:
     default_model = default_pretrained = None
     if recorded["checkpoint"] is None:
         name, _, tag = recorded["identity"].partition(":")
-        if tag in ("", "random") and ns.checkpoint is None and ns.model is None:
+        choice = model_choice(ns)
+        if tag in ("", "random") and choice.checkpoint is None and choice.model is None:
             raise Clip4ClipError(
                 f"index {ns.index_dir} was built with a randomly initialised {name}: pass the same "
                 "weights with --checkpoint, or rebuild the index from a checkpoint"
@@ -245,15 +215,13 @@ def run_train(ns: argparse.Namespace) -> int:
 
     clip = _load_clip(ns)
     sampling = _sampling(ns)
-    config = TrainConfig(
-        head=HeadConfig(ns.head, sampling.max_frames, ns.layers),
+    flags = argparse.Namespace(**{k: v for k, v in vars(ns).items() if k not in ("head", "sampling")})
+    config = from_namespace(TrainConfig, flags)
+    config = replace(
+        config,
+        head=HeadConfig(ns.head, sampling.max_frames, from_namespace(HeadConfig, ns).layers),
         sampling=sampling,
-        epochs=ns.epochs,
-        batch_size=ns.batch_size,
-        lr_head=ns.lr_head,
-        lr_clip=ns.lr_clip,
-        seed=ns.seed,
-        split=None if ns.split == "all" else ns.split,
+        split=None if config.split == "all" else config.split,
     )
     cache = ns.cache_dir or ns.out / "frame_cache"
     data = load_video_captions(
@@ -317,9 +285,7 @@ def run_evaluate(ns: argparse.Namespace) -> int:
 def run_synth(ns: argparse.Namespace) -> int:
     from testbed.videos import SynthConfig, generate_synthetic_set
 
-    made = generate_synthetic_set(
-        ns.out, SynthConfig(n_train=ns.n_train, n_test_pairs=ns.n_test_pairs, size=ns.size, seed=ns.seed)
-    )
+    made = generate_synthetic_set(ns.out, from_namespace(SynthConfig, ns))
     print(
         f"wrote {len(made.train_ids)} training and {len(made.test_ids)} held-out videos to {made.videos_dir}; "
         f"captions: {made.captions_path}"

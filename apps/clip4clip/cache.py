@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from apps.clip4clip.errors import Clip4ClipError
 from apps.clip4clip.video import FrameSampling, SampledVideo, VideoRejected, read_video
 
 THUMB_SIDE = 96  # thumbnails kept for result pages, shorter side in pixels
@@ -178,7 +179,7 @@ def encode_images(
         out.append(model.encode_image(batch.to(device)).float().cpu())
     features = torch.cat(out).numpy()
     if not np.isfinite(features).all():
-        raise FloatingPointError("the image encoder returned non-finite features: is the checkpoint damaged?")
+        raise Clip4ClipError("the image encoder returned non-finite features: is the checkpoint damaged?")
     return features
 
 

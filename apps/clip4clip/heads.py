@@ -13,7 +13,7 @@ others), and the heads refuse an all-padding row rather than divide by zero.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,9 @@ HEAD_NAMES: tuple[str, ...] = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
 class HeadConfig:
     name: str = "meanP"
     max_frames: int = 12  # size of the frame position embedding
-    layers: int = 4  # temporal / cross transformer blocks (CLIP4Clip: 4)
+    layers: int = field(
+        default=4, metadata={"help": "transformer blocks of seqTransf/tightTransf (CLIP4Clip: 4)"}
+    )
 
     def __post_init__(self) -> None:
         if self.name not in HEAD_NAMES:

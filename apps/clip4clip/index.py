@@ -11,13 +11,16 @@ An index directory holds:
   head was used (copied, so the index stands alone).
 
 Re-running on the same folder keeps the rows of unchanged files (same path and sha256) and
-embeds only new or changed ones; files that disappeared are dropped.
+embeds only new or changed ones; files that disappeared are dropped. A re-index writes the new
+index beside the old one (`.NAME.staging`) and swaps it in when complete: a killed re-index leaves
+the old index whole. One writer at a time (an output lock on the folder).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +42,7 @@ from apps.clip4clip.errors import Clip4ClipError
 from apps.clip4clip.heads import HeadConfig, SimilarityHead, build_head
 from apps.clip4clip.train import VideoBank, load_head, resolve_head_checkpoint
 from apps.clip4clip.video import FrameSampling, find_videos
-from common.atomic import atomic_path, atomic_write_json
+from common.atomic import OUTPUT_LOCK, atomic_path, atomic_write_json, output_lock, replace_directory
 from common.errors import UserError
 
 INDEX_FORMAT = "clip4clip-index/1"
@@ -193,7 +196,23 @@ def build_index(
     """Embed every readable video under `video_dir` into the index at `out_dir` (see module doc)."""
     video_dir, out = Path(video_dir), Path(out_dir)
     paths = find_videos(video_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out, "clip4clip index") as lock:
+        return _build_index(paths, out, lock, clip, options, progress)
+
+
+def _staging(out: Path, lock: Path) -> Path:
+    """An empty folder beside `out` sharing its lock file (a hard link: the lock outlives the swap)."""
+    stage = out.with_name(f".{out.name}.staging")
+    if stage.exists():
+        shutil.rmtree(stage)  # a killed re-index's leftovers
+    stage.mkdir()
+    os.link(lock, stage / OUTPUT_LOCK)
+    return stage
+
+
+def _build_index(
+    paths: list[Path], out: Path, lock: Path, clip, options: IndexOptions, progress: bool
+) -> IndexReport:
     head, head_state = _head_for(options, clip)
     head_name = head.config.name
     head_sha = (
@@ -279,53 +298,61 @@ def build_index(
     else:
         embeddings = np.zeros((len(rows), clip.embed_dim), np.float32)
     if not np.isfinite(embeddings).all():
-        raise FloatingPointError("a video embedding is not finite: the head or checkpoint is damaged")
+        raise Clip4ClipError("a video embedding is not finite: the head or checkpoint is damaged")
     if head.cross_encoder:
         faiss_type = "none (cross-encoder)"
     else:
         faiss_type = options.faiss_type or choose_faiss_type(len(rows))
 
-    _write(out, "videos.parquet", lambda p: pq.write_table(table, p))
-    _write_npy(out, "frames.npy", frames.astype(np.float32))
-    _write_npy(out, "mask.npy", mask)
-    _write_npy(out, "embeddings.npy", embeddings.astype(np.float32))
-    if len(rows) and not head.cross_encoder:
-        index = build_faiss_index(embeddings, faiss_type)
-        _write(out, "faiss.index", lambda p: faiss.write_index(index, str(p)))
-    if options.head_checkpoint is not None and head_state is not None:
-        shutil.copyfile(resolve_head_checkpoint(options.head_checkpoint), out / "head.pt")
-    previous_rejects = (
-        json.loads((out / "rejects.json").read_text()) if (out / "rejects.json").is_file() else []
-    )
-    still_there = {str(p.resolve()) for p in paths}
-    rejects = {
-        r["path"]: r
-        for r in previous_rejects
-        if r["path"] in still_there and r["path"] not in {str(Path(x.path).resolve()) for x in fresh}
-    }
-    rejects.update(
-        {
-            str(Path(r.path).resolve()): {"path": str(Path(r.path).resolve()), "reason": r.reason}
-            for r in rejected
+    stage = _staging(out, lock)
+    try:
+        _write(stage, "videos.parquet", lambda p: pq.write_table(table, p))
+        _write_npy(stage, "frames.npy", frames.astype(np.float32))
+        _write_npy(stage, "mask.npy", mask)
+        _write_npy(stage, "embeddings.npy", embeddings.astype(np.float32))
+        if len(rows) and not head.cross_encoder:
+            index = build_faiss_index(embeddings, faiss_type)
+            _write(stage, "faiss.index", lambda p: faiss.write_index(index, str(p)))
+        if options.head_checkpoint is not None and head_state is not None:
+            shutil.copyfile(resolve_head_checkpoint(options.head_checkpoint), stage / "head.pt")
+        previous_rejects = (
+            json.loads((out / "rejects.json").read_text()) if (out / "rejects.json").is_file() else []
+        )
+        still_there = {str(p.resolve()) for p in paths}
+        rejects = {
+            r["path"]: r
+            for r in previous_rejects
+            if r["path"] in still_there and r["path"] not in {str(Path(x.path).resolve()) for x in fresh}
         }
-    )
-    atomic_write_json(out / "rejects.json", sorted(rejects.values(), key=lambda r: r["path"]))
-    # index.json last: a reader trusts the other files only once it names them.
-    atomic_write_json(
-        out / "index.json",
-        {
-            "format": INDEX_FORMAT,
-            "clip": clip_record(clip),
-            "head": {
-                "name": head_name,
-                "checkpoint_sha256": head_sha,
-                "file": "head.pt" if head_sha else None,
+        rejects.update(
+            {
+                str(Path(r.path).resolve()): {"path": str(Path(r.path).resolve()), "reason": r.reason}
+                for r in rejected
+            }
+        )
+        atomic_write_json(stage / "rejects.json", sorted(rejects.values(), key=lambda r: r["path"]))
+        # index.json last: a reader trusts the other files only once it names them.
+        atomic_write_json(
+            stage / "index.json",
+            {
+                "format": INDEX_FORMAT,
+                "clip": clip_record(clip),
+                "head": {
+                    "name": head_name,
+                    "checkpoint_sha256": head_sha,
+                    "file": "head.pt" if head_sha else None,
+                },
+                "sampling": asdict(options.sampling),
+                "faiss": faiss_type,
+                "count": len(rows),
             },
-            "sampling": asdict(options.sampling),
-            "faiss": faiss_type,
-            "count": len(rows),
-        },
-    )
+        )
+        if options.cache_dir is None and (out / "frame_cache").is_dir():
+            os.rename(out / "frame_cache", stage / "frame_cache")  # the cache moves with the index
+        replace_directory(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)  # the old index stays as it was
+        raise
     return IndexReport(
         out, [str(Path(r.path).resolve()) for r in fresh], unchanged, removed, rejected, len(rows), faiss_type
     )

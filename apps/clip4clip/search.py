@@ -79,17 +79,19 @@ def open_index(index_dir: str | Path, clip) -> VideoIndex:
         head = build_head(HeadConfig(meta["head"]["name"], meta["sampling"]["max_frames"]), clip.embed_dim)
     videos = pq.read_table(index_dir / "videos.parquet").to_pylist()
     faiss_path = index_dir / "faiss.index"
-    return VideoIndex(
-        index_dir,
-        meta,
-        clip,
-        head,
-        videos,
-        np.load(index_dir / "embeddings.npy"),
-        np.load(index_dir / "frames.npy"),
-        np.load(index_dir / "mask.npy"),
-        faiss.read_index(str(faiss_path)) if faiss_path.is_file() else None,
-    )
+    embeddings = np.load(index_dir / "embeddings.npy")
+    frames, mask = np.load(index_dir / "frames.npy"), np.load(index_dir / "mask.npy")
+    vectors = faiss.read_index(str(faiss_path)) if faiss_path.is_file() else None
+    # Every file must describe the same videos: a mixed folder (files of two builds) would answer
+    # queries with the wrong videos.
+    counts = {"index.json": meta.get("count"), "videos.parquet": len(videos), "embeddings.npy": len(embeddings),
+              "frames.npy": len(frames), "mask.npy": len(mask)}  # fmt: skip
+    if vectors is not None:
+        counts["faiss.index"] = vectors.ntotal
+    if len(set(counts.values())) != 1:
+        found = ", ".join(f"{name} {n}" for name, n in counts.items())
+        raise VideoIndexError(f"index {index_dir} is inconsistent ({found} videos): rebuild it with `index`")
+    return VideoIndex(index_dir, meta, clip, head, videos, embeddings, frames, mask, vectors)
 
 
 @torch.no_grad()
@@ -122,7 +124,7 @@ def search(index: VideoIndex, query: str, k: int = 5) -> list[SearchHit]:
         scores, ids = index.faiss_index.search(query_vec, k)
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
     if any(not np.isfinite(s) for _, s in pairs):
-        raise FloatingPointError(
+        raise Clip4ClipError(
             "a search score is not finite: the index or checkpoint is damaged; rebuild the index"
         )
     hits = []

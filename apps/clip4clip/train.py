@@ -48,16 +48,22 @@ class HeadCheckpointError(UserError, RuntimeError):
 class TrainConfig:
     head: HeadConfig = field(default_factory=lambda: HeadConfig("seqTransf"))
     sampling: FrameSampling = field(default_factory=FrameSampling)
-    epochs: int = 5
-    batch_size: int = 32
-    lr_head: float = 1e-4  # new modules (CLIP4Clip: 1e-4)
-    lr_clip: float = 1e-7  # CLIP text encoder (CLIP4Clip: 1e-7); 0 freezes it
-    weight_decay: float = 0.2
-    warmup_fraction: float = 0.1
-    logit_scale: float = 100.0  # fixed, as in CLIP4Clip
-    grad_clip: float = 1.0
-    seed: int = 0
-    split: str | None = "train"  # split of the caption file to train on; None trains on every video
+    epochs: int = field(default=5, metadata={"help": "passes over the training videos"})
+    batch_size: int = field(default=32, metadata={"help": "video-caption pairs per step"})
+    lr_head: float = field(
+        default=1e-4, metadata={"help": "learning rate of the head's new modules (CLIP4Clip's)"}
+    )
+    lr_clip: float = field(
+        default=1e-7, metadata={"help": "learning rate of the CLIP text encoder (0 freezes it)"}
+    )
+    weight_decay: float = field(default=0.2, metadata={"help": "AdamW weight decay"})
+    warmup_fraction: float = field(default=0.1, metadata={"help": "fraction of steps spent warming up"})
+    logit_scale: float = field(default=100.0, metadata={"help": "fixed logit scale, as in CLIP4Clip"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    split: str | None = field(
+        default="train", metadata={"help": "split of the caption file to train on; 'all' for every video"}
+    )
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:

@@ -16,12 +16,14 @@ A file that gives no frame (zero bytes, text, audio only, corrupt beyond repair)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import av
 import numpy as np
 from PIL import Image
+
+from apps.clip4clip.errors import Clip4ClipError
 
 # Extensions `index` looks at when walking a folder; anything else is not a video to us.
 VIDEO_EXTENSIONS: frozenset[str] = frozenset(
@@ -57,17 +59,25 @@ class VideoRejected(Exception):
 class FrameSampling:
     """How frames are taken from a video (CLIP4Clip: 1 fps, at most 12)."""
 
-    max_frames: int = 12
-    fps: float | None = 1.0  # pre-sample at this rate first; None keeps every frame as a candidate
-    short_side: int = 224  # frames are shrunk so their shorter side is at most this, as early as possible
+    max_frames: int = field(default=12, metadata={"help": "frames kept per video"})
+    # pre-sample at this rate first; None keeps every frame as a candidate
+    fps: float | None = field(
+        default=1.0, metadata={"help": "pre-sample at this rate before uniform selection; 0 = every frame"}
+    )
+    # frames are shrunk so their shorter side is at most this, as early as possible
+    short_side: int = field(
+        default=224, metadata={"help": "shrink frames so their shorter side is at most this"}
+    )
 
     def __post_init__(self) -> None:
         if self.max_frames < 1:
-            raise ValueError(f"max_frames={self.max_frames}: need at least 1 frame per video")
+            raise Clip4ClipError(f"max_frames={self.max_frames}: need at least 1 frame per video")
+        if self.fps == 0:  # 0 on the command line: every frame
+            object.__setattr__(self, "fps", None)
         if self.fps is not None and not self.fps > 0:
-            raise ValueError(f"fps={self.fps}: give a positive rate, or None to use every frame")
+            raise Clip4ClipError(f"fps={self.fps}: give a positive rate, or None to use every frame")
         if self.short_side < 8:
-            raise ValueError(f"short_side={self.short_side}: frames smaller than 8 px are useless")
+            raise Clip4ClipError(f"short_side={self.short_side}: frames smaller than 8 px are useless")
 
 
 @dataclass(frozen=True)
@@ -208,5 +218,5 @@ def find_videos(root: str | Path) -> list[Path]:
     """Every file under `root` (recursively) whose extension is a video extension, sorted."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"video folder {root} does not exist or is not a directory")
+        raise Clip4ClipError(f"video folder {root} does not exist or is not a directory")
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)

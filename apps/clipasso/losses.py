@@ -9,7 +9,7 @@ the attention pool (open_clip 3.3).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +29,16 @@ class LossConfig:
     model), `semantic_weight` by `semantic_weight_for` (0.1 at 224 px and above, 1.0 below).
     """
 
-    geometric_weight: float = 1.0
-    semantic_weight: float | None = None
+    geometric_weight: float = field(
+        default=1.0, metadata={"help": "weight of the L2 between intermediate CLIP activations (the paper's)"}
+    )
+    semantic_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "weight of 1 - cosine of the CLIP embeddings (default: the paper's 0.1 for models of 224 px "
+            "and more, 1.0 for smaller inputs such as the demo model; see docs/clipasso.md)"
+        },
+    )
     resnet_stages: tuple[int, ...] | None = None  # 0 stem, 1..3 layer1..layer3; None: by grid size
     vit_depth_fractions: tuple[float, ...] = (0.5, 0.75)  # block outputs at these fractions of the depth
 

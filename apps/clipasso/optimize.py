@@ -1,8 +1,7 @@
-"""The optimisation loop: Adam on control points, shared augmentations, evaluate every k steps, keep the best.
+"""CLIPasso's optimisation: Adam on control points against a picture, through the shared stroke loop.
 
-All seeds are optimised together as one batch of sketches: one model load, one rasterizer call and one
-CLIP forward per step for every seed. Adam is per-coordinate and the seeds' losses are summed, so each
-seed follows exactly the path it would follow alone.
+The loop itself (seeds as one batch, evaluate every k steps, keep the best, stop early) is
+apps/strokes.py, shared with CLIPDraw; this module brings CLIPasso's loss, start strokes and options.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from apps.clipasso.augment import AugmentConfig, apply_views, sample_views
 from apps.clipasso.losses import ClipImageEncoder, LossConfig, sketch_losses, total_loss
@@ -24,6 +22,7 @@ from apps.clipasso.render import RasterConfig, black_strokes, get_rasterizer
 from apps.clipasso.render import render as render_strokes
 from apps.clipasso.saliency import initial_strokes, saliency_map, sample_start_points
 from apps.clipasso.svg import Sketch
+from apps.strokes import Schedule, Strokes, optimise_strokes
 from common.errors import UserError
 from models import LoadedCLIP
 
@@ -39,24 +38,43 @@ class SketchConfigError(UserError, ValueError):
 class SketchConfig:
     """Options of one CLIPasso run (the paper's values by default, fewer steps thanks to early stopping)."""
 
-    strokes: int = 16
-    iterations: int = 500
-    seeds: int = 3
-    width: float = 1.5  # stroke width as the model sees it, in model-input pixels (see docs/clipasso.md)
-    size: int = 224
-    mask: MaskMode = "auto"
-    backend: Literal["torch", "diffvg"] = "torch"
-    seed: int = 0
-    lr: float = 1.0  # per 224 px of canvas, scaled with --size
-    eval_every: int = 10
-    patience: int = 5  # evaluations without a relative improvement of `min_improvement` before stopping
-    min_improvement: float = 1e-3
-    temperature: float = 0.3
-    control_radius: float = 0.05
-    gif_frames: int = 40
+    strokes: int = field(default=16, metadata={"help": "number of strokes"})
+    iterations: int = field(default=500, metadata={"help": "maximum optimisation steps"})
+    seeds: int = field(default=3, metadata={"help": "random starts; the lowest loss wins"})
+    # stroke width as the model sees it, in model-input pixels (see docs/clipasso.md)
+    width: float = field(
+        default=1.5, metadata={"help": "stroke width as the model sees it, in model-input pixels"}
+    )
+    size: int = field(default=224, metadata={"help": "canvas size of the SVG/PNG in pixels"})
+    mask: MaskMode = field(
+        default="auto",
+        metadata={"help": "foreground mask: alpha = the PNG's transparency, auto = alpha when present"},
+    )
+    backend: Literal["torch", "diffvg"] = field(default="torch", metadata={"help": "rasterizer"})
+    seed: int = field(default=0, metadata={"help": "first random seed"})
+    lr: float = field(default=1.0, metadata={"help": "Adam learning rate per 224 px of canvas"})
+    eval_every: int = field(default=10, metadata={"help": "steps between evaluations"})
+    patience: int = field(
+        default=5,
+        metadata={"help": "evaluations without a relative improvement of --min-improvement before stopping"},
+    )
+    min_improvement: float = field(
+        default=1e-3, metadata={"help": "relative loss improvement that resets patience"}
+    )
+    temperature: float = field(
+        default=0.3, metadata={"help": "softmax temperature of the saliency-guided start points"}
+    )
+    control_radius: float = field(
+        default=0.05, metadata={"help": "spread of a new stroke's control points (canvas fraction)"}
+    )
+    gif_frames: int = field(default=40, metadata={"help": "frames in the progress GIF"})
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     raster: RasterConfig = field(default_factory=RasterConfig)
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.iterations, self.eval_every, self.patience, self.min_improvement)
 
     def validate(self) -> None:
         checks = [
@@ -122,10 +140,6 @@ def to_model_input(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
-def _frame(image: torch.Tensor) -> np.ndarray:
-    return (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-
-
 def initial_points(
     picture: Picture, encoder: ClipImageEncoder, config: SketchConfig, saliency: np.ndarray | None = None
 ) -> torch.Tensor:
@@ -159,67 +173,42 @@ def sketch_picture(
     points = (initial if initial is not None else initial_points(picture, encoder, config)).to(device)
     points = points.clone().requires_grad_(True)
     widths, colors = black_strokes(points.detach(), canvas_width(config, model_size))
+    strokes = Strokes(points, widths, colors)
     optimizer = torch.optim.Adam([points], lr=config.lr * config.size / PAPER_CANVAS)
     generator = torch.Generator().manual_seed(config.seed)
     views = config.augment.views + 1
     render_size = optimisation_canvas(config.size, model_size)
     scale = render_size / config.size
 
-    n_seeds = points.shape[0]
-    evaluations: list[list[tuple[int, float]]] = [[] for _ in range(n_seeds)]
-    best_loss = [math.inf] * n_seeds
-    best_step = [0] * n_seeds
-    best_points = points.detach().clone()
-    frames: list[list[np.ndarray]] = [[] for _ in range(n_seeds)]
-    overall_best, stale, step = math.inf, 0, 0
-
-    bar = tqdm(total=config.iterations, desc="clipasso", unit="step", disable=not progress, leave=False)
-    for step in range(config.iterations):
+    def step_loss(step: int) -> torch.Tensor:
         grids = sample_views(config.augment, model_size, generator)
         with torch.no_grad():
             target_features = encoder(apply_views(target, grids).flatten(0, 1))
         canvas = rasterize(points * scale, widths * scale, colors, render_size, config.raster)
         sketch_features = encoder(apply_views(to_model_input(canvas, model_size), grids).flatten(0, 1))
         geometric, semantic = sketch_losses(sketch_features, target_features, views, encoder.config)
-        loss = total_loss(geometric, semantic, encoder.config)  # (seeds, views)
-        optimizer.zero_grad(set_to_none=True)
-        loss.mean(1).sum().backward()
+        return total_loss(geometric, semantic, encoder.config)  # (seeds, views)
 
-        last = step == config.iterations - 1
-        if step % config.eval_every == 0 or last:
-            # The plain view (index 0) of the points before this update is the evaluation loss.
-            plain = loss[:, 0].detach().cpu().tolist()
-            with torch.no_grad():
-                full = rasterize(points.detach(), widths, colors, config.size, config.raster)
-            for s, value in enumerate(plain):
-                evaluations[s].append((step, value))
-                frames[s].append(_frame(full[s]))
-                if value < best_loss[s]:
-                    best_loss[s], best_step[s] = value, step
-                    best_points[s] = points.detach()[s]
-            current = min(best_loss)
-            if current < overall_best - config.min_improvement * abs(
-                overall_best if math.isfinite(overall_best) else 0
-            ):
-                overall_best, stale = current, 0
-            else:
-                stale += 1
-            winner = int(np.argmin(best_loss))
-            bar.set_postfix(loss=f"{current:.4f}", seed=config.seed + winner)
-            if stale >= config.patience:
-                bar.update(1)
-                break
-        optimizer.step()
-        bar.update(1)
-    bar.close()
+    def render_frames() -> torch.Tensor:
+        return rasterize(points.detach(), widths, colors, config.size, config.raster)
 
-    winner = int(np.argmin(best_loss))
+    loop = optimise_strokes(
+        strokes, step_loss, optimizer, render_frames, config.schedule, desc="clipasso", first_seed=config.seed,
+        progress=progress,
+    )  # fmt: skip
+    winner = loop.winner
     seeds = [
-        SeedResult(config.seed + s, evaluations[s], best_step[s], best_loss[s], best_points[s].cpu())
-        for s in range(n_seeds)
+        SeedResult(
+            config.seed + s,
+            loop.evaluations[s],
+            loop.best_step[s],
+            loop.best_loss[s],
+            loop.best[s].points.cpu(),
+        )
+        for s in range(points.shape[0])
     ]
     sketch = Sketch(
-        points=best_points[winner].cpu(),
+        points=loop.best[winner].points.cpu(),
         widths=widths[winner].cpu(),
         colors=colors[winner].cpu(),
         width=config.size,
@@ -229,8 +218,8 @@ def sketch_picture(
         sketch=sketch,
         best_seed=config.seed + winner,
         seeds=seeds,
-        frames=frames[winner],
-        steps=step + 1,
+        frames=loop.frames[winner],
+        steps=loop.steps,
         seconds=time.perf_counter() - started,
         encoder=encoder.description,
         stroke_width=canvas_width(config, model_size),

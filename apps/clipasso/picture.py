@@ -71,10 +71,11 @@ def load_picture(path: str | Path, size: int, mask: MaskMode = "auto") -> Pictur
             finally:
                 Image.MAX_IMAGE_PIXELS = limit
             width, height = image.size
-            if width * height > MAX_PIXELS:
+            side = max(width, height)  # the picture is padded to a square: that canvas is what is allocated
+            if side * side > MAX_PIXELS:
                 raise PictureError(
-                    f"image {path} declares {width} x {height} pixels (over {MAX_PIXELS:,}): "
-                    "refusing a possible decompression bomb; resize it first"
+                    f"image {path} declares {width} x {height} pixels, a {side} x {side} square canvas "
+                    f"(over {MAX_PIXELS:,} pixels): refusing a possible decompression bomb; resize it first"
                 )
             image.load()
             image = ImageOps.exif_transpose(image)

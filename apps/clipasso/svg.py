@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from apps.clipasso.picture import MAX_PIXELS
 from common.errors import UserError
 
 _SVG_NS = "http://www.w3.org/2000/svg"
@@ -149,6 +150,8 @@ def svg_to_sketch(text: str, source: str = "<svg>") -> Sketch:
     )
     if width <= 0 or height <= 0:
         raise SvgError(f"{source}: no usable width/height or viewBox")
+    if width * height > MAX_PIXELS:  # the sketch is rasterised at this size
+        raise SvgError(f"{source}: {width} x {height} is over {MAX_PIXELS:,} pixels; give a smaller viewBox")
     points, widths, colors = [], [], []
     for path in root.iter():
         if path.tag not in ("path", f"{{{_SVG_NS}}}path"):

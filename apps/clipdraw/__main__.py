@@ -16,6 +16,7 @@ from apps.clipasso.optimize import SketchConfigError
 from apps.clipasso.output import check_writable, sketch_files, write_files
 from apps.clipasso.render import get_rasterizer
 from apps.clipdraw.draw import DrawConfig, DrawResult, draw_prompt, prompt_stem
+from common.settings import add_arguments, from_namespace
 from models import LoadedCLIP
 
 
@@ -68,7 +69,6 @@ def draw_to_files(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = DrawConfig()
     parser = argparse.ArgumentParser(
         prog="python -m apps.clipdraw",
         description="Draw a text prompt with coloured cubic Bézier strokes optimised against a CLIP model "
@@ -76,38 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("prompt", help='what to draw, e.g. "a red circle"')
     parser.add_argument(
-        "--strokes", type=int, default=d.strokes, help="number of strokes (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--iterations", type=int, default=d.iterations, help="maximum steps (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--seeds", type=int, default=d.seeds, help="random starts, best kept (default: %(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=d.seed, help="first random seed (default: %(default)s)")
-    parser.add_argument(
-        "--size", type=int, default=d.size, help="canvas size in pixels (default: %(default)s)"
-    )
-    parser.add_argument("--backend", choices=("torch", "diffvg"), default=d.backend, help="rasterizer")
-    parser.add_argument(
         "--out", type=Path, default=Path("runs/clipdraw"), help="output directory (default: %(default)s)"
     )
+    add_arguments(parser.add_argument_group("drawing"), DrawConfig, exclude=("augment", "raster"))
     add_model_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = DrawConfig(
-        strokes=args.strokes,
-        iterations=args.iterations,
-        seeds=args.seeds,
-        seed=args.seed,
-        size=args.size,
-        backend=args.backend,
+    return run_command(
+        "clipdraw",
+        args.threads,
+        lambda: draw_to_files(args.prompt, args.out, from_namespace(DrawConfig, args), model_choice(args)),
     )
-    model = model_choice(args)
-    return run_command("clipdraw", args.threads, lambda: draw_to_files(args.prompt, args.out, config, model))
 
 
 if __name__ == "__main__":

@@ -11,37 +11,40 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from apps.clipasso.augment import AugmentConfig, apply_views, sample_views
 from apps.clipasso.losses import ClipImageEncoder, LossConfig
 from apps.clipasso.optimize import PAPER_CANVAS, SketchConfigError, optimisation_canvas, to_model_input
 from apps.clipasso.render import RasterConfig, get_rasterizer
 from apps.clipasso.svg import Sketch
+from apps.strokes import Schedule, Strokes, optimise_strokes
 from models import LoadedCLIP
 
 
 @dataclass(frozen=True)
 class DrawConfig:
-    strokes: int = 32
-    iterations: int = 300
-    seeds: int = 1
-    size: int = 224
-    seed: int = 0
-    backend: str = "torch"
-    max_width: float = 50.0
-    eval_every: int = 10
-    patience: int = 8
-    min_improvement: float = 1e-3
-    points_lr: float = 1.0
-    width_lr: float = 0.1
-    color_lr: float = 0.01
-    control_radius: float = 0.1
-    gif_frames: int = 40
+    strokes: int = field(default=32, metadata={"help": "number of strokes"})
+    iterations: int = field(default=300, metadata={"help": "maximum steps"})
+    seeds: int = field(default=1, metadata={"help": "random starts, best kept"})
+    size: int = field(default=224, metadata={"help": "canvas size in pixels"})
+    seed: int = field(default=0, metadata={"help": "first random seed"})
+    backend: Literal["torch", "diffvg"] = field(default="torch", metadata={"help": "rasterizer"})
+    max_width: float = field(default=50.0, metadata={"help": "widest stroke in pixels (CLIPDraw's clamp)"})
+    eval_every: int = field(default=10, metadata={"help": "steps between evaluations"})
+    patience: int = field(default=8, metadata={"help": "evaluations without improvement before stopping"})
+    min_improvement: float = field(
+        default=1e-3, metadata={"help": "relative loss improvement that resets patience"}
+    )
+    points_lr: float = field(default=1.0, metadata={"help": "Adam learning rate of the control points"})
+    width_lr: float = field(default=0.1, metadata={"help": "Adam learning rate of the widths"})
+    color_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the colours"})
+    control_radius: float = field(default=0.1, metadata={"help": "spread of a new stroke's control points"})
+    gif_frames: int = field(default=40, metadata={"help": "frames in the progress GIF"})
     augment: AugmentConfig = field(
         default_factory=lambda: AugmentConfig(views=4, perspective_p=1.0, crop_scale=(0.7, 0.9))
     )
@@ -123,67 +126,40 @@ def draw_prompt(prompt: str, loaded: LoadedCLIP, config: DrawConfig, progress: b
     )
     generator = torch.Generator().manual_seed(config.seed)
     views = config.augment.views + 1
-    n_seeds = config.seeds
-    evaluations: list[list[tuple[int, float]]] = [[] for _ in range(n_seeds)]
-    best = [math.inf] * n_seeds
-    best_step = [0] * n_seeds
-    best_state = [
-        (points[s].detach().clone(), widths[s].detach().clone(), colors[s].detach().clone())
-        for s in range(n_seeds)
-    ]
-    frames: list[list[np.ndarray]] = [[] for _ in range(n_seeds)]
-    overall, stale, step = math.inf, 0, 0
 
-    bar = tqdm(total=config.iterations, desc="clipdraw", unit="step", disable=not progress, leave=False)
-    for step in range(config.iterations):
+    def step_loss(step: int) -> torch.Tensor:
         grids = sample_views(config.augment, model_size, generator)
         canvas = rasterize(points * scale, widths * scale, colors, render_size, config.raster)
         embeddings, _ = encoder(apply_views(to_model_input(canvas, model_size), grids).flatten(0, 1))
-        loss = 1.0 - (embeddings.reshape(n_seeds, views, -1) * text).sum(-1)  # (seeds, views)
-        optimizer.zero_grad(set_to_none=True)
-        loss.mean(1).sum().backward()
-        if step % config.eval_every == 0 or step == config.iterations - 1:
-            plain = loss[:, 0].detach().cpu().tolist()
-            with torch.no_grad():
-                full = rasterize(points, widths, colors.clamp(0, 1), config.size, config.raster)
-            for s, value in enumerate(plain):
-                evaluations[s].append((step, value))
-                frames[s].append(
-                    (full[s].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-                )
-                if value < best[s]:
-                    best[s], best_step[s] = value, step
-                    best_state[s] = (
-                        points[s].detach().clone(),
-                        widths[s].detach().clone(),
-                        colors[s].detach().clone(),
-                    )
-            if min(best) < overall - config.min_improvement * (abs(overall) if math.isfinite(overall) else 0):
-                overall, stale = min(best), 0
-            else:
-                stale += 1
-            bar.set_postfix(loss=f"{min(best):.4f}", seed=config.seed + int(np.argmin(best)))
-            if stale >= config.patience:
-                bar.update(1)
-                break
-        optimizer.step()
-        with torch.no_grad():  # keep parameters drawable: widths in range, colours in [0, 1]
-            widths.clamp_(1.0 * lr_scale, config.max_width)
-            colors.clamp_(0.0, 1.0)
-        bar.update(1)
-    bar.close()
+        return 1.0 - (embeddings.reshape(config.seeds, views, -1) * text).sum(-1)  # (seeds, views)
 
-    winner = int(np.argmin(best))
-    p, w, c = best_state[winner]
+    def render_frames() -> torch.Tensor:
+        return rasterize(points, widths, colors.clamp(0, 1), config.size, config.raster)
+
+    def keep_drawable() -> None:  # widths in range, colours in [0, 1]
+        widths.clamp_(1.0 * lr_scale, config.max_width)
+        colors.clamp_(0.0, 1.0)
+
+    schedule = Schedule(config.iterations, config.eval_every, config.patience, config.min_improvement)
+    loop = optimise_strokes(
+        Strokes(points, widths, colors), step_loss, optimizer, render_frames, schedule,
+        after_step=keep_drawable, desc="clipdraw", first_seed=config.seed, progress=progress,
+    )  # fmt: skip
+    winner = loop.winner
+    best = loop.best[winner]
     return DrawResult(
         sketch=Sketch(
-            points=p.cpu(), widths=w.cpu(), colors=c.clamp(0, 1).cpu(), width=config.size, height=config.size
+            points=best.points.cpu(),
+            widths=best.widths.cpu(),
+            colors=best.colors.clamp(0, 1).cpu(),
+            width=config.size,
+            height=config.size,
         ),
         best_seed=config.seed + winner,
-        evaluations=evaluations,
-        best_loss=best[winner],
-        best_step=best_step[winner],
-        frames=frames[winner],
-        steps=step + 1,
+        evaluations=loop.evaluations,
+        best_loss=loop.best_loss[winner],
+        best_step=loop.best_step[winner],
+        frames=loop.frames[winner],
+        steps=loop.steps,
         seconds=time.perf_counter() - started,
     )
