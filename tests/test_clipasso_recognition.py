@@ -48,6 +48,7 @@ def test_sketches_are_closest_to_their_own_source_and_beat_random_strokes(tmp_pa
     data = make_shape_dataset(tmp_path / "shapes", n=3600, seed=0, size=64, outline_fraction=0.2)
     drawer = load_clip(_train(data, tmp_path / "seed0", seed=0))
     judge = load_clip(_train(data, tmp_path / "seed1", seed=1))
+    (tmp_path / "pictures").mkdir()
     pictures = evaluation_pictures(tmp_path / "pictures")
     report, _ = evaluate(
         drawer, pictures, SketchConfig(strokes=16, seeds=2), sheet_strokes=(), progress=False, judge=judge
