@@ -205,6 +205,12 @@ def evaluate(
         report["judge_own_source_closest_fraction"] = float(
             np.mean([n == i for i, n in enumerate(judge_nearest)])
         )
+        # The same reference for the judge: does it match each source's own edge map to the source?
+        judge_sources = embed(judge_encoder, torch.stack(sources))
+        judge_edges = embed(judge_encoder, torch.stack([edge_drawing(rgb) for rgb in sources]))
+        report["judge_edge_map_own_source_fraction"] = float(
+            ((judge_edges @ judge_sources.T).argmax(1) == torch.arange(len(sources))).float().mean()
+        )
     return report, rows
 
 
