@@ -10,7 +10,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow lint format venv clean
+.PHONY: demo test test-slow lint format venv chromium clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 	@echo "venv ready: $(VENV)"
 
+# The browser tests drive Debian's Chromium (never a downloaded one): install it when it is missing.
+chromium:
+	@test -x /usr/bin/chromium || { echo "installing Debian's chromium for the browser tests"; \
+		$$([ "$$(id -u)" -eq 0 ] || echo sudo) sh -c 'apt-get update -qq && apt-get install -y -qq chromium chromium-driver'; }
+
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.demo --out runs/demo
 
@@ -31,11 +36,11 @@ demo: $(STAMP)
 PYTEST_ARGS ?=
 NO_TESTS = if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests (check PYTEST_ARGS and markers)" >&2; fi; exit $$rc
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -x --durations=15 $(PYTEST_ARGS); rc=$$?; $(NO_TESTS)
 
 # The long tests; each builds or trains what it needs (no `make demo` first).
-test-slow: $(STAMP)
+test-slow: $(STAMP) chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow --durations=15 $(PYTEST_ARGS); rc=$$?; $(NO_TESTS)
 
 lint: $(STAMP)

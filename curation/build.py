@@ -9,11 +9,16 @@ Candidates are collected once (a `state.json` marks them complete), a chunk is d
 `staged/chunk-N.json` exists (written after its rows), and final shards are written through
 curation.shards (atomic, manifest last). Keys are assigned from the source order, so a resumed
 build produces exactly the keys of an uninterrupted one.
+
+Increments: a rerun after a finished build is a new increment over the same `--out`. It reads
+the sources again but skips every row an earlier increment read (curation/increments.py), so only
+new rows are filtered and downloaded, dedups the new pairs against the whole dataset, and commits
+the new shards as the next dataset version (curation/versions.py, a Delta Lake log). A rerun that
+finds nothing new commits nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections import Counter
@@ -29,10 +34,19 @@ from tqdm import tqdm
 from common.atomic import atomic_write_json, output_lock
 from common.errors import UserError
 from common.settings import ConfigError
-from curation import shards
+from curation import shards, versions
 from curation.config import BuildConfig, fingerprint, output_settings
-from curation.dedup import DEDUP_STAGE, dedup_decisions, image_signature
+from curation.dedup import DEDUP_STAGE, image_signature
 from curation.filters import IMAGE_FILTERS, TEXT_FILTERS, first_reject, reason_name
+from curation.increments import (
+    PairColumns,
+    SeenIndex,
+    SeenWriter,
+    dedup_against_dataset,
+    publish_seen,
+    row_digest,
+    url_digest,
+)
 from curation.schema import RECORD_SCHEMA, REJECT_SCHEMA, conform
 from curation.wit import (
     KEPT_COLUMNS,
@@ -89,6 +103,7 @@ class ChunkSpec:
     index: int
     path: Path
     rows: int
+    increment: int = 0  # part of the chunk's identity: Prefect caches downloads by their inputs
 
     @property
     def name(self) -> str:
@@ -102,6 +117,8 @@ class CandidateSet:
     candidates: int
     rejected: int
     counts: dict[str, int] = field(default_factory=dict)
+    increment: int = 0
+    unchanged: int = 0  # source rows an earlier increment already read (skipped)
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,9 @@ class BuildSummary:
     report: Path
     contact_sheet: Path | None
     skipped: bool = False
+    version: int | None = None  # the dataset version this build committed, or the latest when nothing was new
+    added: int = 0  # pairs this build added (kept counts every version's pairs)
+    unchanged: int = 0  # source rows skipped because an earlier build read them
 
     @property
     def total(self) -> int:
@@ -172,6 +192,41 @@ def _check_fingerprint(cfg: BuildConfig) -> None:
             f"{cfg.out} was started with other settings ({', '.join(changed) or 'unknown'} differ); "
             "use a new --out, or delete the directory to rebuild"
         )
+
+
+INCREMENT_FILE = "increment.json"
+
+
+def _increments(out: Path) -> list[dict]:
+    """The finished increments recorded in the manifest, oldest first."""
+    return shards.load_manifest(out).extra.get("increments", [])
+
+
+def current_increment(cfg: BuildConfig) -> dict:
+    """The increment the work folder holds: resumed while unfinished, else a new one in a clean folder.
+
+    {"increment": i, "first_key": k}: increment i gives keys after k (the last key of i - 1).
+    """
+    work = _work(cfg)
+    path = work / INCREMENT_FILE
+    state = _read_json(path)
+    finished = _increments(Path(cfg.out))
+    if state is not None and state["increment"] >= len(finished):
+        return state  # unfinished: resume it
+    if not finished and shards.load_manifest(cfg.out).shards and not versions.has_versions(cfg.out):
+        raise BuildError(
+            f"{cfg.out} holds shards written without a version log (by an older build or by hand); "
+            "build into a new --out to get versions and incremental reruns"
+        )
+    for child in work.iterdir() if work.exists() else ():
+        if child.name not in ("build.json", INCREMENT_FILE):  # settings stay: later increments must match
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    state = {
+        "increment": len(finished),
+        "first_key": finished[-1]["last_key"] if finished else 0,
+    }
+    atomic_write_json(path, state)
+    return state
 
 
 def _write_table(path: Path, rows: list[dict], schema: pa.Schema) -> None:
@@ -283,6 +338,7 @@ def collect_candidates(cfg: BuildConfig) -> CandidateSet:
             raise BuildError(f"--source {spec}: no such WIT file (give wit:PATH.tsv or wit:PATH.tsv.gz)")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     _check_fingerprint(cfg)
+    increment = current_increment(cfg)
     folder = _candidates_dir(cfg)
     state = _read_json(folder / "state.json")
     if state is not None:
@@ -292,19 +348,27 @@ def collect_candidates(cfg: BuildConfig) -> CandidateSet:
     folder.mkdir(parents=True)
 
     address_check = _AddressCheck(cfg.allow_networks)
-    seen_urls: dict[bytes, int] = {}  # ~100 bytes per unique URL
+    earlier = SeenIndex.load(cfg.out, increment["increment"])
+    seen_urls: dict[int, int] = {}  # this increment's claims: ~70 bytes per unique URL
+    seen_writer = SeenWriter(folder / "seen.parquet")
     kept: list[dict] = []
     rejects: list[dict] = []
     chunks: list[dict] = []
     reject_files = 0
+    unchanged = 0
     counts: Counter[str] = Counter()
-    seq = 0
+    seq = increment["first_key"]
     progress = tqdm(desc="candidates", unit=" rows", mininterval=1.0)
     for source_index, spec in enumerate(cfg.source):
         for record, stage, reason in _iter_source(cfg, spec, source_index):
-            seq += 1
             progress.update()
+            identity = row_digest(record)
+            if identity in earlier.rows:  # read by an earlier increment: kept or rejected there
+                unchanged += 1
+                continue
+            seq += 1
             record = {**record, "key_candidate": f"{seq:010d}", "source": spec}
+            claimed = None
             if reason is None:
                 reason = address_check(record["url"])
                 stage = READ_STAGE if reason else None
@@ -313,14 +377,21 @@ def collect_candidates(cfg: BuildConfig) -> CandidateSet:
                 if rejected is not None:
                     stage, reason = rejected
             if reason is None:  # after the text filters: the first row with a usable caption claims the URL
-                digest = hashlib.blake2b(record["url"].encode(), digest_size=12).digest()
+                digest = url_digest(record["url"])
                 if digest in seen_urls:
                     stage, reason = (
                         READ_STAGE,
                         f"duplicate_url: same image URL as key {seen_urls[digest]:010d}",
                     )
+                elif digest in earlier.urls:
+                    stage, reason = (
+                        READ_STAGE,
+                        f"duplicate_url: same image URL as key {earlier.urls[digest]} (an earlier version)",
+                    )
                 else:
                     seen_urls[digest] = seq
+                    claimed = digest
+            seen_writer.add(identity, claimed, record["key_candidate"])
             if reason is not None:
                 counts[f"{stage}/{reason_name(reason)}"] += 1
                 rejects.append(_reject_row({**record, "key": record["key_candidate"]}, stage, reason))
@@ -334,17 +405,21 @@ def collect_candidates(cfg: BuildConfig) -> CandidateSet:
                 chunks.append(_flush_chunk(folder, len(chunks), kept))
                 kept = []
     progress.close()
+    seen_writer.close()
     if kept:
         chunks.append(_flush_chunk(folder, len(chunks), kept))
     if rejects:
         _flush_rejects(folder, reject_files, rejects)
         reject_files += 1
     state = {
+        "increment": increment["increment"],
         "chunks": chunks,
         "candidates": sum(c["rows"] for c in chunks),
         "rejected": sum(counts.values()),
         "reject_files": reject_files,
         "counts": dict(counts),
+        "unchanged": unchanged,
+        "last_key": seq,
     }
     atomic_write_json(folder / "state.json", state)
     return _candidate_set(cfg, state)
@@ -363,10 +438,20 @@ def _flush_rejects(folder: Path, index: int, rows: list[dict]) -> None:
 
 def _candidate_set(cfg: BuildConfig, state: dict) -> CandidateSet:
     folder = _candidates_dir(cfg)
+    increment = state["increment"]
     chunks = tuple(
-        ChunkSpec(c["index"], folder / f"chunk-{c['index']:05d}.parquet", c["rows"]) for c in state["chunks"]
+        ChunkSpec(c["index"], folder / f"chunk-{c['index']:05d}.parquet", c["rows"], increment)
+        for c in state["chunks"]
     )
-    return CandidateSet(Path(cfg.out), chunks, state["candidates"], state["rejected"], state["counts"])
+    return CandidateSet(
+        Path(cfg.out),
+        chunks,
+        state["candidates"],
+        state["rejected"],
+        state["counts"],
+        increment,
+        state["unchanged"],
+    )
 
 
 def plan_chunks(cfg: BuildConfig) -> list[ChunkSpec]:
@@ -494,21 +579,35 @@ def _pixel_verifier(staged: list[Path], keys: list[str]):
     return verify
 
 
+def _dedup_columns(paths: list[Path], desc: str) -> PairColumns:
+    """The small columns dedup needs, read from shards without their pixels."""
+    tables = [
+        pq.read_table(path, columns=_DEDUP_COLUMNS)
+        for path in tqdm(paths, desc=desc, unit=" shard", disable=len(paths) < 2)
+    ]
+    schema = pa.schema([STAGED_SCHEMA.field(name) for name in _DEDUP_COLUMNS])
+    table = pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
+    return PairColumns.from_table(table)
+
+
+def _shard_name(increment: int, chunk: ChunkSpec) -> str:
+    return f"i{increment:05d}-part-{chunk.index:05d}"
+
+
 def finalize_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
-    """Dedup across all chunks, CLIP score, final shards + rejects + manifest + report."""
+    """Dedup against the whole dataset, CLIP score, final shards + rejects, the new version, manifest, report."""
     from curation.clipscore import CLIP_STAGE, as_embedder, clip_rejects
     from curation.report import write_report
 
     out = Path(cfg.out)
     candidates = collect_candidates(cfg)
+    increment = candidates.increment
     if cfg.clip_filtering and embedder is None:
         raise ConfigError(
             "min_clip_score / clip_top_fraction need a CLIP model: pass --clip-checkpoint or --clip-model"
         )
-    manifest = shards.load_manifest(out)
-    done = manifest.extra.get("build", {})
-    if done.get("complete") and done.get("fingerprint") == fingerprint(cfg):
-        return _summary_from_manifest(cfg, manifest, skipped=True)
+    if not candidates.chunks and not candidates.rejected:
+        return _nothing_new(cfg, candidates)
     missing = [c.index for c in candidates.chunks if not _staged(cfg, c.index, ".json").exists()]
     if missing:
         raise BuildError(
@@ -516,24 +615,17 @@ def finalize_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
         )
     shards.remove_untrusted(out)  # leftovers of a killed writer
 
-    # Dedup over the whole dataset: only the small columns are held in memory.
+    # Dedup the new pairs against each other and against every pair of the latest version.
     staged = [_staged(cfg, c.index, ".parquet") for c in candidates.chunks]
-    columns: dict[str, list] = {name: [] for name in _DEDUP_COLUMNS}
-    for path in tqdm(staged, desc="dedup: reading hashes", unit=" chunk", disable=len(staged) < 2):
-        table = pq.read_table(path, columns=_DEDUP_COLUMNS)
-        for name in _DEDUP_COLUMNS:
-            columns[name].extend(table[name].to_pylist())
-    duplicates = dedup_decisions(
-        columns["key"],
-        columns["sha256"],
-        columns["phash"],
-        columns["caption"],
-        columns["text_source"],
+    committed = _committed_shards(out, increment)
+    new = _dedup_columns(staged, "dedup: reading new hashes")
+    old = _dedup_columns(committed, "dedup: reading the dataset's hashes")
+    duplicates = dedup_against_dataset(
+        new,
+        old,
         cfg.dedup_radius,
         cfg.caption_policy,
-        [(w or 0) * (h or 0) for w, h in zip(columns["original_width"], columns["original_height"])],
-        columns["colour_signature"],
-        verify=_pixel_verifier(staged, columns["key"]),
+        verify=_pixel_verifier(staged + committed, old.keys + new.keys),
     )
 
     # CLIP score every pair that survived dedup; the top fraction needs all scores before deciding.
@@ -556,6 +648,7 @@ def finalize_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
         stage, reason = name.split("/", 1)
         count(stage, reason, n)
     kept_total = 0
+    new_shards: list[str] = []
     for chunk, path in tqdm(list(zip(candidates.chunks, staged)), desc="writing shards", unit=" shard"):
         table = pq.read_table(path)
         keys = table["key"].to_pylist()
@@ -591,39 +684,110 @@ def finalize_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
                 ],
                 promote_options="default",
             )
-        name = f"part-{chunk.index:05d}"
-        if final.num_rows and not shards.has_shard(out, name):
-            shards.write_shard(out, name, final)
+        name = _shard_name(increment, chunk)
+        if final.num_rows:
+            if not shards.has_shard(out, name):
+                shards.write_shard(out, name, final)
+            new_shards.append(f"{shards.SHARDS}/{name}.parquet")
         if rejects.num_rows and not shards.has_shard(out, name, kind=shards.REJECTS):
             shards.write_shard(out, name, rejects, kind=shards.REJECTS)
     folder = _candidates_dir(cfg)
     state = _read_json(folder / "state.json") or {}
     for i in range(state.get("reject_files", 0)):
-        name = f"candidates-{i:05d}"
+        name = f"i{increment:05d}-candidates-{i:05d}"
         if not shards.has_shard(out, name, kind=shards.REJECTS):
             shards.write_shard(
                 out, name, pq.read_table(folder / f"rejects-{i:05d}.parquet"), kind=shards.REJECTS
             )
+    publish_seen(out, increment, folder / "seen.parquet")
 
     rejected_total = sum(n for reasons in counts.values() for n in reasons.values())
-    report, sheet = write_report(out, kept_total, counts, settings=output_settings(cfg), scored=bool(scores))
-    shards.update_manifest(
-        out,
-        config=output_settings(cfg),
-        counts={"kept": kept_total, "rejected": rejected_total, "by_stage": counts},
-        extra={
-            "build": {
-                "fingerprint": fingerprint(cfg),
-                "complete": True,
-                "report": report.name,
-                "contact_sheet": sheet.name if sheet else None,
-            }
-        },
+    record = {
+        "increment": increment,
+        "added": kept_total,
+        "rejected": rejected_total,
+        "unchanged": candidates.unchanged,
+        "by_stage": counts,
+        "sources": list(cfg.source),
+        "last_key": state["last_key"],
+    }
+    version = _commit_version(out, increment, new_shards, record)
+    record["version"] = version
+    totals = _cumulative(_increments(out)[:increment] + [record])
+    report, sheet = write_report(
+        out, totals["kept"], totals["by_stage"], settings=output_settings(cfg), scored=bool(scores)
     )
-    return BuildSummary(out, kept_total, rejected_total, counts, report, sheet)
+    with shards.manifest_lock(out):
+        manifest = shards.load_manifest(out)
+        manifest.config = output_settings(cfg)
+        manifest.counts = totals
+        manifest.extra["build"] = {
+            "fingerprint": fingerprint(cfg),
+            "complete": True,
+            "report": report.name,
+            "contact_sheet": sheet.name if sheet else None,
+        }
+        manifest.extra["increments"] = manifest.extra.get("increments", [])[:increment] + [record]
+        shards.save_manifest(out, manifest)
+    return BuildSummary(
+        out,
+        totals["kept"],
+        totals["rejected"],
+        totals["by_stage"],
+        report,
+        sheet,
+        version=version if version is not None else versions.latest_version(out),
+        added=kept_total,
+        unchanged=candidates.unchanged,
+    )
 
 
-def _summary_from_manifest(cfg: BuildConfig, manifest: shards.Manifest, skipped: bool) -> BuildSummary:
+def _committed_shards(out: Path, increment: int) -> list[Path]:
+    """The kept shards of the dataset's latest version from earlier increments (dedup compares against them)."""
+    if not versions.has_versions(out):
+        return []
+    prefix = f"i{increment:05d}-"
+    return [p for p in shards.trusted_shards(out, verify=False) if not p.name.startswith(prefix)]
+
+
+def _commit_version(out: Path, increment: int, new_shards: list[str], record: dict) -> int | None:
+    """Commit the increment's shards as the next version (once: a resumed finalize finds its commit)."""
+    if not new_shards:
+        return None  # only rejects were new: the data did not change
+    latest = versions.latest_version(out)
+    if latest is not None:
+        info = versions.resolve(out, latest).info
+        if info.get("increment") == increment:
+            return latest
+    return versions.commit(out, new_shards, record)
+
+
+def _cumulative(records: list[dict]) -> dict:
+    by_stage: dict[str, dict[str, int]] = {}
+    for record in records:
+        for stage, reasons in record["by_stage"].items():
+            for reason, n in reasons.items():
+                by_stage.setdefault(stage, {})
+                by_stage[stage][reason] = by_stage[stage].get(reason, 0) + n
+    return {
+        "kept": sum(r["added"] for r in records),
+        "rejected": sum(r["rejected"] for r in records),
+        "by_stage": by_stage,
+    }
+
+
+def _nothing_new(cfg: BuildConfig, candidates: CandidateSet) -> BuildSummary:
+    """Every source row was read before: no new version; the work folder is freed for the next run."""
+    out = Path(cfg.out)
+    atomic_write_json(_work(cfg) / INCREMENT_FILE, {"increment": -1, "first_key": 0})
+    return _summary_from_manifest(
+        cfg, shards.load_manifest(out), skipped=True, unchanged=candidates.unchanged
+    )
+
+
+def _summary_from_manifest(
+    cfg: BuildConfig, manifest: shards.Manifest, skipped: bool, unchanged: int = 0
+) -> BuildSummary:
     out = Path(cfg.out)
     build = manifest.extra.get("build", {})
     sheet = build.get("contact_sheet")
@@ -635,6 +799,8 @@ def _summary_from_manifest(cfg: BuildConfig, manifest: shards.Manifest, skipped:
         out / build.get("report", "report.md"),
         out / sheet if sheet else None,
         skipped=skipped,
+        version=versions.latest_version(out),
+        unchanged=unchanged,
     )
 
 

@@ -29,6 +29,7 @@ import asyncio
 import codecs
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -36,22 +37,23 @@ import sys
 import time
 import urllib.parse
 import urllib.robotparser
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import lxml.etree
 import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common.atomic import output_lock
+from common.atomic import atomic_path, output_lock
 from common.errors import UserError, one_line
 from common.settings import ConfigError, add_arguments, from_namespace
 from curation.fetch import AGENT_TOKEN, NOAI_DIRECTIVES, robots_rules, robots_tag_directives
 from curation.fetch import USER_AGENT as FETCH_USER_AGENT
 from curation.netguard import UrlRefused, check_url_async, parse_networks, split_url
-from curation.schema import WIT_TEXT_COLUMNS
+from curation.schema import WIT_TEXT_COLUMNS, with_version
 from curation.shards import write_parquet_atomic
 
 USER_AGENT = FETCH_USER_AGENT
@@ -84,7 +86,9 @@ class CrawlConfig:
     )
     max_pages: int = field(default=200, metadata={"help": "page fetches at most"})
     max_depth: int = field(default=3, metadata={"help": "link hops from a seed at most"})
-    max_frontier: int = field(default=10_000, metadata={"help": "URLs waiting at most (memory bound)"})
+    max_frontier: int = field(
+        default=10_000, metadata={"help": "URLs waiting in memory at most; more wait on disk (memory bound)"}
+    )
     max_bytes: int = field(default=5_000_000, metadata={"help": "bytes per response at most"})
     max_redirects: int = field(default=5, metadata={"help": "redirect hops per request at most"})
     max_images_per_page: int = field(default=1000, metadata={"help": "image candidates per page at most"})
@@ -394,15 +398,83 @@ def parse_page(text: str) -> ParsedPage:
 # --- state: the journal -----------------------------------------------------------------------------
 
 
+class SpillingFrontier:
+    """A FIFO of (url, depth, referrer) that keeps at most `memory` entries in memory and the rest in a file.
+
+    Order is kept: once anything waits on disk, new entries go to the disk too, and the memory part
+    is refilled from the file as it drains. The file is rebuilt on resume (the journal replays links).
+    """
+
+    def __init__(self, memory: int, path: Path) -> None:
+        self.memory = memory
+        self.path = path
+        self._queue: collections.deque[tuple[str, int, str | None]] = collections.deque()
+        self._writer = None
+        self._reader = None
+        self._on_disk = 0
+        self.spilled = 0  # entries that went through the disk
+
+    def append(self, item: tuple[str, int, str | None]) -> None:
+        if not self._on_disk and len(self._queue) < self.memory:
+            self._queue.append(item)
+            return
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self._reader = open(self.path, encoding="utf-8")  # noqa: SIM115
+        self._writer.write(json.dumps(item) + "\n")
+        self._on_disk += 1
+        self.spilled += 1
+
+    def popleft(self) -> tuple[str, int, str | None]:
+        if not self._queue and self._on_disk:
+            self._refill()
+        return self._queue.popleft()
+
+    def _refill(self) -> None:
+        assert self._writer is not None and self._reader is not None
+        self._writer.flush()
+        while self._on_disk and len(self._queue) < self.memory:
+            url, depth, referrer = json.loads(self._reader.readline())
+            self._queue.append((url, depth, referrer))
+            self._on_disk -= 1
+
+    @property
+    def in_memory(self) -> int:
+        return len(self._queue)
+
+    def __len__(self) -> int:
+        return len(self._queue) + self._on_disk
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def close(self) -> None:
+        for handle in (self._writer, self._reader):
+            if handle is not None:
+                handle.close()
+        self._writer = self._reader = None
+        self.path.unlink(missing_ok=True)
+
+
+def _digest(*parts: str) -> int:
+    return int.from_bytes(hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest(), "little")
+
+
 class CrawlState:
-    """Frontier, finished pages, candidates and rejects; every finished page is journaled before it counts."""
+    """Frontier, finished pages, candidates and rejects; every finished page is journaled before it counts.
+
+    Candidates are not held in memory: the journal holds them, and `crawl` streams them from it into
+    the Parquet file (memory: an 8-byte digest per candidate, to drop repeats). The frontier keeps
+    `max_frontier` URLs in memory and spills the rest to disk.
+    """
 
     def __init__(self, cfg: CrawlConfig):
         self.cfg = cfg
-        self.frontier: collections.deque[tuple[str, int, str | None]] = collections.deque()
+        self.frontier = SpillingFrontier(cfg.max_frontier, cfg.state_dir / "frontier.jsonl")
         self.seen: set[str] = set()
         self.done: set[str] = set()
-        self.candidates: dict[tuple[str, str], dict[str, str | None]] = {}
+        self.candidate_keys: set[int] = set()
         self.rejects: list[CrawlReject] = []
         self.pages_fetched = 0
         self.resumed_pages = 0
@@ -429,24 +501,19 @@ class CrawlState:
         self._journal = open(journal, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def _replay(self, journal: Path, header: dict) -> None:
-        with open(journal, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-        try:
-            first = json.loads(lines[0]) if lines else {}
-        except json.JSONDecodeError:
-            first = {}
-        if first.get("seeds") != header["seeds"] or first.get("version") != JOURNAL_VERSION:
-            raise ConfigError(
-                f"{journal} belongs to a crawl with other seeds or an older format: "
-                f"pass --fresh to start over, or another --out"
-            )
-        for line in lines[1:]:
+        with open(journal, encoding="utf-8") as fh:  # line by line: a long crawl's journal is big
             try:
-                record = json.loads(line)
+                first = json.loads(fh.readline() or "{}")
             except json.JSONDecodeError:
-                continue  # the last line of a killed crawl may be cut short: that page is fetched again
-            self._apply(record)
-            self.resumed_pages += 1
+                first = {}
+            if first.get("seeds") != header["seeds"] or first.get("version") != JOURNAL_VERSION:
+                raise ConfigError(
+                    f"{journal} belongs to a crawl with other seeds or an older format: "
+                    f"pass --fresh to start over, or another --out"
+                )
+            for record in _journal_records(fh):
+                self._apply(record)
+                self.resumed_pages += 1
 
     def _apply(self, record: dict) -> None:
         url = record["url"]
@@ -460,7 +527,7 @@ class CrawlState:
         for reject in record.get("rejects", []):
             self.rejects.append(CrawlReject(reject["url"], reject["reason"], reject.get("page_url")))
         for row in record.get("candidates", []):
-            self.candidates.setdefault((row["url"], row["page_url"]), row)
+            self.candidate_keys.add(_digest(row["url"], row["page_url"]))
         depth = record.get("depth", 0)
         final = record.get("final_url", url)
         for link in record.get("links", []):
@@ -476,7 +543,7 @@ class CrawlState:
             self.stats["links_offsite"] += 1
             return
         if (
-            len(self.frontier) >= self.cfg.max_frontier
+            len(self.frontier) >= self.cfg.max_pages
             or len(self.seen) >= self.cfg.max_frontier + self.cfg.max_pages
         ):
             # Memory stays bounded on a page with a million links; the page budget would not reach them anyway.
@@ -484,7 +551,7 @@ class CrawlState:
             return
         self.seen.add(url)
         self.frontier.append((url, depth, referrer))
-        self.frontier_peak = max(self.frontier_peak, len(self.frontier))
+        self.frontier_peak = max(self.frontier_peak, self.frontier.in_memory)
 
     def _host_allowed(self, url: str) -> bool:
         return "*" in self.allowed_hosts or host_of(url) in self.allowed_hosts
@@ -499,11 +566,46 @@ class CrawlState:
         self._apply(record)
 
     def close(self) -> None:
+        self.frontier.close()
         if self._journal is not None:
             self._journal.flush()
             os.fsync(self._journal.fileno())
             self._journal.close()
             self._journal = None
+
+    def write_candidates(self, path: Path) -> int:
+        """Stream every candidate from the journal into a Parquet file (atomically); returns how many."""
+        journal = self.cfg.state_dir / "journal.jsonl"
+        schema = with_version(pa.schema([pa.field(c, pa.string()) for c in CANDIDATE_COLUMNS]))
+        written: set[int] = set()
+        batch: list[dict] = []
+        count = 0
+        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            with open(journal, encoding="utf-8") as fh:
+                fh.readline()  # the header
+                for record in _journal_records(fh):
+                    for row in record.get("candidates", []):
+                        key = _digest(row["url"], row["page_url"])
+                        if key in written:
+                            continue
+                        written.add(key)
+                        batch.append(row)
+                        if len(batch) >= 4096:
+                            writer.write_table(_table(batch, CANDIDATE_COLUMNS).cast(schema))
+                            count += len(batch)
+                            batch = []
+            if batch or not count:
+                writer.write_table(_table(batch, CANDIDATE_COLUMNS).cast(schema))
+                count += len(batch)
+        return count
+
+
+def _journal_records(lines) -> Iterator[dict]:
+    for line in lines:
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the last line of a killed crawl may be cut short: that page is fetched again
 
 
 # --- fetching -------------------------------------------------------------------------------------------
@@ -803,7 +905,7 @@ async def _run(cfg: CrawlConfig, state: CrawlState) -> None:
                         started -= 1  # refused before any request: does not use the page budget
                     state.record(record)
                     bar.update(1 if record["fetched"] else 0)
-                    bar.set_postfix(candidates=len(state.candidates), rejects=len(state.rejects))
+                    bar.set_postfix(candidates=len(state.candidate_keys), rejects=len(state.rejects))
         finally:
             for task in pending:
                 task.cancel()
@@ -825,8 +927,7 @@ def crawl(cfg: CrawlConfig) -> CrawlResult:
             asyncio.run(_run(cfg, state))
         finally:
             state.close()
-        candidates = list(state.candidates.values())
-        write_parquet_atomic(_table(candidates, CANDIDATE_COLUMNS), cfg.out)
+        candidates = state.write_candidates(cfg.out)
         reject_rows = [
             {"url": r.url, "page_url": r.page_url, "reject_stage": "crawl", "reject_reason": r.reason}
             for r in state.rejects
@@ -834,11 +935,12 @@ def crawl(cfg: CrawlConfig) -> CrawlResult:
         write_parquet_atomic(_table(reject_rows, REJECT_COLUMNS), cfg.rejects_path)
     stats = dict(state.stats)
     stats["frontier_peak"] = state.frontier_peak
+    stats["frontier_spilled"] = state.frontier.spilled
     stats["urls_seen"] = len(state.seen)
     return CrawlResult(
         out=cfg.out,
         rejects_path=cfg.rejects_path,
-        candidates=len(candidates),
+        candidates=candidates,
         pages_fetched=state.pages_fetched,
         resumed_pages=state.resumed_pages,
         rejects=list(state.rejects),

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from common.atomic import atomic_path, atomic_write_json, file_lock, file_sha256
 from common.errors import UserError
+from curation import versions
 from curation.schema import (
     RECORD_SCHEMA,
     REJECT_SCHEMA,
@@ -137,11 +138,14 @@ def update_manifest(root: Path | str, **fields) -> Manifest:
         return manifest
 
 
-def manifest_checksum(root: Path | str) -> str:
-    """One sha256 over the trusted shards' checksums: identifies the data a model was trained on."""
+def manifest_checksum(root: Path | str, version: int | None = None) -> str:
+    """One sha256 over the trusted shards' checksums (of `version`): identifies the data a model was trained on."""
     manifest = load_manifest(root)
+    names = sorted(manifest.shards)
+    if version is not None or versions.has_versions(root):
+        names = sorted(Path(f).name for f in versions.resolve(root, version).files)
     digest = hashlib.sha256()
-    for name in sorted(manifest.shards):
+    for name in names:
         digest.update(f"{name}:{manifest.shards[name].sha256}\n".encode())
     return digest.hexdigest()
 
@@ -225,8 +229,14 @@ def remove_untrusted(root: Path | str) -> list[Path]:
 # --- reading ------------------------------------------------------------------------------------
 
 
-def trusted_shards(root: Path | str, kind: str = SHARDS, verify: bool = True) -> list[Path]:
-    """Paths of the shards the manifest lists, checked against their size (and sha256 when `verify`)."""
+def trusted_shards(
+    root: Path | str, kind: str = SHARDS, verify: bool = True, version: int | None = None
+) -> list[Path]:
+    """Paths of the shards the manifest lists, checked against their size (and sha256 when `verify`).
+
+    In a dataset with a version log (curation/versions.py) kept shards are those of `version`
+    (None: the latest); a shard the manifest lists but no version holds yet is not read.
+    """
     root = Path(root)
     if not root.is_dir():
         raise ShardError(f"{root}: dataset directory does not exist")
@@ -235,8 +245,19 @@ def trusted_shards(root: Path | str, kind: str = SHARDS, verify: bool = True) ->
             f"{root}: no {MANIFEST}; this is not a finished dataset (build one with `python -m curation build`)"
         )
     manifest = load_manifest(root)
+    entries = manifest.entries(kind)
+    if kind == SHARDS and (version is not None or versions.has_versions(root)):
+        chosen = versions.resolve(root, version)
+        names = [Path(f).name for f in chosen.files]
+        unlisted = [n for n in names if n not in entries]
+        if unlisted:
+            raise ShardError(
+                f"{root}: version {chosen.version} holds {unlisted[0]}, which {MANIFEST} does not list; "
+                "the manifest was replaced or edited: restore it or rebuild the dataset"
+            )
+        entries = {n: entries[n] for n in names}
     paths = []
-    for name, entry in sorted(manifest.entries(kind).items()):
+    for name, entry in sorted(entries.items()):
         path = shard_path(root, name, kind)
         if not path.exists():
             raise ShardError(f"{path}: listed in the manifest but missing; rerun the build to rewrite it")
@@ -250,11 +271,13 @@ def trusted_shards(root: Path | str, kind: str = SHARDS, verify: bool = True) ->
     return paths
 
 
-def _resolve(source: Path | str | Sequence[Path | str], kind: str, verify: bool) -> list[Path]:
+def _resolve(
+    source: Path | str | Sequence[Path | str], kind: str, verify: bool, version: int | None = None
+) -> list[Path]:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            return trusted_shards(path, kind, verify=verify)
+            return trusted_shards(path, kind, verify=verify, version=version)
         return [path]
     return [Path(p) for p in source]
 
@@ -290,10 +313,11 @@ def row_groups(
     kind: str = SHARDS,
     required: Iterable[str] = TRAINING_COLUMNS,
     verify: bool = True,
+    version: int | None = None,
 ) -> list[RowGroupRef]:
-    """Every row group of every trusted shard: the unit that loaders split across ranks and workers."""
+    """Every row group of every trusted shard (of `version`): the unit that loaders split across ranks and workers."""
     refs = []
-    for path in _resolve(source, kind, verify):
+    for path in _resolve(source, kind, verify, version):
         pf = open_shard(path, required)
         for i in range(pf.num_row_groups):
             refs.append(RowGroupRef(path, i, pf.metadata.row_group(i).num_rows))
@@ -313,10 +337,11 @@ def iter_batches(
     batch_size: int = 1024,
     kind: str = SHARDS,
     verify: bool = True,
+    version: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream record batches with column projection; memory stays at one batch."""
     required = [c for c in (columns or ()) if c in REJECT_SCHEMA.names]
-    for path in _resolve(source, kind, verify):
+    for path in _resolve(source, kind, verify, version):
         pf = open_shard(path, required=required)
         try:
             yield from pf.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
@@ -329,8 +354,9 @@ def iter_rows(
     columns: Sequence[str] | None = None,
     kind: str = SHARDS,
     verify: bool = True,
+    version: int | None = None,
 ) -> Iterator[dict]:
-    for batch in iter_batches(source, columns, kind=kind, verify=verify):
+    for batch in iter_batches(source, columns, kind=kind, verify=verify, version=version):
         yield from batch.to_pylist()
 
 
@@ -339,9 +365,10 @@ def read_table(
     columns: Sequence[str] | None = None,
     kind: str = SHARDS,
     verify: bool = True,
+    version: int | None = None,
 ) -> pa.Table:
-    """All rows of the trusted shards as one table (for small datasets and tests)."""
-    batches = list(iter_batches(source, columns, kind=kind, verify=verify))
+    """All rows of the trusted shards (of `version`) as one table (for small datasets and tests)."""
+    batches = list(iter_batches(source, columns, kind=kind, verify=verify, version=version))
     if batches:
         # Shards may carry different extra columns (rejects of different stages): unify, nulls where absent.
         tables = [pa.Table.from_batches([b]) for b in batches]

@@ -21,7 +21,7 @@ from pipelines.runtime import apply_env_defaults
 
 apply_env_defaults()  # before Prefect reads its settings
 
-FLOW_NAMES = ("build-dataset", "train", "evaluate", "end-to-end")
+FLOW_NAMES = ("build-dataset", "train", "evaluate", "end-to-end", "nightly")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,7 +81,10 @@ def _run(args: argparse.Namespace) -> int:
     if params.options.dask_address:
         check_dask_address(params.options.dask_address)
     api = check_prefect_api()
-    print(f"running flow {args.flow} on {redact_url(api) if api else 'a temporary local Prefect API'}", file=sys.stderr)
+    print(
+        f"running flow {args.flow} on {redact_url(api) if api else 'a temporary local Prefect API'}",
+        file=sys.stderr,
+    )
     from pipelines.flows import run_flow
 
     result = run_flow(params)

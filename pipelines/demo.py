@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -246,6 +247,11 @@ def run_demo(out: Path, pages: int, seed: int, params_file: Path | None, overrid
     from pipelines.params import load_flow_params
 
     started = time.perf_counter()
+    if (out / "result.json").exists() or (out / "web" / "site.tsv").exists():
+        # A new run serves the web on a new port: every URL is new, so building into the old datasets
+        # would add a second version of the same pictures. The demo starts clean instead.
+        print(f"removing the previous demo run in {out}", file=sys.stderr)
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     server, wit, truth, web = start_web(out, pages, seed)
     try:
@@ -293,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  sketch        {path}")
     if result.get("clip4clip"):
         print(f"  video search  {args.out / 'apps' / 'clip4clip' / 'search.html'}")
+    if result.get("coop"):
+        print(f"  coop          {result['coop'].get('coop_png')}")
+    if result.get("actionclip"):
+        print(f"  actionclip    {args.out / 'apps' / 'actionclip'}")
+    if result.get("search"):
+        print(f"  search        {result['search'].get('serve_command')}   (then open the page it prints)")
     for stage, why in result.get("skipped", {}).items():
         print(f"  {stage}: skipped ({why})")
     return 0

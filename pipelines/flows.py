@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger
 
 from curation.config import BuildConfig
 from pipelines import artifacts, tasks
-from pipelines.params import ChainConfig, FlowOptions
+from pipelines.params import ChainConfig, FlowOptions, NightlyConfig
 from pipelines.runtime import make_task_runner, output_lock
 
 try:  # the training library is optional for build-only installs and while it is being written
@@ -242,6 +242,34 @@ def end_to_end_flow(
     return result
 
 
+# --- nightly ---------------------------------------------------------------------------------------
+
+
+def version_train_config(train: TrainConfig, build: BuildConfig, version: int) -> TrainConfig:
+    """Training on one dataset version: pinned to it, in its own run directory."""
+    return replace(train, data=[build.out], data_version=version, out=Path(train.out) / f"version-{version}")
+
+
+@flow(name="nightly", flow_run_name="nightly-{build.out.name}")
+def nightly_flow(
+    build: BuildConfig, nightly: NightlyConfig, train: TrainConfig, options: FlowOptions = FlowOptions()
+) -> dict:
+    """Incremental build (only new rows and pages, a new dataset version), then optionally train on that version."""
+    log = _logger()
+    result: dict[str, Any] = {"build": build_dataset_flow(build, options)}
+    summary = result["build"]["summary"]
+    version, added = summary.get("version"), summary.get("added", 0)
+    log.info("%s: version %s, %d new pairs", build.out, version, added)
+    if not nightly.train:
+        return result
+    if not added or version is None:
+        log.info("no new pairs: no training run")
+        result["train"] = None
+        return result
+    result["train"] = train_flow(version_train_config(train, build, version), options)
+    return result
+
+
 # --- registry ------------------------------------------------------------------------------------
 
 FLOWS = {
@@ -249,6 +277,7 @@ FLOWS = {
     "train": train_flow,
     "evaluate": evaluate_flow,
     "end-to-end": end_to_end_flow,
+    "nightly": nightly_flow,
 }
 # the stage whose config is the flow's `config` parameter
 FLOW_CONFIG_STAGE = {"build-dataset": "build", "train": "train", "evaluate": "evaluate"}
@@ -256,7 +285,7 @@ FLOW_CONFIG_STAGE = {"build-dataset": "build", "train": "train", "evaluate": "ev
 
 def flow_parameters(params: Any) -> dict[str, Any]:
     """The keyword arguments of a flow run from validated FlowParams."""
-    if params.flow == "end-to-end":
+    if params.flow in ("end-to-end", "nightly"):
         return {**params.configs, "options": params.options}
     return {"config": params[FLOW_CONFIG_STAGE[params.flow]], "options": params.options}
 
@@ -283,6 +312,7 @@ __all__ = [
     "build_dataset_flow",
     "download_chunks",
     "evaluate_flow",
+    "nightly_flow",
     "flow_parameters",
     "run_flow",
     "train_flow",

@@ -45,6 +45,7 @@ STAGE_CONFIGS: dict[str, str] = {
     "train": "training.config:TrainConfig",
     "evaluate": "training.config:EvalConfig",
     "chain": "pipelines.params:ChainConfig",
+    "nightly": "pipelines.params:NightlyConfig",
     "runner": "pipelines.params:FlowOptions",
 }
 
@@ -54,6 +55,7 @@ FLOW_STAGES: dict[str, tuple[str, ...]] = {
     "train": ("train", "runner"),
     "evaluate": ("evaluate", "runner"),
     "end-to-end": ("chain", "build", "train", "evaluate", "runner"),
+    "nightly": ("build", "nightly", "train", "runner"),
 }
 OTHER_TABLES = ("deployments",)
 
@@ -144,6 +146,16 @@ class ChainConfig:
         for name in (*positive, "clip4clip_train_videos", "clip4clip_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"chain.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class NightlyConfig:
+    """The nightly flow: an incremental build of [build], then (optionally) a training run on the new version."""
+
+    train: bool = field(
+        default=False,
+        metadata={"help": "train [train] on each new dataset version (into train.out/version-N)"},
+    )
 
 
 @dataclass(frozen=True)
@@ -247,6 +259,15 @@ def _chain_defaults(values: dict[str, dict[str, Any]], chain: ChainConfig) -> No
     evaluate.setdefault("out", str(chain.out / "eval" / "round1.json"))
 
 
+def _nightly_defaults(values: dict[str, dict[str, Any]]) -> None:
+    """The nightly training reads what the build writes, unless the user set it explicitly."""
+    build_out = values.setdefault("build", {}).get("out")
+    train = values.setdefault("train", {})
+    if build_out is not None:
+        train.setdefault("data", [str(build_out)])
+        train.setdefault("out", str(Path(build_out).parent / f"{Path(build_out).name}-train"))
+
+
 def _build_stage(stage: str, values: Mapping[str, Any], source: str) -> Any:
     where = f"{source} [{stage}]"
     try:
@@ -280,6 +301,8 @@ def load_flow_params(
     if flow == "end-to-end":
         configs["chain"] = _build_stage("chain", values["chain"], source)
         _chain_defaults(values, configs["chain"])
+    if flow == "nightly":
+        _nightly_defaults(values)
     for stage in FLOW_STAGES[flow]:
         if stage not in configs:
             configs[stage] = _build_stage(stage, values[stage], source)

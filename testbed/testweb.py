@@ -20,6 +20,9 @@ image URLs point at this server; `--truth truth.json` writes what every image UR
 Content-Length, an endless body, a page with 10,000 links, a redirect loop, a redirect to a private
 address, a slow page, and pages in ISO-8859-1 / windows-1252.
 
+`--world corpus` serves the real emoji and icon corpus instead of shapes (testbed/corpus_web.py: a page per
+emoji subgroup or icon category, texts from the real names, some pages in other languages).
+
 `--corpus DIR` adds pages that serve a folder of real pictures (*.png, *.jpg) through the same page
 template. Metadata is read from a sidecar next to each picture: `NAME.json` ({"title", "description",
 "keywords"}), `NAME.txt` (first line title, the rest description), or `NAME.svg` (its <title> and
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import html
 import io
@@ -52,7 +56,7 @@ import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -212,6 +216,9 @@ class SiteOptions:
     corpus: Path | None = None
     corpus_limit: int = 400
     line_drawing_fraction: float = 0.2  # pictures drawn as a pen outline instead of a filled shape
+    # What the pictures show and how pages read: None is the shapes world (ShapesWorld); the emoji/icon
+    # corpus is testbed.corpus_web.CorpusWorld.
+    world: World | None = None
 
 
 @dataclass(frozen=True)
@@ -411,6 +418,34 @@ class Site:
             writer.writerows(rows)
         return len(rows)
 
+    def first_pages(self, count: int) -> Site:
+        """The site as it was when it had only its first `count` galleries: serve this, then the whole site,
+        and the web has grown (new pages, new images, new copies of old pictures; links from old pages
+        to the new ones answer 404 until then). Responses of what both hold are byte-identical."""
+        galleries = [p for p in self.pages if p.path.startswith("/gallery/")]
+        hidden_pages = {p.path for p in galleries[count:]}
+        hidden_images = [e for e in self.images if e.page_path in hidden_pages]
+        hidden = set(hidden_pages)
+        for entry in hidden_images:
+            hidden |= {entry.path, entry.served_path}
+            if entry.path.startswith(("/go/", "/loop/")):  # every hop of its redirect chain or loop
+                hop = entry.path.rsplit("/", 1)[0] + "/"
+                hidden |= {path for path in self.resources if path.startswith(hop)}
+        pages = [p for p in self.pages if p.path not in hidden_pages]
+        resources = {path: r for path, r in self.resources.items() if path not in hidden}
+        resources["/"] = Resource(body=_render_index(pages))
+        visible = {e.path for e in self.images if e.page_path not in hidden_pages}
+        groups = []
+        for group in self.duplicate_groups:
+            members = [m for m in group.members if m in visible]
+            if len(members) > 1:
+                original = group.original if group.original in visible else members[0]
+                groups.append(dataclasses.replace(group, original=original, members=members))
+        images = [e for e in self.images if e.page_path not in hidden_pages]
+        return dataclasses.replace(
+            self, pages=pages, images=images, resources=resources, duplicate_groups=groups
+        )
+
     def write_truth(self, path: str | Path, base_url: str) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -445,9 +480,9 @@ def _style(path: str, line_drawing_fraction: float) -> str:
     return "outline" if zlib.crc32(path.encode()) % 1000 < line_drawing_fraction * 1000 else "filled"
 
 
-def _banner(cls: str, rng: np.random.Generator, short_side: int) -> Image.Image:
-    """A shape on a strip more than 5 times longer than wide (a page banner or a spacer)."""
-    tile = render_shape_image(cls, rng, short_side)
+def _banner(world: World, cls: str, rng: np.random.Generator, short_side: int) -> Image.Image:
+    """A picture on a strip more than 5 times longer than wide (a page banner or a spacer)."""
+    tile = world.render(cls, rng, short_side, None)
     long_side = int(short_side * rng.uniform(6.0, 8.0))
     corner = tuple(int(v) for v in np.asarray(tile)[:2, :2].reshape(-1, 3).mean(axis=0))
     horizontal = rng.random() < 0.7
@@ -508,6 +543,88 @@ def _other_class(cls: str, rng: np.random.Generator) -> str:
     return str(rng.choice([c for c in CLASSES if c != cls]))
 
 
+# --- worlds: what the pictures show ----------------------------------------------------------------
+
+
+class World(Protocol):
+    """What a site's pictures show and how its pages read; every choice is drawn from the site's rng."""
+
+    def page(self, n: int, rng: np.random.Generator) -> PagePlan: ...
+
+    def pick(self, plan: PagePlan, rng: np.random.Generator) -> str: ...
+
+    def style(self, cls: str, path: str, rng: np.random.Generator) -> str: ...
+
+    def render(self, cls: str, rng: np.random.Generator, size: int, style: str | None) -> Image.Image: ...
+
+    def captions(self, cls: str, rng: np.random.Generator) -> tuple[str, str, str]: ...
+
+    def foreign_caption(self, cls: str, language: str, rng: np.random.Generator) -> str: ...
+
+    def other_class(self, cls: str, rng: np.random.Generator) -> str: ...
+
+    def section_paragraph(self, cls: str | None, rng: np.random.Generator) -> str: ...
+
+    def begin_site(self) -> None:
+        """Called once before a site is built (a world that remembers what it served starts afresh)."""
+
+
+@dataclass
+class PagePlan:
+    """A page's texts before its pictures: title, intro, language, section headings, and its topic."""
+
+    title: str
+    intro: str
+    lang: str
+    headings: list[str]
+    topic: Any = None
+
+
+class ShapesWorld:
+    """The generated world: 36 colour-shape classes (testbed/shapes.py), one in five drawn as an outline."""
+
+    def begin_site(self) -> None:
+        pass
+
+    def __init__(self, line_drawing_fraction: float = 0.2) -> None:
+        self.line_drawing_fraction = line_drawing_fraction
+
+    def page(self, n: int, rng: np.random.Generator) -> PagePlan:
+        theme = str(rng.choice(_PAGE_THEMES))
+        first_color, second_color = rng.choice(COLORS, size=2, replace=False)
+        title = f"{theme} {n + 1}: {first_color} and {second_color} {_plural(str(rng.choice(SHAPES)))}"
+        intro = " ".join(rng.choice(_INTRO_SENTENCES, size=2, replace=False))
+        headings = rng.choice(_SECTION_HEADINGS, size=min(3, len(_SECTION_HEADINGS)), replace=False)
+        return PagePlan(title, intro, "", [str(h) for h in headings])
+
+    def pick(self, plan: PagePlan, rng: np.random.Generator) -> str:
+        return str(rng.choice(CLASSES))
+
+    def style(self, cls: str, path: str, rng: np.random.Generator) -> str:
+        return _style(path, self.line_drawing_fraction)
+
+    def render(self, cls: str, rng: np.random.Generator, size: int, style: str | None) -> Image.Image:
+        return (
+            render_shape_image(cls, rng, size) if style is None else render_shape_image(cls, rng, size, style)
+        )
+
+    def captions(self, cls: str, rng: np.random.Generator) -> tuple[str, str, str]:
+        return _captions(cls, rng)
+
+    def foreign_caption(self, cls: str, language: str, rng: np.random.Generator) -> str:
+        return foreign_caption(cls, language, rng)
+
+    def other_class(self, cls: str, rng: np.random.Generator) -> str:
+        return _other_class(cls, rng)
+
+    def section_paragraph(self, cls: str | None, rng: np.random.Generator) -> str:
+        color, shape = split_class(cls or str(rng.choice(CLASSES)))
+        return " ".join(
+            s.format(c=color, s=shape, ss=_plural(shape))
+            for s in rng.choice(_SECTION_SENTENCES, 2, replace=False)
+        )
+
+
 # --- site generation --------------------------------------------------------------------------------
 
 
@@ -542,6 +659,8 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
             f"image_size={options.image_size}: use at least 48 px (small junk is under {MIN_SIDE})"
         )
     rng = np.random.default_rng(seed)
+    world = options.world or ShapesWorld(options.line_drawing_fraction)
+    world.begin_site()
     lo, hi = options.images_per_page
     per_page = [int(rng.integers(lo, hi + 1)) for _ in range(pages)]
     slots = sum(per_page)
@@ -560,9 +679,11 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
                 used_names.add(name)
                 return name
 
-    def make_image(page_path: str, junk: list[str], media_prefix: str = "/media/") -> ImageEntry:
-        cls = str(rng.choice(CLASSES))
-        reference, alt, attribution = _captions(cls, rng)
+    def make_image(
+        page_path: str, junk: list[str], media_prefix: str = "/media/", plan: PagePlan | None = None
+    ) -> ImageEntry:
+        cls = world.pick(plan, rng)
+        reference, alt, attribution = world.captions(cls, rng)
         fmt = "PNG" if rng.random() < 0.25 else "JPEG"
         ext = ".png" if fmt == "PNG" else ".jpg"
         entry = ImageEntry(
@@ -581,12 +702,12 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
         kind = junk[0] if junk else None
         size = int(options.image_size * rng.choice([0.75, 1.0, 1.25]))
         if kind == "small_image":
-            picture = render_shape_image(cls, rng, int(rng.integers(16, MIN_SIDE)))
+            picture = world.render(cls, rng, int(rng.integers(16, MIN_SIDE)), None)
         elif kind == "extreme_aspect":
-            picture = _banner(cls, rng, int(rng.integers(40, 64)))
+            picture = _banner(world, cls, rng, int(rng.integers(40, 64)))
         else:
-            entry.style = _style(entry.path, options.line_drawing_fraction)
-            picture = render_shape_image(cls, rng, size, entry.style)
+            entry.style = world.style(cls, entry.path, rng)
+            picture = world.render(cls, rng, size, entry.style)
         body = _encode(picture, fmt, int(rng.integers(80, 96)))
         entry.width, entry.height = picture.size
         headers: list[tuple[str, str]] = []
@@ -610,16 +731,16 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
             entry.caption_class = None
             entry.in_figure = True
         elif kind == "non_english":
-            language = str(rng.choice(FOREIGN_LANGUAGES))
-            entry.reference = foreign_caption(cls, language, rng)
-            entry.alt = foreign_caption(cls, language, rng) if rng.random() < 0.7 else ""
+            language = str(rng.choice(FOREIGN_LANGUAGES)) if plan is None or not plan.lang else plan.lang
+            entry.reference = world.foreign_caption(cls, language, rng)
+            entry.alt = world.foreign_caption(cls, language, rng) if rng.random() < 0.7 else ""
             entry.attribution = ""
             entry.caption_language = entry.variant = language
             entry.in_figure = True
         elif kind == "mismatched_caption":
-            wrong = _other_class(cls, rng)
+            wrong = world.other_class(cls, rng)
             entry.caption_class = wrong
-            entry.reference, entry.alt, entry.attribution = _captions(wrong, rng)
+            entry.reference, entry.alt, entry.attribution = world.captions(wrong, rng)
             entry.in_figure = True
 
         if kind in ("http_404", "http_500"):
@@ -660,17 +781,16 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
     private_path = "/private/album.html"
     slot = 0
     for n, path in enumerate(tqdm(page_paths, desc="testweb pages", unit="page", disable=None, leave=False)):
-        theme = str(rng.choice(_PAGE_THEMES))
-        first_color, second_color = rng.choice(COLORS, size=2, replace=False)
-        title = f"{theme} {n + 1}: {first_color} and {second_color} {_plural(str(rng.choice(SHAPES)))}"
-        intro = " ".join(rng.choice(_INTRO_SENTENCES, size=2, replace=False))
+        plan = world.page(n, rng)
+        title, intro, headings = plan.title, plan.intro, plan.headings
         sections: list[Section] = []
-        headings = rng.choice(_SECTION_HEADINGS, size=min(3, len(_SECTION_HEADINGS)), replace=False)
         n_sections = int(rng.integers(2, 4))
         entries = []
         for _ in range(per_page[n]):
             junk = kinds[slot]
             slot += 1
+            if plan.lang and not junk:
+                junk = ["non_english"]  # a page in another language: every clean picture's text is in it
             if junk and junk[0] in ("exact_duplicate", "near_duplicate"):
                 entry = ImageEntry(
                     path="", page_path=path, cls=None, caption_class=None, reference="", alt="", attribution="",
@@ -678,19 +798,14 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
                 )  # fmt: skip
                 deferred.append(entry)
             else:
-                entry = make_image(path, junk)
+                entry = make_image(path, junk, plan=plan)
                 if not junk:
                     clean_originals.append(entry)
             entries.append(entry)
         for k in range(n_sections):
             section_entries = entries[k::n_sections]
             first = section_entries[0] if section_entries else None
-            cls = first.cls if first is not None and first.cls else str(rng.choice(CLASSES))
-            color, shape = split_class(cls)
-            paragraph = " ".join(
-                s.format(c=color, s=shape, ss=_plural(shape))
-                for s in rng.choice(_SECTION_SENTENCES, 2, replace=False)
-            )
+            paragraph = world.section_paragraph(first.cls if first is not None else None, rng)
             section = Section(
                 heading=str(headings[k % len(headings)]), paragraph=paragraph, images=section_entries
             )
@@ -706,8 +821,10 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
         ]
         if n % 10 == 3:
             links += [private_path, "/moved.html", "/missing.html", "/error.html"]
-        site_pages.append(Page(path=path, title=title, lang=str(rng.choice(["en", "en", "en-GB", "en-US"])),
-                               intro=intro, sections=sections, links=links))  # fmt: skip
+        lang = plan.lang or str(rng.choice(["en", "en", "en-GB", "en-US"]))
+        site_pages.append(
+            Page(path=path, title=title, lang=lang, intro=intro, sections=sections, links=links)
+        )
 
     # Duplicates copy a clean original from anywhere on the site, under a new URL and a fresh caption.
     duplicate_groups: dict[str, DuplicateGroup] = {}
@@ -716,7 +833,7 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
         original = clean_originals[int(rng.integers(len(clean_originals)))]
         original_body = resources[original.served_path].body
         entry.cls = entry.caption_class = original.cls
-        entry.reference, entry.alt, entry.attribution = _captions(original.cls, rng)
+        entry.reference, entry.alt, entry.attribution = world.captions(original.cls, rng)
         if entry.junk[0] == "exact_duplicate":
             body, entry.mime = original_body, original.mime
             entry.width, entry.height = original.width, original.height
@@ -1120,6 +1237,13 @@ def _parser() -> argparse.ArgumentParser:
         "--truth", type=Path, help="write the truth JSON (class and junk of every image URL) here"
     )
     parser.add_argument(
+        "--world",
+        choices=("shapes", "corpus"),
+        default="shapes",
+        help="what the gallery pages show: generated coloured shapes (default), or the real emoji/icon corpus "
+        "of `python -m testbed.corpus fetch` (testbed/corpus_web.py; the held-out style and concepts are not served)",
+    )
+    parser.add_argument(
         "--corpus", type=Path, help="also serve a folder of real pictures (see the module docstring)"
     )
     parser.add_argument(
@@ -1167,7 +1291,19 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    world = None
+    if args.world == "corpus":
+        from common.errors import UserError
+        from testbed.corpus import load_corpus
+        from testbed.corpus_web import CorpusWorld
+
+        try:
+            world = CorpusWorld(load_corpus())
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     options = SiteOptions(
+        world=world,
         image_size=args.image_size,
         junk_fraction=args.junk_fraction,
         line_drawing_fraction=args.line_drawing_fraction,

@@ -30,6 +30,7 @@ class RunningWeb:
     truth: dict[str, Any]
     site: Site
     server: LoopbackWebServer
+    full_site: Site | None = None
 
     def url(self, path: str) -> str:
         return self.base_url + "/" + path.lstrip("/")
@@ -38,6 +39,12 @@ class RunningWeb:
     def requests(self) -> list[str]:
         """Paths the server was asked for so far, in order."""
         return list(self.server.requests)
+
+    def grow(self, site: Site | None = None) -> None:
+        """Serve `site` from now on (default: the whole site that `visible_pages` held back)."""
+        site = site or self.full_site
+        self.server.site = self.site = site
+        self.truth = site.truth(self.base_url)
 
     def write_wit(self, path: str | Path) -> Path:
         self.site.write_wit(path, self.base_url)
@@ -56,16 +63,22 @@ def _cached_site(pages: int, seed: int, options: SiteOptions) -> Site:
 
 @contextlib.contextmanager
 def serve_testweb(
-    pages: int = 12, seed: int = 0, options: SiteOptions = SiteOptions(), **option_overrides: Any
+    pages: int = 12,
+    seed: int = 0,
+    options: SiteOptions = SiteOptions(),
+    visible_pages: int | None = None,
+    **option_overrides: Any,
 ) -> Iterator[RunningWeb]:
     """Build (or reuse) the site and serve it on 127.0.0.1 at a free port for the `with` block.
 
     `option_overrides` replace fields of `options`, e.g. `serve_testweb(8, slow_delay_s=0.5, hostile=True)`.
+    `visible_pages=K` serves only the first K galleries until `web.grow()` (a web that grows between runs).
     """
     options = replace(options, **option_overrides) if option_overrides else options
-    site = _cached_site(pages, seed, options)
+    full = _cached_site(pages, seed, options)
+    site = full.first_pages(visible_pages) if visible_pages is not None else full
     server = serve(site, "127.0.0.1", 0).start()
     try:
-        yield RunningWeb(server.base_url, site.truth(server.base_url), site, server)
+        yield RunningWeb(server.base_url, site.truth(server.base_url), site, server, full)
     finally:
         server.stop()

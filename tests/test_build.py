@@ -371,7 +371,10 @@ def test_cli_help_and_one_line_errors(tmp_path):
 def test_crawl_source_end_to_end(tmp_path):
     with serve_testweb(pages=6, seed=1, slow_delay_s=1.0) as web:
         cfg = BuildConfig(
-            out=tmp_path / "crawled", source=[f"crawl:{web.base_url}/"], allow_networks=["127.0.0.1/32"], **FAST
+            out=tmp_path / "crawled",
+            source=[f"crawl:{web.base_url}/"],
+            allow_networks=["127.0.0.1/32"],
+            **FAST,
         )
         summary = build_dataset(cfg)
         figures = score(cfg.out, web.truth, in_wit_only=False)  # robots-disallowed pages count as rejected

@@ -40,12 +40,24 @@ def test_sigkill_at_five_random_moments_then_resume_equals_uninterrupted(tmp_pat
     rng = np.random.default_rng(7)
     with serve_testweb(pages=16, seed=5, slow_delay_s=1.0) as web:
         wit = web.write_wit(tmp_path / "site.tsv")
-        reference = BuildConfig(out=tmp_path / "reference", source=[f"wit:{wit}"], allow_networks=["127.0.0.1/32"], **FAST)
+        reference = BuildConfig(
+            out=tmp_path / "reference", source=[f"wit:{wit}"], allow_networks=["127.0.0.1/32"], **FAST
+        )
         started = time.monotonic()
         build_dataset(reference)  # one chunk, one img2dataset call
         one_call = time.monotonic() - started
         out = tmp_path / "killed"
-        args = ["build", "--out", str(out), "--source", f"wit:{wit}", "--allow-networks", "127.0.0.1/32", "--chunk-size", "30"]
+        args = [
+            "build",
+            "--out",
+            str(out),
+            "--source",
+            f"wit:{wit}",
+            "--allow-networks",
+            "127.0.0.1/32",
+            "--chunk-size",
+            "30",
+        ]
         for name, value in FAST.items():
             args += ["--" + name.replace("_", "-"), str(value)]
         chunks = -(-len(web.site.wit_rows(web.base_url)) // 30)

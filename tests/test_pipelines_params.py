@@ -107,7 +107,7 @@ def test_cli_rejects_bad_params_before_any_work(tmp_path, capsys):
 def test_deployments_are_validated_when_loaded(tmp_path):
     specs = load_deployments(REPO / "pipelines" / "params" / "nightly.toml")
     nightly = next(s for s in specs if s.name == "nightly")
-    assert nightly.cron == "0 2 * * *" and nightly.flow == "build-dataset"
+    assert nightly.cron == "0 2 * * *" and nightly.flow == "nightly"
     assert nightly.params["build"].source and nightly.params.options.retries == 3
     path = tmp_path / "d.toml"
     path.write_text(

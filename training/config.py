@@ -25,6 +25,10 @@ class TrainConfig:
     out: Path = field(
         metadata={"help": "run directory: checkpoints/, latest, log.csv, loss.png, config.json"}
     )
+    data_version: int | None = field(
+        default=None,
+        metadata={"help": "dataset version to train on (see the dataset's versions; default: the latest)"},
+    )
     model: str = field(default="clip-small", metadata={"help": "open_clip model name or one of ours"})
     pretrained: str | None = field(
         default=None, metadata={"help": "open_clip weights tag (e.g. openai) or a weights file to start from"}
@@ -88,6 +92,8 @@ class TrainConfig:
             raise ConfigError("TrainConfig: give --steps or --epochs, not both")
         if self.epochs is not None and self.epochs <= 0:
             raise ConfigError(f"TrainConfig: epochs must be > 0, got {self.epochs}")
+        if self.data_version is not None and self.data_version < 0:
+            raise ConfigError(f"TrainConfig: data_version must be >= 0, got {self.data_version}")
         if self.workers < 0 or self.warmup < 0 or self.lr <= 0:
             raise ConfigError("TrainConfig: workers and warmup must be >= 0 and lr > 0")
 
@@ -110,6 +116,9 @@ class EvalConfig:
     )
     batch_size: int = field(default=256, metadata={"help": "images per forward pass"})
     max_retrieval: int = field(default=5000, metadata={"help": "at most this many pairs for retrieval"})
+    data_version: int | None = field(
+        default=None, metadata={"help": "version of the --retrieval dataset (default: the latest)"}
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     seed: int = field(default=0, metadata={"help": "seed of the linear-probe split"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})

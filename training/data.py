@@ -30,6 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from common.errors import UserError
+from curation import versions
 from curation.schema import SchemaError
 from curation.shards import RowGroupRef, ShardError, read_row_group, row_groups
 
@@ -55,8 +56,19 @@ class Batch(NamedTuple):
     skipped: int  # rows skipped (undecodable image or no caption) while assembling this batch
 
 
-def find_row_groups(sources: Sequence[Path | str]) -> list[RowGroupRef]:
-    """All row groups of the trusted shards of `sources`, with clear errors for unusable input."""
+def data_version_of(source: Path | str, version: int | None = None) -> int | None:
+    """The dataset version `version` means for `source` (None: its latest); None for a dataset without versions."""
+    try:
+        if not Path(source).is_dir() or (version is None and not versions.has_versions(source)):
+            return None  # find_row_groups says what is wrong with a missing directory
+        return versions.resolve(source, version).version
+    except versions.VersionError as exc:
+        raise DatasetError(str(exc)) from exc
+
+
+def find_row_groups(sources: Sequence[Path | str], version: int | None = None) -> list[RowGroupRef]:
+    """All row groups of the trusted shards of `sources` (of dataset `version`, default the latest),
+    with clear errors for unusable input."""
     refs: list[RowGroupRef] = []
     for source in sources:
         path = Path(source)
@@ -65,8 +77,8 @@ def find_row_groups(sources: Sequence[Path | str]) -> list[RowGroupRef]:
                 f"{path}: no such dataset directory; build one with `python -m curation build`"
             )
         try:
-            found = row_groups(path, required=COLUMNS)
-        except (ShardError, SchemaError) as exc:
+            found = row_groups(path, required=COLUMNS, version=version)
+        except (ShardError, SchemaError, versions.VersionError) as exc:
             raise DatasetError(str(exc)) from exc
         if sum(r.num_rows for r in found) == 0:
             raise DatasetError(
@@ -252,10 +264,12 @@ def train_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False
     )
 
 
-def iter_pairs(sources: Sequence[Path | str], limit: int | None = None) -> Iterator[tuple[Image.Image, str]]:
+def iter_pairs(
+    sources: Sequence[Path | str], limit: int | None = None, version: int | None = None
+) -> Iterator[tuple[Image.Image, str]]:
     """(image, caption) of every decodable row in shard order (evaluation); bad rows are skipped."""
     count = 0
-    for ref in find_row_groups(sources):
+    for ref in find_row_groups(sources, version):
         table = read_row_group(ref, COLUMNS)
         for jpg, caption in zip(table.column("jpg").to_pylist(), table.column("caption").to_pylist()):
             caption = caption.strip() if isinstance(caption, str) else ""

@@ -29,7 +29,7 @@ from common.errors import UserError
 from common.settings import to_dict
 from models import LoadedCLIP, load_clip, resolve_checkpoint
 from training.config import EvalConfig
-from training.data import DatasetError, decode_image, iter_pairs
+from training.data import DatasetError, data_version_of, decode_image, iter_pairs
 
 SINGLE_PROMPT = ("a photo of a {}.",)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -199,7 +199,8 @@ def _recalls(sim: torch.Tensor, positive: torch.Tensor, ks=(1, 5, 10)) -> dict:
 def retrieval(clip: LoadedCLIP, data_dir: Path, cfg: EvalConfig, device) -> dict:
     """Image->text and text->image R@1/5/10 on the pairs of a held-out dataset directory."""
     try:
-        pairs = list(iter_pairs([data_dir], limit=cfg.max_retrieval))
+        version = data_version_of(data_dir, cfg.data_version)
+        pairs = list(iter_pairs([data_dir], limit=cfg.max_retrieval, version=version))
     except DatasetError as exc:
         raise EvalError(str(exc)) from exc
     if len(pairs) < 2:
@@ -212,6 +213,7 @@ def retrieval(clip: LoadedCLIP, data_dir: Path, cfg: EvalConfig, device) -> dict
     positive = torch.from_numpy(same[:, None] == same[None, :])
     return {
         "dir": str(data_dir),
+        "data_version": version,
         "pairs": len(pairs),
         "unique_captions": len(set(captions)),
         "image_to_text": _recalls(sim, positive),

@@ -48,7 +48,7 @@ from models import (
     unwrap,
 )
 from training.config import TrainConfig
-from training.data import DatasetError, ShardStream, find_row_groups, train_loader
+from training.data import DatasetError, ShardStream, data_version_of, find_row_groups, train_loader
 
 LOG_FIELDS = [
     "step",
@@ -290,7 +290,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and on every rerun
 
     # Data first: a bad dataset should fail before minutes of model set-up.
-    refs = find_row_groups(cfg.data)
+    # Each dataset pinned to one version now (latest by default): a build committing meanwhile changes nothing.
+    data_versions = {str(p): data_version_of(p, cfg.data_version) for p in cfg.data}
+    refs = [ref for p in cfg.data for ref in find_row_groups([p], data_versions[str(p)])]
     num_rows = sum(r.num_rows for r in refs)
     if cfg.batch_size > num_rows:
         raise DatasetError(
@@ -304,7 +306,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         )
     micro_batch = cfg.batch_size // (d.world_size * cfg.accum_steps)
     total_steps = cfg.steps or max(1, math.ceil((cfg.epochs or 1.0) * num_rows / cfg.batch_size))
-    data_checksums = {str(p): manifest_checksum(p) for p in cfg.data}
+    data_checksums = {str(p): manifest_checksum(p, data_versions[str(p)]) for p in cfg.data}
 
     with quiet_random_init() if cfg.resume else contextlib.nullcontext():  # resumed weights come next
         model, preprocess_train, _, tokenizer = create_model(
@@ -395,6 +397,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
             "total_steps": total_steps,
         }
         config["data_checksums"] = data_checksums
+        config["data_versions"] = data_versions  # the version each dataset was pinned to (None: no versions)
         atomic_write_bytes(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
         # A resumed run rewrites the log up to its checkpoint, so the curve has no duplicate steps.
         kept = _read_log(log_path, start_step)

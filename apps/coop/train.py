@@ -150,7 +150,10 @@ def train(cfg, clip: LoadedCLIP) -> dict:
     with output_lock(out, "apps.coop train"):  # a second run writing the same folder fails at once
         atomic_write_json(out / "train.json", summary)
         save_prompts(
-            out / "prompts.pt", prompts, clip, {k: v for k, v in summary.items() if k not in ("log", "config")}
+            out / "prompts.pt",
+            prompts,
+            clip,
+            {k: v for k, v in summary.items() if k not in ("log", "config")},
         )
     summary["prompts_path"] = str(out / "prompts.pt")
     return summary

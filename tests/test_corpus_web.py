@@ -1,0 +1,143 @@
+"""The loopback web in corpus mode: real emoji and icons with their real names, junk, other languages.
+
+Uses the small corpus slice (openmoji, @tabler/icons, emojibase-data; fetched once into the corpus cache).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from html.parser import HTMLParser
+
+import httpx
+import numpy as np
+import py3langid
+import pytest
+from PIL import Image
+
+from testbed.corpus import SMALL, fetch, load_corpus
+from testbed.corpus_data import Split
+from testbed.corpus_web import CorpusWorld
+from testbed.testweb import JUNK_KINDS, WIT_COLUMNS, SiteOptions, build_site
+from testbed.web import serve_testweb
+
+SPLIT = Split(
+    held_out_style="tabler-filled", train_styles=("openmoji-color", "openmoji-black", "tabler-outline")
+)
+
+
+@pytest.fixture(scope="module")
+def world():
+    fetch(SMALL, progress=False)
+    return CorpusWorld(load_corpus(require=SMALL), SPLIT, foreign_page_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def web(world):
+    with serve_testweb(pages=36, seed=1, options=SiteOptions(world=world, image_size=64)) as running:
+        yield running
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lang, self.images, self.captions, self._in_caption = None, [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "html":
+            self.lang = attrs.get("lang")
+        elif tag == "img":
+            self.images.append(attrs)
+        elif tag == "figcaption":
+            self._in_caption = True
+
+    def handle_data(self, data):
+        if self._in_caption:
+            self.captions.append(data)
+
+    def handle_endtag(self, tag):
+        self._in_caption = self._in_caption and tag != "figcaption"
+
+
+def test_pages_show_real_pictures_with_their_real_names(web, world):
+    clean = [(u, t) for u, t in web.truth["images"].items() if not t["junk"]]
+    assert len(clean) > 150
+    for url, t in clean[:60]:
+        concept = world.concepts[t["class"]]
+        assert t["style"] in SPLIT.train_styles
+        assert not SPLIT.is_held_out(concept.id)  # held-out concepts are never served
+        text = " ".join([t["caption_reference_description"], t["caption_alt_text_description"]]).lower()
+        names = " ".join([concept.name, *concept.short_names])  # alt text may give a short name
+        words = [w for w in re.findall(r"[a-z]+", names) if len(w) >= 2]
+        assert not words or any(w in text for w in words) or not text.strip(), (concept.name, text)
+        served = np.asarray(
+            Image.open(io.BytesIO(httpx.get(url, follow_redirects=True).content)).convert("RGB")
+        )
+        picture = next(p for p in world.styles[t["class"]] if p.style == t["style"])
+        original = np.asarray(world.corpus.image(picture, served.shape[1])).astype(int)
+        assert np.abs(served.astype(int) - original).mean() < 6, url  # the real drawing, JPEG-encoded at most
+
+
+def test_no_clean_picture_is_served_twice(web):
+    clean = [t for t in web.truth["images"].values() if not t["junk"] and t["sha256"]]
+    assert len({t["sha256"] for t in clean}) == len(clean)
+    assert len({(t["class"], t["style"]) for t in clean}) == len(clean)  # not even at another size
+
+
+def test_sections_and_titles_carry_the_category_words(web, world):
+    rows = list(csv.DictReader(io.StringIO(_wit_text(web)), delimiter="\t"))
+    english = [r for r in rows if r["language"] == "en" and r["caption_reference_description"]]
+    hits = 0
+    for row in english:
+        url = row["image_url"]
+        cls = web.truth["images"][url]["class"]
+        if cls in world.concepts:
+            concept = world.concepts[cls]
+            hits += concept.subgroup.lower() in row["section_title"].lower() + row["page_title"].lower()
+    assert hits > 0.6 * len(english)
+
+
+def _wit_text(web) -> str:
+    rows = web.site.wit_rows(web.base_url)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=WIT_COLUMNS, delimiter="\t", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def test_every_junk_kind_is_injected_and_the_truth_matches(web):
+    counts = web.truth["counts"]
+    assert set(JUNK_KINDS) <= set(counts), set(JUNK_KINDS) - set(counts)
+    for url, t in web.truth["images"].items():
+        if "http_404" in t["junk"]:
+            assert httpx.get(url).status_code == 404
+
+
+def test_some_pages_are_in_other_languages_and_say_so(web):
+    foreign_pages = {p.path: p.lang for p in web.site.pages if p.lang.split("-")[0] not in ("en",)}
+    assert len(foreign_pages) >= 2
+    for path, lang in foreign_pages.items():
+        parser = _Images()
+        parser.feed(httpx.get(web.url(path)).text)
+        assert parser.lang == lang
+    # the clean pictures of those pages carry texts in the page's language (junk keeps its own texts)
+    marked = [t for t in web.truth["images"].values() if t["junk"] == ["non_english"]]
+    on_pages = [t for t in marked if t["page_url"].removeprefix(web.base_url) in foreign_pages]
+    assert len(on_pages) >= 8
+    texts = [t["caption_reference_description"] or t["caption_alt_text_description"] for t in on_pages]
+    detected = [py3langid.classify(x)[0] for x in texts if x]
+    assert sum(d != "en" for d in detected) >= 0.8 * len(detected), list(zip(texts, detected))
+    assert all(
+        t["caption_language"] == foreign_pages[t["page_url"].removeprefix(web.base_url)] for t in on_pages
+    )
+    assert all(t["expected_reject"]["stage"] == "text_filter" for t in marked)
+
+
+def test_the_corpus_site_is_deterministic(world):
+    options = SiteOptions(world=world, image_size=64)
+    a, b = build_site(6, 3, options), build_site(6, 3, options)
+    assert a.resources.keys() == b.resources.keys()
+    assert all(a.resources[k].body == b.resources[k].body for k in a.resources)
