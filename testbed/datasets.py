@@ -19,14 +19,21 @@ from curation.shards import write_shard
 from testbed.shapes import CLASSES, caption_for, render_shape_image
 
 
-def shape_rows(n: int, seed: int, size: int = 64, start: int = 0) -> list[dict]:
-    """`n` image-caption rows cycling through the 36 classes; deterministic from `seed`."""
+def shape_rows(
+    n: int, seed: int, size: int = 64, start: int = 0, outline_fraction: float = 0.0
+) -> list[dict]:
+    """`n` image-caption rows cycling through the 36 classes; deterministic from `seed`.
+
+    `outline_fraction` of the pictures (every k-th row) are pen-outline drawings, as on the loopback web.
+    """
     rng = np.random.default_rng(seed)
+    every = round(1 / outline_fraction) if outline_fraction > 0 else 0
     rows = []
     for i in range(start, start + n):
         cls = CLASSES[i % len(CLASSES)]
+        style = "outline" if every and i % every == every - 1 else "filled"
         buffer = io.BytesIO()
-        render_shape_image(cls, rng, size).save(buffer, format="JPEG", quality=90)
+        render_shape_image(cls, rng, size, style=style).save(buffer, format="JPEG", quality=90)
         data = buffer.getvalue()
         rows.append(
             {
@@ -55,10 +62,11 @@ def make_shape_dataset(
     size: int = 64,
     shards: int = 1,
     row_group_size: int = 512,
+    outline_fraction: float = 0.0,
 ) -> Path:
     """A dataset directory with `n` shape pairs split over `shards` Parquet shards."""
     root = Path(root)
-    rows = shape_rows(n, seed, size)
+    rows = shape_rows(n, seed, size, outline_fraction=outline_fraction)
     per_shard = -(-n // shards)
     for s in range(shards):
         part = rows[s * per_shard : (s + 1) * per_shard]

@@ -31,7 +31,7 @@ from curation.config import BuildConfig
 from curation.wit import WIT_COLUMNS
 from models import load_clip
 from testbed.shapes import render_shape_image
-from testbed.truth import score
+from testbed.truth import REASONS, score
 from testbed.web import serve_testweb
 
 FAST = {"processes": 1, "threads": 8, "image_size": 64, "timeout": 5}
@@ -263,11 +263,17 @@ def test_private_addresses_refused_without_allow_networks(tmp_path):
     assert collect_candidates(everything).counts == {"read/refused_address": 1}
 
 
-def test_truth_file_matches_the_served_site(built):
+def test_truth_file_matches_the_served_site(built, tmp_path):
     # the scoring helper and the site agree on what is in the WIT file
     truth = built["truth"]
     assert sum(1 for t in truth["images"].values() if t["in_wit"]) == built["wit_rows"]
-    assert json.dumps(truth["expected_rejects"])  # serialisable, as written by --truth
+    # The file `--truth` writes reads back as the truth the tests score against.
+    written = built["web"].write_truth(tmp_path / "truth.json")
+    assert json.loads(written.read_text(encoding="utf-8")) == truth
+    # Every junk kind in the WIT file has an expected reject, and the scorer knows its stage and reason.
+    kinds = {k for t in truth["images"].values() if t["in_wit"] and t["expected_reject"] for k in t["junk"]}
+    judged = {k for k in kinds if truth["expected_rejects"].get(k)}
+    assert judged and judged <= set(REASONS), judged - set(REASONS)
 
 
 # --- the command line, killed and resumed ------------------------------------------------------------

@@ -73,10 +73,20 @@ def test_seqtransf_starts_from_the_clip_text_blocks(tiny_clip) -> None:
 
 
 def test_dual_softmax_keeps_shape_and_damps_hub_videos() -> None:
-    similarity = torch.tensor([[0.9, 0.8], [0.1, 0.85], [0.2, 0.8]])
+    # Video 1 is a hub: every text scores it high. Text 0's raw best is the hub (0.82 > 0.80), but no
+    # other text likes video 0, so the prior over texts moves text 0 to its own video.
+    similarity = torch.tensor([[0.80, 0.82], [0.10, 0.85], [0.20, 0.80]])
     reranked = dual_softmax(similarity, temperature=10)
     assert reranked.shape == similarity.shape
-    assert reranked[0].argmax() == 0 and similarity[1].argmax() == reranked[1].argmax()
+    assert similarity[0].argmax() == 1 and reranked[0].argmax() == 0
+    assert reranked[1].argmax() == similarity[1].argmax() == 1  # the hub's best text keeps it
+    # Damping: each score is scaled by its video's softmax over texts; the hub, liked by all three,
+    # keeps at most about a third of any score, the other video nearly all of its best text's score.
+    kept = reranked / similarity
+    assert (kept <= 1).all() and kept[:, 1].max() < 0.5 < 0.99 < kept[0, 0]
+    assert torch.allclose(kept.sum(0), torch.ones(2))  # a softmax over the texts of each video
+    # A cold temperature flattens the prior to 1/texts: plain similarity, scaled.
+    assert torch.allclose(dual_softmax(similarity, temperature=1e-6), similarity / 3, atol=1e-6)
 
 
 def test_frame_feature_cache_is_keyed_by_content_and_weights(tmp_path: Path, tiny_clip) -> None:

@@ -1,7 +1,15 @@
-"""Issue 7's "recognisable sketches" criterion, with the project's trained demo model (slow: minutes on CPU)."""
+"""Issue 7's "recognisable sketches" criterion (README: own source closest for >= 80 % of 10 pictures).
+
+Self-sufficient: trains its own pair of CLIPs with the demo's recipe (clip-small, training/presets/demo.toml,
+fewer steps) on generated coloured shapes, one in five a pen outline as on the loopback web. Seed 0 draws
+the sketches and scores them, as `python -m apps.clipasso.evaluate` does; seed 1, which never saw the
+sketches being optimised, scores them too, so a sketch that only fools the model that drew it fails.
+Slow: two 300-step trainings and 10 sketches (see the timeout below for the measured time).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,20 +17,60 @@ import torch
 
 from apps.clipasso.evaluate import evaluate, evaluation_pictures
 from apps.clipasso.optimize import SketchConfig
-from models import DEFAULT_CHECKPOINT, load_clip
+from models import load_clip
+from testbed.datasets import make_shape_dataset
+from training.config import preset
+from training.train import train
 
-REPO_CHECKPOINT = Path(__file__).resolve().parents[1] / DEFAULT_CHECKPOINT
+# The demo preset with fewer steps: 300 steps reach 99 % zero-shot top-1 on the shapes (preset's notes).
+STEPS = 300
+
+
+def _train(data: Path, out: Path, seed: int) -> Path:
+    cfg = preset(
+        "demo",
+        data=[data],
+        out=out,
+        steps=STEPS,
+        seed=seed,
+        threads=1,
+        progress=False,
+        checkpoint_every=STEPS,
+        keep_checkpoints=1,
+    )
+    return train(cfg).checkpoint
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # about 10 minutes on 2 idle cores; a busy shared machine is several times slower
 def test_sketches_are_closest_to_their_own_source_and_beat_random_strokes(tmp_path):
-    if not REPO_CHECKPOINT.exists():
-        pytest.skip(f"no demo model at {DEFAULT_CHECKPOINT}: run `make demo` first")
     torch.set_num_threads(1)
-    loaded = load_clip(REPO_CHECKPOINT)
-    pictures = evaluation_pictures(tmp_path)
+    data = make_shape_dataset(tmp_path / "shapes", n=3600, seed=0, size=64, outline_fraction=0.2)
+    drawer = load_clip(_train(data, tmp_path / "seed0", seed=0))
+    judge = load_clip(_train(data, tmp_path / "seed1", seed=1))
+    (tmp_path / "pictures").mkdir()
+    pictures = evaluation_pictures(tmp_path / "pictures")
     report, _ = evaluate(
-        loaded, pictures, SketchConfig(strokes=16, seeds=2), sheet_strokes=(), progress=False
+        drawer, pictures, SketchConfig(strokes=16, seeds=2), sheet_strokes=(), progress=False, judge=judge
+    )
+    print(
+        "\n"
+        + json.dumps(
+            {
+                "own_source_closest (drawing CLIP, seed 0)": report["own_source_closest_fraction"],
+                "own_source_closest (judge CLIP, seed 1)": report["judge_own_source_closest_fraction"],
+                "beats_random": report["beats_random_fraction"],
+                "edge_map_own_source (drawing CLIP)": report["edge_map_own_source_fraction"],
+                "edge_map_own_source (judge CLIP)": report["judge_edge_map_own_source_fraction"],
+                "nearest": {
+                    r["image"]: [r["nearest_source"], r["judge_nearest_source"]] for r in report["images"]
+                },
+            },
+            indent=1,
+        )
     )
     assert report["own_source_closest_fraction"] >= 0.8, report["images"]
+    # The judge never saw the sketches being optimised; measured 4 of 10 (chance: 1 of 10) on 2026-12-01, so
+    # the README's 9 of 10 is the drawing CLIP's figure. The judge must at least clearly beat chance.
+    assert report["judge_own_source_closest_fraction"] >= 0.3, report["images"]
     assert report["beats_random_fraction"] == 1.0, report["images"]

@@ -57,6 +57,14 @@ def test_tiled_render_equals_dense_reference_with_batch_of_sketches():
     assert tiled.shape == (3, 3, 64, 64)
     assert torch.allclose(tiled, dense, atol=1e-5)
     assert (tiled < 0.5).any() and tiled.max() == 1.0
+    # The chunked dense form (bench/rasterizer.py's baseline) draws the same picture, with the same gradients.
+    leaf = points.clone().requires_grad_(True)
+    chunked = render_dense(leaf, widths, colors, 64, chunk=300)
+    assert torch.equal(chunked, dense)
+    chunked.square().mean().backward()
+    whole = points.clone().requires_grad_(True)
+    render_dense(whole, widths, colors, 64).square().mean().backward()
+    assert torch.allclose(leaf.grad, whole.grad, atol=1e-6) and leaf.grad.abs().sum() > 0
 
 
 def test_non_square_canvas_and_strokes_outside_are_white():

@@ -110,11 +110,66 @@ def test_gradient_accumulation_equals_the_full_batch():
         assert torch.allclose(full[name], acc[name], atol=1e-5, rtol=1e-4), name
 
 
-def test_accum_steps_bf16_epochs_and_siglip_train(data, tmp_path):
-    result = train(_cfg(data, tmp_path / "bf16", steps=None, epochs=0.5, precision="bf16"))
+@pytest.fixture
+def first_step(monkeypatch):
+    """Records, for each train() call, the first step's gradients (before clipping) and the dtypes that
+    the model's linear and convolution layers computed in. Wraps the real step; nothing is replaced."""
+    import training.train as loop
+
+    real = loop._forward_backward
+    seen: list[dict] = []
+
+    def recording(model, loss_fn, micro_batches, autocast, scaler, ddp):
+        if not seen or seen[-1]:  # only the first step of each run is recorded
+            return real(model, loss_fn, micro_batches, autocast, scaler, ddp)
+        dtypes: set[torch.dtype] = set()
+        hooks = [
+            m.register_forward_hook(lambda _m, _i, out: dtypes.add(out.dtype))
+            for m in model.modules()
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+        ]
+        try:
+            loss = real(model, loss_fn, micro_batches, autocast, scaler, ddp)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        grads = {
+            n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None
+        }
+        seen[-1].update(
+            loss=float(loss), grads=grads, dtypes=dtypes, micro=[tuple(i.shape) for i, _ in micro_batches]
+        )
+        return loss
+
+    monkeypatch.setattr(loop, "_forward_backward", recording)
+
+    class Recorder:
+        def run(self, cfg):
+            seen.append({})
+            result = train(cfg)
+            return result, seen[-1]
+
+    return Recorder()
+
+
+def test_accum_steps_bf16_epochs_and_siglip_train(data, tmp_path, first_step):
+    # Accumulation: 2 micro-batches of 32 give the gradients of one batch of 64 (same rows, same weights).
+    _, whole = first_step.run(_cfg(data, tmp_path / "full", steps=1, batch_size=64, checkpoint_every=1))
+    _, split = first_step.run(
+        _cfg(data, tmp_path / "acc", steps=1, batch_size=64, accum_steps=2, checkpoint_every=1)
+    )
+    assert whole["micro"] == [(64, 3, 32, 32)] and split["micro"] == [(32, 3, 32, 32)] * 2
+    assert abs(whole["loss"] - split["loss"]) < 1e-4, (whole["loss"], split["loss"])
+    assert whole["grads"].keys() == split["grads"].keys() and len(whole["grads"]) > 10
+    for name, grad in whole["grads"].items():
+        scale = grad.abs().max().item() + 1e-8
+        assert (grad - split["grads"][name]).abs().max().item() <= 1e-3 * scale + 1e-6, name
+    assert whole["dtypes"] == {torch.float32}
+
+    # bf16: the layers really compute in bfloat16 (CPU autocast), and an epoch-sized run counts its steps.
+    result, bf16 = first_step.run(_cfg(data, tmp_path / "bf16", steps=None, epochs=0.5, precision="bf16"))
     assert result.steps == 3 and result.final_loss == result.final_loss  # 0.5 x 96 rows / batch 16
-    result = train(_cfg(data, tmp_path / "acc", steps=2, accum_steps=2, checkpoint_every=2))
-    assert result.final_loss == result.final_loss
+    assert torch.bfloat16 in bf16["dtypes"], bf16["dtypes"]
     result = train(_cfg(data, tmp_path / "sig", model="clip-tiny-sigmoid", loss="siglip", steps=2))
     assert torch.isfinite(torch.tensor(result.final_loss))
     with pytest.raises(Exception, match="logit bias"):

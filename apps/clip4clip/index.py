@@ -46,7 +46,9 @@ from common.atomic import OUTPUT_LOCK, atomic_path, atomic_write_json, output_lo
 from common.errors import UserError
 
 INDEX_FORMAT = "clip4clip-index/1"
-FLAT_LIMIT = 20_000  # below this many vectors exact search is fast enough (about a millisecond per query)
+# Below this many vectors exact search is fast enough: at 20,000 x 512 it took 35-64 ms per single query
+# (load 6-9) and 82 ms (load 15) on 2 shared cores (bench/video_search.py --n 19999, docs/bench_video.md).
+FLAT_LIMIT = 20_000
 
 VIDEO_SCHEMA = pa.schema(
     [

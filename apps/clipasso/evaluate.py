@@ -3,6 +3,10 @@ is closest to, and compare each sketch's loss with random strokes'. Writes a con
 
     python -m apps.clipasso.evaluate                     # the demo model, 16 strokes, contact sheet 8/16/32
     python -m apps.clipasso.evaluate --checkpoint runs/demo/train --strokes 16 --sheet-strokes 8 16 32
+    python -m apps.clipasso.evaluate --checkpoint RUN_A --judge-checkpoint RUN_B   # also ask a second CLIP
+
+The drawing CLIP judging its own sketches can be fooled by strokes that only it reads (adversarial
+to that one model), so `--judge-checkpoint` asks a second CLIP (e.g. the same recipe, another seed).
 
 Test pictures: skimage's astronaut, chelsea, coffee, rocket and horse, and generated coloured shapes
 (testbed/shapes.py, the demo model's world). Pass criterion (issue 7): own source closest for >= 80 %.
@@ -127,8 +131,12 @@ def evaluate(
     config: SketchConfig,
     sheet_strokes: tuple[int, ...] = (8, 16, 32),
     progress: bool = True,
+    judge: LoadedCLIP | None = None,
 ) -> tuple[dict, list[tuple[str, list[np.ndarray]]]]:
-    """Sketch every picture with each stroke count; report recognisability at `config.strokes`."""
+    """Sketch every picture with each stroke count; report recognisability at `config.strokes`.
+
+    With `judge`, a second CLIP that did not draw the sketches also says which source each is closest to.
+    """
     encoder = ClipImageEncoder(loaded, config.loss)
     counts = sorted(set(sheet_strokes) | {config.strokes})
     sources, sketches, rows, per_image = [], {n: [] for n in counts}, [], []
@@ -184,6 +192,25 @@ def evaluate(
         "images": per_image,
         "similarity": [[round(v, 4) for v in row] for row in similarity.tolist()],
     }
+    if judge is not None:
+        judge_encoder = ClipImageEncoder(judge, config.loss)
+        judged = (
+            embed(judge_encoder, torch.stack(sketches[config.strokes]))
+            @ embed(judge_encoder, torch.stack(sources)).T
+        )
+        judge_nearest = judged.argmax(1).tolist()
+        for i, record in enumerate(per_image):
+            record["judge_nearest_source"] = per_image[judge_nearest[i]]["image"]
+        report["judge_checkpoint"] = judge.path
+        report["judge_own_source_closest_fraction"] = float(
+            np.mean([n == i for i, n in enumerate(judge_nearest)])
+        )
+        # The same reference for the judge: does it match each source's own edge map to the source?
+        judge_sources = embed(judge_encoder, torch.stack(sources))
+        judge_edges = embed(judge_encoder, torch.stack([edge_drawing(rgb) for rgb in sources]))
+        report["judge_edge_map_own_source_fraction"] = float(
+            ((judge_edges @ judge_sources.T).argmax(1) == torch.arange(len(sources))).float().mean()
+        )
     return report, rows
 
 
@@ -196,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", help="open_clip model name instead of a checkpoint")
     parser.add_argument("--pretrained", help="open_clip pretrained tag or weights file")
+    parser.add_argument(
+        "--judge-checkpoint",
+        type=Path,
+        help="a second CLIP (checkpoint or run directory) that also scores the sketches it did not draw",
+    )
     parser.add_argument(
         "--strokes", type=int, default=16, help="strokes for the recognisability test (default: 16)"
     )
@@ -216,13 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config.validate()
         loaded = ModelChoice(args.checkpoint, args.model, args.pretrained).load()
+        judge = ModelChoice(args.judge_checkpoint, None, None).load() if args.judge_checkpoint else None
     except UserError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         pictures = evaluation_pictures(Path(tmp), tuple(args.photos), tuple(args.shapes))
-        report, rows = evaluate(loaded, pictures, config, tuple(args.sheet_strokes))
+        report, rows = evaluate(loaded, pictures, config, tuple(args.sheet_strokes), judge=judge)
     report["seconds"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -239,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['edge_map_own_source_fraction']:.0%}; contact sheet: {args.sheet}; "
         f"report: {args.out / 'report.json'}"
     )
+    if judge is not None:
+        print(
+            f"own source closest by the judge CLIP ({args.judge_checkpoint}): "
+            f"{report['judge_own_source_closest_fraction']:.0%}"
+        )
     return 0 if report["passes"] else 1
 
 

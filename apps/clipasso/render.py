@@ -150,8 +150,14 @@ def render_dense(
     colors: torch.Tensor,
     size: int | tuple[int, int],
     config: RasterConfig = DEFAULT_RASTER,
+    chunk: int | None = None,
 ) -> torch.Tensor:
-    """Reference rasterizer: every stroke at every pixel. Same maths as `render`, no culling."""
+    """Reference rasterizer: every stroke at every pixel. Same maths as `render`, no culling.
+
+    With `chunk`, pixels are taken `chunk` at a time and each chunk is recomputed on backward
+    (activation checkpointing), so no strokes x pixels x segments tensor is held whole: the fair dense
+    baseline of bench/rasterizer.py. Same picture either way.
+    """
     _check(points, widths, colors)
     height, width = (size, size) if isinstance(size, int) else size
     batch, n_strokes = points.shape[:2]
@@ -159,11 +165,29 @@ def render_dense(
     xs = torch.arange(width, device=points.device, dtype=points.dtype) + 0.5
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
     polyline = bezier_polyline(points, config.segments_per_curve).reshape(batch * n_strokes, -1, 2)
-    pixels = grid[None].expand(batch * n_strokes, -1, -1)
-    distance = _polyline_distance(pixels, polyline).reshape(batch, n_strokes, -1)
-    alpha = _coverage(distance, widths[..., None]) * colors[..., 3:4]
-    out = _composite(alpha, colors[..., :3])
+    flat_widths, flat_alpha = widths.reshape(-1, 1), colors[..., 3].reshape(-1, 1)
+    if chunk is None:
+        alpha = _dense_alpha(grid, polyline, flat_widths, flat_alpha)
+    else:
+        from torch.utils.checkpoint import checkpoint
+
+        parts = [
+            checkpoint(
+                _dense_alpha, grid[i : i + chunk], polyline, flat_widths, flat_alpha, use_reentrant=False
+            )
+            for i in range(0, grid.shape[0], chunk)
+        ]
+        alpha = torch.cat(parts, 1)
+    out = _composite(alpha.reshape(batch, n_strokes, -1), colors[..., :3])
     return out.reshape(batch, 3, height, width)
+
+
+def _dense_alpha(
+    pixels: torch.Tensor, polyline: torch.Tensor, widths: torch.Tensor, alpha: torch.Tensor
+) -> torch.Tensor:
+    """Coverage x opacity of every stroke (S, K + 1, 2) at pixels (M, 2) -> (S, M)."""
+    distance = _polyline_distance(pixels[None].expand(polyline.shape[0], -1, -1), polyline)
+    return _coverage(distance, widths) * alpha
 
 
 def black_strokes(points: torch.Tensor, width: float) -> tuple[torch.Tensor, torch.Tensor]:
