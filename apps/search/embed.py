@@ -107,7 +107,8 @@ def embed_shard(
             image_parts.append(image)
             text_parts.append(text)
             for j, i in enumerate(kept):
-                phash, colour = image_signature(data["jpg"][i])
+                signature = image_signature(data["jpg"][i])
+                phash, colour = signature.phash, signature.colour
                 from_dataset = data["clip_score"][i] is not None
                 columns["key"].append(data["key"][i])
                 columns["url"].append(data["url"][i])
