@@ -42,6 +42,8 @@ test: $(STAMP) chromium
 # The long tests; each builds or trains what it needs (no `make demo` first).
 test-slow: $(STAMP) chromium
 	$(PY) -m pip install --quiet -e '.[dev,spark,ray]'
+	@# the extras' install brings img2dataset's `dataclasses` backport back: it breaks Prefect's server
+	$(PY) -m pip uninstall --quiet -y dataclasses || true
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow --durations=15 $(PYTEST_ARGS); rc=$$?; $(NO_TESTS)
 
 lint: $(STAMP)
