@@ -54,7 +54,10 @@ def test_growing_web_adds_exactly_the_new_clean_pairs_as_a_new_version(tmp_path)
     with serve_testweb(slow_delay_s=0.5, **GROWING) as web:
         wit = web.write_wit(tmp_path / "site.tsv")
         cfg = BuildConfig(
-            out=tmp_path / "ds", source=[f"wit:{wit}", f"crawl:{web.base_url}/"], allow_networks=["127.0.0.0/8"], **FAST
+            out=tmp_path / "ds",
+            source=[f"wit:{wit}", f"crawl:{web.base_url}/"],
+            allow_networks=["127.0.0.0/8"],
+            **FAST,
         )
         first = build_dataset(cfg)
         old_urls = set(web.truth["images"])

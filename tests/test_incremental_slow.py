@@ -23,7 +23,11 @@ def test_second_increment_killed_at_random_moments_then_resumed_equals_uninterru
     with serve_testweb(pages=10, seed=2, options=options, visible_pages=4, slow_delay_s=0.5) as web:
         wit = web.write_wit(tmp_path / "site.tsv")
         reference = BuildConfig(
-            out=tmp_path / "reference", source=[f"wit:{wit}"], allow_networks=["127.0.0.0/8"], chunk_size=20, **FAST
+            out=tmp_path / "reference",
+            source=[f"wit:{wit}"],
+            allow_networks=["127.0.0.0/8"],
+            chunk_size=20,
+            **FAST,
         )
         build_dataset(reference)
         shutil.copytree(reference.out, tmp_path / "killed")  # the same version 0 for both
@@ -33,7 +37,17 @@ def test_second_increment_killed_at_random_moments_then_resumed_equals_uninterru
         build_dataset(reference)
         one_run = time.monotonic() - started
         out = tmp_path / "killed"
-        args = ["build", "--out", str(out), "--source", f"wit:{wit}", "--allow-networks", "127.0.0.0/8", "--chunk-size", "20"]
+        args = [
+            "build",
+            "--out",
+            str(out),
+            "--source",
+            f"wit:{wit}",
+            "--allow-networks",
+            "127.0.0.0/8",
+            "--chunk-size",
+            "20",
+        ]
         for name, value in FAST.items():
             args += ["--" + name.replace("_", "-"), str(value)]
         kills = 0
