@@ -19,10 +19,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from common.atomic import output_lock
 from curation.config import BuildConfig
 from pipelines import artifacts, tasks
 from pipelines.params import ChainConfig, FlowOptions, NightlyConfig
-from pipelines.runtime import make_task_runner, output_lock
+from pipelines.runtime import make_task_runner
 
 try:  # the training library is optional for build-only installs and while it is being written
     from training.config import EvalConfig, TrainConfig

@@ -11,7 +11,6 @@ import os
 import socket
 from typing import Any
 
-from common.atomic import OutputBusyError, output_lock  # noqa: F401 - flows take the lock from here
 from common.errors import UserError
 
 # Set before Prefect reads its settings: no phoning home, and room for a slow first start on 2 cores.

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from common.atomic import OutputBusyError
 from curation import download
 from curation.config import BuildConfig
 from curation.shards import load_manifest, read_table
 from pipelines.flows import build_dataset_flow, evaluate_flow, train_flow
 from pipelines.params import FlowOptions
-from pipelines.runtime import OutputBusyError, apply_env_defaults
+from pipelines.runtime import apply_env_defaults
 from pipelines.tasks import DOWNLOAD_TAG
 from testbed.datasets import make_shape_dataset
 from testbed.shapes import write_image_folder
@@ -104,7 +105,7 @@ def test_second_run_on_the_same_output_refuses(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from pipelines.runtime import output_lock\n"
+            "import sys, time; from common.atomic import output_lock\n"
             f"with output_lock({str(out)!r}, 'build-dataset flow'):\n    print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
