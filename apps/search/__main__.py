@@ -159,7 +159,7 @@ def run_serve(ns: argparse.Namespace) -> None:
     encoder = QueryEncoder(
         clip, max_upload=ns.max_upload, url_policy=url_policy(tuple(ns.allow_network), ns.max_upload)
     )
-    state = ServiceState(SearchIndex(ns.index, nprobe=ns.nprobe), encoder, videos)
+    state = ServiceState(SearchIndex(ns.index, nprobe=ns.nprobe, threads=ns.threads), encoder, videos)
     app = create_app(state)
     print(f"serving {ns.index} ({state.index.count:,} pairs) on http://{ns.host}:{ns.port}/", flush=True)
     uvicorn.run(app, host=ns.host, port=ns.port, log_level="warning", access_log=False)
