@@ -101,6 +101,26 @@ def _video_hits(state: ServiceState, text: str) -> list[dict]:
     return found
 
 
+def _quick(state: ServiceState, params: dict, body: bytes | None) -> bool:
+    """A query by vector or id (no CLIP, no network) on a quick index: answered on the event loop.
+
+    Handing it to a worker thread and back costs two thread wake-ups, which on 2 busy cores take
+    longer than the search (docs/search.md); everything slower (CLIP, a URL, a big page, exact search
+    over many rows) still runs in the thread pool, so the loop keeps serving other requests.
+    """
+    if body or not any(params.get(f) not in (None, "") for f in ("vector", "id")):
+        return False
+    if any(params.get(f) not in (None, "") for f in ("text", "image_url", "min_score")):
+        return False  # several queries (refused in the pool like any other), or a filter that may widen
+    if str(params.get("hide_duplicates", "")).lower() not in ("", "0", "false", "no", "off"):
+        return False  # the candidate list until the page is full: not bounded in advance
+    try:
+        wanted = int(params.get("k", 20)) + int(params.get("offset", 0))
+    except (TypeError, ValueError):
+        return False
+    return state.index.quick(str(params.get("index") or "image"), wanted)
+
+
 def answer(state: ServiceState, params: dict, body: bytes | None) -> dict:
     """The results of one /knn request (see the module doc for the parameters)."""
     started, cpu_started = time.perf_counter(), time.thread_time()
@@ -256,7 +276,10 @@ def create_app(state: ServiceState) -> FastAPI:
                         raise BadRequest('request body: a JSON object such as {"text": "a red circle"}')
                     params.update(payload)
                     body = None
-            reply = await run_in_threadpool(answer, state, params, body)
+            if _quick(state, params, body):
+                reply = answer(state, params, body)
+            else:
+                reply = await run_in_threadpool(answer, state, params, body)
         except BadRequest as exc:
             return error(str(exc), exc.status)
         except (QueryError, SearchIndexError) as exc:

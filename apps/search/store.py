@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from apps.search.index import MODALITIES, SearchIndexError, read_index_meta
+from apps.search.index import FLAT_LIMIT, MODALITIES, TIE_MARGIN, SearchIndexError, read_index_meta
 
-TIE_MARGIN = 16
+QUICK_K = 1_000  # results per request (offset + k) up to which a search counts as quick (see `quick`)
 MAX_K = 10_000  # results per request at most (offset + k); more is refused with this number in the message
 
 
@@ -103,6 +103,14 @@ class SearchIndex:
         return found
 
     # --- search ----------------------------------------------------------------------------------
+
+    def quick(self, modality: str, wanted: int) -> bool:
+        """Whether a search for `wanted` results takes about a millisecond: an approximate index (its
+        nprobe tuned at index time) or an exact one small enough to scan. The server answers such
+        queries on its event loop instead of handing them to a worker thread and back."""
+        if modality not in self.faiss or wanted > QUICK_K:
+            return False
+        return self.meta["faiss"][modality]["type"] != "Flat" or self.count < FLAT_LIMIT
 
     def _search(self, query: np.ndarray, modality: str, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         # A margin past what is wanted, then ties (exact copies score alike) ordered by id: faiss breaks
