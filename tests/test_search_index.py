@@ -175,29 +175,34 @@ def faiss_nprobe(index: SearchIndex) -> int:
     return faiss_ivf(index).nprobe
 
 
-def test_rows_across_record_batches_and_one_openmp_thread_per_query(tmp_path):
+def test_rows_across_record_batches_and_one_openmp_thread_per_query(tmp_path, monkeypatch):
     import threading
 
     import faiss
 
+    import apps.search.store
+
     n = 140_000  # three Parquet row groups of 65,536
     vectors = np.eye(4, dtype=np.float32)[np.arange(n) % 4]
     rows = pa.table({"key": pa.array([f"k{i}" for i in range(n)])})
-    write_index_files(
-        tmp_path, rows, {"image": vectors}, None, settings=IndexSettings(index_type="Flat", progress=False)
-    )
-    index = SearchIndex(
-        tmp_path, threads=3
-    )  # 3: not any machine's default, so the check below means something
-    assert len(index._batches) == 3
+    settings = IndexSettings(index_type="Flat", progress=False)
+    write_index_files(tmp_path, rows, {"image": vectors}, None, settings=settings)
     wanted = [139_999, 5, 70_000, 65_536, 65_535, 5, 131_072]
+    assert [r["key"] for r in SearchIndex(tmp_path).rows(wanted)] == [f"k{i}" for i in wanted]
+    # captions over 2 GB cannot become one batch: lookups then go row group by row group
+    monkeypatch.setattr(apps.search.store, "one_batch", lambda table: table)
+    index = SearchIndex(tmp_path, threads=3)  # 3: no machine's default, so the last check means something
+    assert len(index._batches) == 3
     assert [r["key"] for r in index.rows(wanted)] == [f"k{i}" for i in wanted]
     assert [r["id"] for r in index.rows(wanted)] == wanted
     # OpenMP's thread count belongs to the calling thread: a server worker thread must get one too
     seen = []
-    worker = threading.Thread(
-        target=lambda: (index.knn(vectors[1], "image", 3), seen.append(faiss.omp_get_max_threads()))
-    )
+
+    def search_in_a_new_thread() -> None:
+        index.knn(vectors[1], "image", 3)
+        seen.append(faiss.omp_get_max_threads())
+
+    worker = threading.Thread(target=search_in_a_new_thread)
     worker.start()
     worker.join()
     assert seen == [3]

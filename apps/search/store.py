@@ -7,6 +7,7 @@ order of the index, however many rows a filter removes.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,14 @@ from apps.search.index import FLAT_LIMIT, MODALITIES, TIE_MARGIN, SearchIndexErr
 
 QUICK_K = 1_000  # results per request (offset + k) up to which a search counts as quick (see `quick`)
 MAX_K = 10_000  # results per request at most (offset + k); more is refused with this number in the message
+
+
+def one_batch(table: pa.Table) -> pa.Table:
+    """`table` as one record batch (a lookup is then one take), or as it is when a string column holds
+    more than 32-bit offsets reach (2 GB): lookups then take inside each row group."""
+    with contextlib.suppress(pa.ArrowInvalid):
+        return table.combine_chunks()
+    return table
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class SearchIndex:
         self.metadata = pq.read_table(self.path / "metadata.parquet")
         # Rows are looked up batch by batch: pyarrow's take on a many-chunk table concatenates every
         # chunk first (18 ms per query at a million rows), a take inside one batch costs microseconds.
+        self.metadata = one_batch(self.metadata)
         self._batches = self.metadata.to_batches()
         self._batch_starts = np.cumsum([0] + [b.num_rows for b in self._batches])
         self._group = self.metadata["dup_group"].to_numpy()
