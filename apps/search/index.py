@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import faiss
@@ -74,6 +74,7 @@ class IndexReport:
     duplicate_groups: int
     index_types: dict[str, str]
     bytes: int
+    faiss: dict[str, dict] = field(default_factory=dict)  # per modality: type, nprobe, recall_at_10
 
 
 # --- faiss ------------------------------------------------------------------------------------------
@@ -349,6 +350,7 @@ def build_index(
         meta["duplicate_groups"],
         {m: meta["faiss"][m]["type"] for m in MODALITIES},
         meta["bytes"],
+        meta["faiss"],
     )
 
 
