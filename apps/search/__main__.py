@@ -134,9 +134,16 @@ def run_index(ns: argparse.Namespace) -> None:
     )
     for name, kind in report.faiss.items():
         if kind["type"] != "Flat":
+            short = kind["recall_at_10"] < kind["target_recall"]
             print(
                 f"{name} index: nprobe {kind['nprobe']} reaches recall@10 {kind['recall_at_10']:.3f} "
                 f"against exact search (target {kind['target_recall']})"
+                + (
+                    ": below it even scanning every list; the codes lose too much, try --index-type "
+                    "IVF<lists>,Flat or Flat"
+                    if short
+                    else ""
+                )
             )
     print(f"serve it: python -m apps.search serve {report.index_dir} --port 8000")
 

@@ -190,24 +190,37 @@ class TuningQueries:
     own_ids: np.ndarray | None = None
 
 
-def recall_at(index, vectors: np.ndarray, queries: TuningQueries, k: int = 10) -> float:
-    """Recall@k of `index` as the server queries it (k + TIE_MARGIN fetched) against exact search.
-
-    A result counts when its exact score reaches the k-th exact score: exact copies tie, and any
-    of them is a right answer.
-    """
+def exact_kth_scores(vectors: np.ndarray, queries: TuningQueries, k: int = 10) -> np.ndarray:
+    """Per query, the k-th best exact score among the indexed rows (its own row left out)."""
     own = queries.own_ids is not None
     q = np.ascontiguousarray(queries.vectors, dtype=np.float32)
     true_s, true_i = exact_neighbours(vectors, q, k + int(own))
+    kth = np.empty(len(q), np.float32)
+    for row in range(len(q)):
+        truth = true_s[row][true_i[row] != queries.own_ids[row]] if own else true_s[row]
+        kth[row] = truth[: min(k, len(truth))][-1]
+    return kth
+
+
+def recall_at(
+    index, vectors: np.ndarray, queries: TuningQueries, k: int = 10, kth: np.ndarray | None = None
+) -> float:
+    """Recall@k of `index` as the server queries it (k + TIE_MARGIN fetched) against exact search.
+
+    A result counts when its exact score reaches the k-th exact score (`kth`, computed when not
+    given): exact copies tie, and any of them is a right answer.
+    """
+    own = queries.own_ids is not None
+    q = np.ascontiguousarray(queries.vectors, dtype=np.float32)
+    kth = exact_kth_scores(vectors, queries, k) if kth is None else kth
+    wanted = min(k, len(vectors) - int(own))
     found = index.search(q, min(len(vectors), k + TIE_MARGIN))[1]
     hits = 0.0
     for row in range(len(q)):
-        truth = true_s[row][true_i[row] != queries.own_ids[row]][:k] if own else true_s[row][:k]
         ids = [i for i in found[row] if i >= 0 and not (own and i == queries.own_ids[row])][:k]
-        if not ids:
-            continue
-        scores = np.asarray(vectors[np.sort(ids)], dtype=np.float32) @ q[row]
-        hits += min(k, int((scores >= truth[-1] - 1e-5).sum())) / min(k, len(truth))
+        if ids:
+            scores = np.asarray(vectors[np.sort(ids)], dtype=np.float32) @ q[row]
+            hits += min(wanted, int((scores >= kth[row] - 1e-5).sum())) / max(1, wanted)
     return hits / len(q)
 
 
@@ -215,16 +228,21 @@ def tune_nprobe(index, vectors: np.ndarray, queries: list[TuningQueries], target
     """The smallest power-of-two nprobe whose recall@10 reaches `target` on every query set, and that
     recall (nprobe = all lists and the recall there when no count reaches it; (1, recall) when `index`
     is not an inverted file). Sets the index's nprobe to it."""
+    kths = [exact_kth_scores(vectors, q) for q in queries]  # exact search once, not once per nprobe
+
+    def reached() -> float:
+        return min(recall_at(index, vectors, q, kth=kth) for q, kth in zip(queries, kths))
+
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
-        return 1, min(recall_at(index, vectors, q) for q in queries)
+        return 1, reached()
     nprobe = 1
     while True:
         ivf.nprobe = nprobe
-        reached = min(recall_at(index, vectors, q) for q in queries)
-        if reached >= target or nprobe >= ivf.nlist:
-            return nprobe, reached
+        recall = reached()
+        if recall >= target or nprobe >= ivf.nlist:
+            return nprobe, recall
         nprobe = min(ivf.nlist, nprobe * 2)
 
 
