@@ -554,7 +554,7 @@ class NearDupIndex:
             {
                 "version": FORMAT_VERSION,
                 "kinds": sorted(self.radii),
-                "rows": len(self.keys) if self.rows_loaded else None,
+                "rows": sum(entry.get("rows") or 0 for entry in self.segments),
                 "dataset_version": self.dataset_version,
                 "segments": self.segments,
             },
