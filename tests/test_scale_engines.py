@@ -326,10 +326,10 @@ def test_build_flow_runs_its_chunk_tasks_and_clip_scoring_on_a_dask_cluster(web,
     assert len(chunks) >= 2
     ran = [(record["key"], record["worker"]) for record in stream]
     downloads = [(k, w) for k, w in ran if "download" in str(k)]
-    scoring = [(k, w) for k, w in ran if "score-chunk" in str(k)]
+    scoring = [(k, w) for k, w in ran if "score_chunk" in str(k)]  # Dask keys: function names
     assert len(downloads) == len(chunks), ran  # every chunk task ran on the cluster
     assert len(scoring) == len(chunks), ran  # CLIP scoring too, one task per chunk
-    assert sum("dedup-increment" in str(k) for k, _ in ran) == 1, ran  # and the dedup they wait for
+    assert sum("dedup_increment" in str(k) for k, _ in ran) == 1, ran  # and the dedup they wait for
     assert {w.split("//")[1].rsplit(":", 1)[0] for _, w in ran} <= {HOST_A, HOST_B}
     assert len(list((out / "work" / "clip").glob("chunk-*.parquet"))) == len(chunks)  # what finalize merged
     table = pq.read_table(next((out / "shards").glob("*.parquet")), columns=["clip_score"])
