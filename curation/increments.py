@@ -260,6 +260,8 @@ def open_dataset_index(root: Path | str, radii: dict[str, int], increment: int) 
     """
     base = _earlier_version(root, increment)
     index = NearDupIndex.open(root, radii, up_to_version=base)
+    if index.has_untagged_segments:  # not written by a build: which versions it holds is unknown
+        index.reset()
     for version in range(index.dataset_version + 1, base + 1):
         _index_version(index, root, version)
     return index
@@ -288,7 +290,7 @@ def record_version(
     """
     base = _earlier_version(root, increment)
     index = NearDupIndex.open(root, radii, up_to_version=base, load_rows=False)
-    if index.dataset_version != base:  # behind the log: index the missing versions first
+    if index.dataset_version != base or index.has_untagged_segments:  # index the missing versions first
         index = open_dataset_index(root, radii, increment)
     for table in kept:
         hashes = {kind: table[kind].to_pylist() for kind in radii if kind in table.column_names}

@@ -388,6 +388,17 @@ class NearDupIndex:
         index._saved_rows = len(index.keys)
         return index
 
+    @property
+    def has_untagged_segments(self) -> bool:
+        """Whether some loaded segment names no dataset version (saved outside a build)."""
+        return any(entry.get("dataset_version") is None for entry in self.segments)
+
+    def reset(self) -> None:
+        """Forget every row; the listed segments are dropped at the next save (to rebuild from the source)."""
+        skipped = self._skipped + self.segments
+        self.__init__(self.root, self.radii)
+        self._skipped = skipped
+
     def _load_segment(self, path: Path) -> None:
         try:
             table = pq.read_table(path)

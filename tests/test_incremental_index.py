@@ -204,6 +204,15 @@ def test_index_rebuilt_from_the_versions_when_missing_and_never_ahead(tmp_path):
     assert "ghost" not in NearDupIndex.open(out, radii).keys
     assert len(list((out / INDEX_DIR).glob("*.parquet"))) == 2  # the ghost's segment file is gone too
 
+    # A segment saved without a dataset version (by hand, not by a build) makes the index untrusted:
+    # it is rebuilt from the versions rather than trusted to hold them.
+    by_hand = NearDupIndex.open(out, radii)
+    by_hand.add({"phash": ["00000000000000ff"]}, ["by-hand"])
+    by_hand.save()
+    rebuilt = open_dataset_index(out, radii, increment=1)
+    assert sorted(rebuilt.keys) == sorted(r["key"] for r in old) and rebuilt.dataset_version == 0
+    assert sorted(NearDupIndex.open(out, radii).keys) == sorted(rebuilt.keys)
+
 
 @pytest.fixture
 def growing_web():
