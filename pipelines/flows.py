@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger
 from common.atomic import output_lock
 from curation.config import BuildConfig
 from pipelines import artifacts, tasks
-from pipelines.params import ChainConfig, FlowOptions, NightlyConfig
+from pipelines.params import CORPUS_CATEGORIES, ChainConfig, FlowOptions, NightlyConfig
 from pipelines.runtime import make_task_runner
 
 try:  # the training library is optional for build-only installs and while it is being written
@@ -195,7 +195,11 @@ def end_to_end_flow(
     """build -> train -> evaluate -> CLIP-filtered build (round 2) -> apps, each stage a subflow or task."""
     log = _logger()
     result: dict[str, Any] = {"out": str(chain.out), "skipped": {}}
-    if evaluate.zeroshot is not None and not Path(evaluate.zeroshot).exists():
+    heldout = chain.out / "heldout"
+    if chain.world == "corpus":
+        if not (heldout / "split.json").exists():
+            result["heldout"] = tasks.write_corpus_heldout(heldout)
+    elif evaluate.zeroshot is not None and not Path(evaluate.zeroshot).exists():
         tasks.write_heldout_images(
             Path(evaluate.zeroshot), chain.heldout_per_class, chain.heldout_seed, chain.heldout_size
         )
@@ -210,6 +214,15 @@ def end_to_end_flow(
     result["train"] = train_flow(train, options)
     if "evaluate" not in result["skipped"]:
         result["evaluate"] = evaluate_flow(evaluate, options)
+        if chain.world == "corpus":  # the same pictures named by their 9 emoji groups
+            categories = replace(
+                evaluate,
+                zeroshot=heldout / CORPUS_CATEGORIES,
+                retrieval=None,
+                linear_probe=None,
+                out=chain.out / "eval" / "categories.json",
+            )
+            result["evaluate_categories"] = evaluate_flow(categories, options)
     result["round2"] = build_dataset_flow(round2_config(chain, build, train), options)
     apps_dir = chain.out / "apps"
     if chain.clipasso:
@@ -218,11 +231,16 @@ def end_to_end_flow(
             log.warning("clipasso: skipped, %s", missing)
             result["skipped"]["clipasso"] = missing
         else:
-            picture = chain.clipasso_image or Path(
-                tasks.write_shape_picture(
-                    apps_dir / "clipasso_input" / "red_star.png", "red star", chain.heldout_seed
+            if chain.clipasso_image:
+                picture = chain.clipasso_image
+            elif chain.world == "corpus":
+                picture = Path(tasks.write_photo(apps_dir / "clipasso_input" / "chelsea.png", "chelsea"))
+            else:
+                picture = Path(
+                    tasks.write_shape_picture(
+                        apps_dir / "clipasso_input" / "red_star.png", "red star", chain.heldout_seed
+                    )
                 )
-            )
             result["clipasso"] = tasks.sketch_picture(
                 picture,
                 apps_dir / "clipasso",

@@ -217,6 +217,28 @@ def write_heldout_images(out_dir: Path, per_class: int, seed: int, size: int) ->
     return str(write_image_folder(out_dir, per_class, seed, size))
 
 
+@task(name="write-corpus-heldout")
+def write_corpus_heldout(out_dir: Path, size: int = 64) -> dict:
+    """The corpus world's evaluation sets: the held-out style's pictures of 100 concepts, its 9 emoji
+    groups, held-out concepts, retrieval shards and a probe set (testbed.corpus_data, nothing to train on)."""
+    from testbed.corpus import PACKAGES, load_corpus
+    from testbed.corpus_data import write_datasets
+
+    corpus = load_corpus(require=list(PACKAGES))
+    return plain(write_datasets(corpus, out_dir, size=size, progress=False, train=False)["counts"])
+
+
+@task(name="write-photo")
+def write_photo(path: Path, name: str) -> str:
+    """One of scikit-image's sample photographs (chelsea, astronaut, coffee, ...) as a PNG."""
+    from PIL import Image
+    from skimage import data
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(getattr(data, name)()).convert("RGB").save(path)
+    return str(path)
+
+
 @task(name="sketch-picture")
 def sketch_picture(
     image: Path, out_dir: Path, checkpoint: Path, strokes: int, iterations: int, seeds: int

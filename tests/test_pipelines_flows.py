@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -213,9 +214,10 @@ def test_train_flow_under_torchrun(tmp_path):
     assert result["processes"] == 2 and Path(result["checkpoint"]).exists()
 
 
-@pytest.mark.slow  # the whole chain at toy sizes: ~3 min on 2 cores
-def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
-    from pipelines.demo import DEMO_PARAMS, run_demo
+@pytest.mark.slow  # the whole chain at toy sizes: ~3 min on 2 cores per world
+@pytest.mark.parametrize("world, sketch", [("shapes", "red_star.svg"), ("corpus", "chelsea.svg")])
+def test_demo_runs_every_stage_and_writes_the_report(tmp_path, world, sketch):
+    from pipelines.demo import run_demo
 
     overrides = [
         "train.steps=3",
@@ -228,10 +230,17 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
         "chain.clip4clip_epochs=1",
         "build.chunk_size=60",
     ]
-    report = run_demo(tmp_path / "demo", pages=4, seed=0, params_file=DEMO_PARAMS, overrides=overrides)
+    # the corpus world fetches the whole corpus into the cache once (~45 s, 349 MB), then runs offline
+    report = run_demo(tmp_path / "demo", pages=4 if world == "shapes" else 10, seed=0, params_file=None,
+                      overrides=overrides, world=world)  # fmt: skip
     text = report.read_text()
     for heading in ("Round 1", "Training", "Evaluation", "Round 2", "apps.clipasso", "apps.clip4clip"):
         assert f". {heading}" in text, heading
     assert "skipped" not in text
-    assert (tmp_path / "demo" / "apps" / "clipasso" / "red_star.svg").exists()
+    assert (tmp_path / "demo" / "apps" / "clipasso" / sketch).exists()
+    if world == "corpus":  # held-out style: 100 concepts, then the same pictures by their 9 emoji groups
+        result = json.loads((tmp_path / "demo" / "result.json").read_text())
+        assert result["evaluate"]["zeroshot"]["classes"] == 100
+        assert result["evaluate_categories"]["zeroshot"]["classes"] == 9
+        assert "real emoji and icons" in text and "Category level" in text
     assert (tmp_path / "demo" / "apps" / "clip4clip" / "search.html").exists()
