@@ -100,6 +100,38 @@ def test_build_flow_chunks_concurrency_artifacts_and_cache(tmp_path, img2dataset
         assert not pickles and not (out / ".prefect-cache").exists()
 
 
+def test_build_flow_scores_each_chunk_in_its_own_task_and_merges_like_the_library(tmp_path, tiny_checkpoint):
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from curation.build import build_dataset
+    from curation.clipscore import load_embedder
+
+    started = datetime.now(UTC)  # the API's database outlives a test session: count this run's tasks
+
+    def since_start(runs: list[dict]) -> list[dict]:
+        return [r for r in runs if r["start_time"] and datetime.fromisoformat(r["start_time"]) >= started]
+
+    with serve_testweb(pages=3, seed=1, slow_delay_s=0.5) as web:
+        wit = web.write_wit(tmp_path / "site.tsv")
+        clip = {"clip_checkpoint": tiny_checkpoint, "clip_top_fraction": 0.7}
+        cfg = dataclasses.replace(_build_config(wit, tmp_path / "flow"), **clip)
+        result = build_dataset_flow(cfg, FlowOptions(retries=0))
+        library = dataclasses.replace(cfg, out=tmp_path / "library")
+        build_dataset(library, load_embedder(library))
+    chunks = result["chunks"]
+    assert len(chunks) >= 2
+    scored = since_start(_task_runs("score-chunk-"))
+    assert len(scored) == len(chunks)  # one CLIP-scoring task per chunk (on Dask: spread over the workers)
+    assert all(r["state_type"] == "COMPLETED" for r in scored)
+    assert len(since_start(_task_runs("dedup-increment"))) == 1
+    got = read_table(cfg.out, columns=["key", "clip_score"]).to_pylist()
+    want = read_table(library.out, columns=["key", "clip_score"]).to_pylist()
+    assert got == want and all(r["clip_score"] is not None for r in got)  # same pairs kept, same scores
+    rejects = read_table(cfg.out, columns=["reject_stage"], kind="rejects")["reject_stage"].to_pylist()
+    assert "clip" in rejects  # the top fraction was applied over every chunk's scores together
+
+
 def test_second_run_on_the_same_output_refuses(tmp_path):
     out = tmp_path / "busy"
     holder = subprocess.Popen(
