@@ -48,7 +48,8 @@ test-slow: $(STAMP) chromium
 	$(PY) -m pip install --quiet -e '.[dev,spark,ray]'
 	@# the extras' install brings img2dataset's `dataclasses` backport back: it breaks Prefect's server
 	$(PY) -m pip uninstall --quiet -y dataclasses || true
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow --durations=15 $(PYTEST_ARGS); rc=$$?; $(NO_TESTS)
+	@# REQUIRE_ENGINES=1: the engine tests (pyspark, ray, dask, torchrun) fail rather than skip when an engine is missing
+	REQUIRE_ENGINES=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow --durations=15 $(PYTEST_ARGS); rc=$$?; $(NO_TESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
