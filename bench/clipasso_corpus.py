@@ -81,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drawer", type=Path, required=True, help="run directory of the CLIP that draws")
     parser.add_argument("--judge", type=Path, required=True, help="run directory of the second CLIP")
     parser.add_argument("--data", type=Path, help="training shards, to train a run that has no checkpoint")
-    parser.add_argument("--preset", default="corpus", help="training preset for --data (default: corpus)")
+    parser.add_argument(
+        "--preset", default="corpus-grouped", help="training preset for --data (default: corpus-grouped)"
+    )
     parser.add_argument("--strokes", type=int, default=16)
-    parser.add_argument("--iterations", type=int, default=200, help="max optimisation steps per seed")
-    parser.add_argument("--seeds", type=int, default=2, help="random starts per picture")
+    parser.add_argument("--iterations", type=int, default=250, help="max optimisation steps per seed")
+    parser.add_argument("--seeds", type=int, default=1, help="random starts per picture")
     parser.add_argument("--icons", nargs="*", default=list(ICONS), help="held-out Tabler icon names")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"

@@ -220,7 +220,7 @@ def _folder_name(text: str) -> str:
 
 def _rows(corpus: Corpus, pictures: Sequence[Picture], size: int, caption_of, desc: str, progress: bool):
     rows = []
-    for n, picture in enumerate(tqdm(pictures, desc=desc, unit="pic", disable=not progress, leave=False)):
+    for picture in tqdm(pictures, desc=desc, unit="pic", disable=not progress, leave=False):
         image = corpus.image(picture, size)
         if image is None:
             continue  # recorded in the corpus's render failures
