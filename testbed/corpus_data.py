@@ -41,7 +41,7 @@ from curation.shards import write_shard
 from testbed.corpus import DATASOURCE_STYLES, Concept, Corpus, Picture, load_corpus
 
 EMOJI_STYLES = (*DATASOURCE_STYLES, "openmoji-color", "openmoji-black")
-CAPTION_MODES = ("name", "name+section", "name+tags", "mixed", "phrased", "grouped", "grouped4")
+CAPTION_MODES = ("name", "name+section", "name+tags", "mixed", "phrased", "grouped", "grouped4", "named4")
 # How people write about a picture; deliberately not the evaluation's prompt "a photo of a {}."
 PHRASES = (
     "{}",
@@ -157,8 +157,10 @@ def captions(concept: Concept, mode: str, style: str = "") -> list[str]:
     The group words sit in two of three captions, and (3) teaches the text tower sentences without the
     name, nearer the category-level zero-shot prompts ("a photo of a animals and nature.").
     grouped4: the same and a fourth caption naming the group alone ("an emoji of a animals and nature").
+    named4: grouped4 with (3) naming the concept too ("cat face, animal mammal, animals and nature"): the
+    name in 3 of 4 captions, the group in 3 of 4, alone in 1.
     """
-    if mode not in ("grouped", "grouped4"):
+    if mode not in ("grouped", "grouped4", "named4"):
         return [caption(concept, mode, style)]
     h = zlib.crc32(f"{style}/{concept.id}".encode())
     out = [PHRASES[h % len(PHRASES)].format(concept.name)]
@@ -166,10 +168,12 @@ def captions(concept: Concept, mode: str, style: str = "") -> list[str]:
         g = readable_group(concept.group)
         named = PHRASES[(h // 7 + 1) % len(PHRASES)].format(concept.name)
         out.append(GROUP_PHRASES[(h // 11) % len(GROUP_PHRASES)].format(named, g=g))
-        if concept.subgroup and concept.subgroup != concept.group:
+        if mode == "named4":
+            out.append(", ".join(dict.fromkeys(p for p in (concept.name, concept.subgroup, g) if p)))
+        elif concept.subgroup and concept.subgroup != concept.group:
             sub = PHRASES[(h // 13 + 2) % len(PHRASES)].format(concept.subgroup)
             out.append(GROUP_PHRASES[(h // 17 + 1) % len(GROUP_PHRASES)].format(sub, g=g))
-        if mode == "grouped4":
+        if mode in ("grouped4", "named4"):
             out.append(PHRASES[(h // 19 + 3) % len(PHRASES)].format(g))
     return out
 
@@ -185,7 +189,7 @@ def caption(concept: Concept, mode: str, style: str = "") -> str:
     like "a photo of a {}." are not the first sentences the text tower ever reads;
     grouped: the first of `captions` (the others are written as more rows).
     """
-    if mode in ("grouped", "grouped4"):
+    if mode in ("grouped", "grouped4", "named4"):
         return captions(concept, mode, style)[0]
     if mode == "phrased":
         phrase = PHRASES[zlib.crc32(f"{style}/{concept.id}".encode()) % len(PHRASES)]
@@ -299,7 +303,11 @@ def write_datasets(
         corpus, ev / "concepts", [(name[c], held[c]) for c in plan.eval_concepts], size, progress
     )
     counts["categories"] = _write_folder(
-        corpus, ev / "categories", [(readable_group(g), held[c]) for c, g in sorted(plan.categories.items())], size, progress
+        corpus,
+        ev / "categories",
+        [(readable_group(g), held[c]) for c, g in sorted(plan.categories.items())],
+        size,
+        progress,
     )
     counts["unseen_concepts"] = _write_folder(
         corpus, ev / "unseen_concepts", [(name[c], held[c]) for c in plan.unseen_concepts], size, progress

@@ -105,6 +105,13 @@ def test_captions_and_split_errors(slice_):
         assert len(texts) == 3 and caption(cat, "grouped", style) == texts[0]
         assert ["animals and nature" in t for t in texts] == [False, True, True]
         assert ["cat face" in t for t in texts] == [True, True, False] and "animal mammal" in texts[2]
+    # grouped4 adds the group alone; named4 names the concept in 3 of 4, the group alone in the 4th
+    four = captions(cat, "grouped4", "google")
+    assert four[:3] == captions(cat, "grouped", "google") and "cat face" not in four[3]
+    named = captions(cat, "named4", "google")
+    assert named[2] == "cat face, animal mammal, animals and nature" and named[3] == four[3]
+    assert ["cat face" in t for t in named] == [True, True, True, False]
+    assert all("animals and nature" in t for t in named[1:])
     assert captions(cat, "phrased", "google") == [caption(cat, "phrased", "google")]
     with pytest.raises(SplitError, match="no pictures of style"):
         plan_split(small, Split(held_out_style="twitter"))
