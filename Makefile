@@ -10,7 +10,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow lint format venv chromium clean
+.PHONY: demo demo-corpus test test-slow lint format venv chromium clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ chromium:
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.demo --out runs/demo
 
+# The same chain on the real emoji and icon corpus (fetched from the npm registry into the cache once).
+demo-corpus: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.demo --world corpus --out runs/demo-corpus
+
 # PYTEST_ARGS narrows a run (e.g. PYTEST_ARGS="tests/test_train.py"). A run that collects no test fails
 # (pytest's exit status 5): a typo in a path or marker must not pass as a green suite.
 PYTEST_ARGS ?=
@@ -44,7 +48,8 @@ test-slow: $(STAMP) chromium
 	$(PY) -m pip install --quiet -e '.[dev,spark,ray]'
 	@# the extras' install brings img2dataset's `dataclasses` backport back: it breaks Prefect's server
 	$(PY) -m pip uninstall --quiet -y dataclasses || true
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow --durations=15 $(PYTEST_ARGS); rc=$$?; $(NO_TESTS)
+	@# REQUIRE_ENGINES=1: the engine tests (pyspark, ray, dask, torchrun) fail rather than skip when an engine is missing
+	REQUIRE_ENGINES=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow --durations=15 $(PYTEST_ARGS); rc=$$?; $(NO_TESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

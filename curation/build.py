@@ -14,7 +14,13 @@ Increments: a rerun after a finished build is a new increment over the same `--o
 the sources again but skips every row an earlier increment read (curation/increments.py), so only
 new rows are filtered and downloaded, dedups the new pairs against the whole dataset, and commits
 the new shards as the next dataset version (curation/versions.py, a Delta Lake log). A rerun that
-finds nothing new commits nothing.
+finds nothing new commits nothing. Dedup queries the dataset's persisted near-duplicate index
+(DIR/index/neardup) with the new rows' hashes and reads old pixels only for the candidates it
+names; the kept rows join the index after their version commits (curation/increments.py).
+
+After the downloads, `finalize_dataset` runs dedup (`dedup_new_pairs`), CLIP scoring per chunk
+(`score_chunk`) and the writing; the first two cache their results under DIR/work, so a flow can
+run them as separate tasks (the chunks' scoring on a Dask cluster) and finalize merges them.
 """
 
 from __future__ import annotations
@@ -36,14 +42,18 @@ from common.errors import UserError
 from common.settings import ConfigError
 from curation import shards, versions
 from curation.config import BuildConfig, fingerprint, output_settings
-from curation.dedup import DEDUP_STAGE, image_signature
+from curation.dedup import DEDUP_STAGE, DedupDecision, image_signature
 from curation.filters import IMAGE_FILTERS, TEXT_FILTERS, first_reject, reason_name
 from curation.increments import (
     PairColumns,
     SeenIndex,
     SeenWriter,
+    dataset_candidates,
     dedup_against_dataset,
+    index_radii,
+    open_dataset_index,
     publish_seen,
+    record_version,
     row_digest,
     url_digest,
 )
@@ -563,15 +573,17 @@ def _clip_scores_for_chunk(cfg: BuildConfig, index: int, table: pa.Table, embedd
     return dict(zip(keys, scores.tolist()))
 
 
-def _pixel_verifier(staged: list[Path], keys: list[str]):
-    """Confirm near-duplicate candidate pairs from the pictures: reads only the rows involved."""
+def _pixel_verifier(staged: list[Path], keys: list[str], known: dict[str, bytes]):
+    """Confirm near-duplicate candidate pairs from the pictures: `known` holds the old candidates'
+    pictures (read from their shards already); new rows are read from the staged files, only those involved."""
     from curation.dedup import SAME_PICTURE_MAX_DIFFERENCE, aligned_difference, thumbnail
 
     def verify(pairs: list[tuple[int, int]]) -> list[bool]:
         wanted = {keys[i] for pair in pairs for i in pair}
-        thumbs: dict[str, object] = {}
-        for path in staged:
-            table = pq.read_table(path, columns=["key", "jpg"], filters=[("key", "in", list(wanted))])
+        thumbs = {key: thumbnail(known[key]) for key in wanted if key in known}
+        unread = sorted(wanted - set(thumbs))
+        for path in staged if unread else []:
+            table = pq.read_table(path, columns=["key", "jpg"], filters=[("key", "in", unread)])
             for key, jpg in zip(table["key"].to_pylist(), table["jpg"].to_pylist()):
                 thumbs[key] = thumbnail(jpg)
         return [
@@ -585,11 +597,16 @@ def _pixel_verifier(staged: list[Path], keys: list[str]):
 def _read_dedup_columns(path: Path) -> pa.Table:
     # shards written before a column existed (ahash came with #15) read it as nulls
     names = pq.read_schema(path).names
-    table = pq.read_table(path, columns=[c for c in _DEDUP_COLUMNS if c in names])
+    return _with_dedup_columns(pq.read_table(path, columns=[c for c in _DEDUP_COLUMNS if c in names]))
+
+
+def _with_dedup_columns(table: pa.Table, extra: list[str] = ()) -> pa.Table:
+    """`table` with every dedup column (nulls where a shard predates it), cast to the staged types."""
     for name in _DEDUP_COLUMNS:
-        if name not in names:
+        if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, STAGED_SCHEMA.field(name).type))
-    return table.select(_DEDUP_COLUMNS)
+    names = [*_DEDUP_COLUMNS, *extra]
+    return table.select(names).cast(pa.schema([STAGED_SCHEMA.field(name) for name in names]))
 
 
 def _dedup_columns(paths: list[Path], desc: str) -> PairColumns:
@@ -600,6 +617,86 @@ def _dedup_columns(paths: list[Path], desc: str) -> PairColumns:
     schema = pa.schema([STAGED_SCHEMA.field(name) for name in _DEDUP_COLUMNS])
     table = pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
     return PairColumns.from_table(table)
+
+
+def _read_candidates(out: Path, wanted: dict[str, list[str]]) -> pa.Table:
+    """The dataset's candidate pairs, dedup columns and pixels, each from its own shard (by key)."""
+    tables = [
+        _with_dedup_columns(shards.read_rows_by_key(out / location, keys, [*_DEDUP_COLUMNS, "jpg"]), ["jpg"])
+        for location, keys in wanted.items()
+    ]
+    if tables:
+        return pa.concat_tables(tables)
+    return pa.schema([STAGED_SCHEMA.field(name) for name in [*_DEDUP_COLUMNS, "jpg"]]).empty_table()
+
+
+def dedup_new_pairs(cfg: BuildConfig, staged: list[Path], increment: int) -> dict[str, DedupDecision]:
+    """Which staged (new) pairs to drop as duplicates of each other or of the dataset's committed pairs.
+
+    The committed pairs are never read in full: the dataset's near-duplicate index names the ones
+    whose pHash or aHash is close to a new pair, and only those are read (one row group each).
+    """
+    out = Path(cfg.out)
+    new = _dedup_columns(staged, "dedup: reading new hashes")
+    index = open_dataset_index(out, index_radii(cfg.dedup_radius), increment)
+    candidates = _read_candidates(out, dataset_candidates(index, new))
+    old = PairColumns.from_table(candidates)
+    old_pictures = dict(zip(old.keys, candidates["jpg"].to_pylist()))
+    return dedup_against_dataset(
+        new,
+        old,
+        cfg.dedup_radius,
+        cfg.caption_policy,
+        verify=_pixel_verifier(staged, old.keys + new.keys, old_pictures),
+    )
+
+
+_DECISIONS_SCHEMA = pa.schema([("key", pa.string()), ("kept_key", pa.string()), ("reason", pa.string())])
+
+
+def dedup_increment(cfg: BuildConfig) -> dict[str, DedupDecision]:
+    """`dedup_new_pairs` for the increment in the work folder, cached in DIR/work/dedup.parquet."""
+    candidates = collect_candidates(cfg)
+    path = _work(cfg) / "dedup.parquet"
+    if path.exists():
+        rows = pq.read_table(path).to_pylist()
+        return {r["key"]: DedupDecision(r["kept_key"], r["reason"]) for r in rows}
+    _require_downloaded(cfg, candidates)
+    staged = [_staged(cfg, c.index, ".parquet") for c in candidates.chunks]
+    decisions = dedup_new_pairs(cfg, staged, candidates.increment)
+    table = pa.table(
+        [
+            pa.array(list(decisions), pa.string()),
+            pa.array([d.kept_key for d in decisions.values()], pa.string()),
+            pa.array([d.reason for d in decisions.values()], pa.string()),
+        ],
+        schema=_DECISIONS_SCHEMA,
+    )
+    shards.write_parquet_atomic(table, path)
+    return decisions
+
+
+def score_chunk(cfg: BuildConfig, chunk: ChunkSpec, embedder: Any) -> int:
+    """CLIP scores of one downloaded chunk's pairs that survived dedup, cached in DIR/work/clip.
+
+    Needs `dedup_increment` first (it is cached, so this reads its decisions). Returns the pairs scored.
+    """
+    from curation.clipscore import as_embedder
+
+    duplicates = dedup_increment(cfg)
+    table = pq.read_table(_staged(cfg, chunk.index, ".parquet"), columns=["key", "jpg", "caption"])
+    survivors = pa.array([k not in duplicates for k in table["key"].to_pylist()], pa.bool_())
+    return len(
+        _clip_scores_for_chunk(cfg, chunk.index, table.filter(survivors), as_embedder(embedder, cfg.device))
+    )
+
+
+def _require_downloaded(cfg: BuildConfig, candidates: CandidateSet) -> None:
+    missing = [c.index for c in candidates.chunks if not _staged(cfg, c.index, ".json").exists()]
+    if missing:
+        raise BuildError(
+            f"{cfg.out}: chunks {missing[:10]} are not downloaded yet; run download_chunk for them first"
+        )
 
 
 def _shard_name(increment: int, chunk: ChunkSpec) -> str:
@@ -620,27 +717,15 @@ def finalize_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
         )
     if not candidates.chunks and not candidates.rejected:
         return _nothing_new(cfg, candidates)
-    missing = [c.index for c in candidates.chunks if not _staged(cfg, c.index, ".json").exists()]
-    if missing:
-        raise BuildError(
-            f"{out}: chunks {missing[:10]} are not downloaded yet; run download_chunk for them first"
-        )
+    _require_downloaded(cfg, candidates)
     shards.remove_untrusted(out)  # leftovers of a killed writer
 
-    # Dedup the new pairs against each other and against every pair of the latest version.
+    # Dedup the new pairs against each other and against the dataset (through its near-dup index).
     staged = [_staged(cfg, c.index, ".parquet") for c in candidates.chunks]
-    committed = _committed_shards(out, increment)
-    new = _dedup_columns(staged, "dedup: reading new hashes")
-    old = _dedup_columns(committed, "dedup: reading the dataset's hashes")
-    duplicates = dedup_against_dataset(
-        new,
-        old,
-        cfg.dedup_radius,
-        cfg.caption_policy,
-        verify=_pixel_verifier(staged + committed, old.keys + new.keys),
-    )
+    duplicates = dedup_increment(cfg)
 
-    # CLIP score every pair that survived dedup; the top fraction needs all scores before deciding.
+    # CLIP score every pair that survived dedup (chunks a flow scored already are cached); the top
+    # fraction needs all scores before deciding.
     scores: dict[str, float] = {}
     if embedder is not None:
         clip = as_embedder(embedder, cfg.device)
@@ -661,6 +746,7 @@ def finalize_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
         count(stage, reason, n)
     kept_total = 0
     new_shards: list[str] = []
+    kept_hashes: list[pa.Table] = []  # what the near-dup index gets once the version commits
     for chunk, path in tqdm(list(zip(candidates.chunks, staged)), desc="writing shards", unit=" shard"):
         table = pq.read_table(path)
         keys = table["key"].to_pylist()
@@ -700,7 +786,10 @@ def finalize_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
         if final.num_rows:
             if not shards.has_shard(out, name):
                 shards.write_shard(out, name, final)
-            new_shards.append(f"{shards.SHARDS}/{name}.parquet")
+            location = f"{shards.SHARDS}/{name}.parquet"
+            new_shards.append(location)
+            hashes = final.select(["key", "phash", "ahash"])
+            kept_hashes.append(hashes.append_column("location", pa.array([location] * final.num_rows)))
         if rejects.num_rows and not shards.has_shard(out, name, kind=shards.REJECTS):
             shards.write_shard(out, name, rejects, kind=shards.REJECTS)
     folder = _candidates_dir(cfg)
@@ -724,6 +813,8 @@ def finalize_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
         "last_key": state["last_key"],
     }
     version = _commit_version(out, increment, new_shards, record)
+    if version is not None:  # only now: the index never holds pairs that no version holds
+        record_version(out, index_radii(cfg.dedup_radius), increment, version, kept_hashes)
     record["version"] = version
     totals = _cumulative(_increments(out)[:increment] + [record])
     report, sheet = write_report(
@@ -752,14 +843,6 @@ def finalize_dataset(cfg: BuildConfig, embedder: Any = None) -> BuildSummary:
         added=kept_total,
         unchanged=candidates.unchanged,
     )
-
-
-def _committed_shards(out: Path, increment: int) -> list[Path]:
-    """The kept shards of the dataset's latest version from earlier increments (dedup compares against them)."""
-    if not versions.has_versions(out):
-        return []
-    prefix = f"i{increment:05d}-"
-    return [p for p in shards.trusted_shards(out, verify=False) if not p.name.startswith(prefix)]
 
 
 def _commit_version(out: Path, increment: int, new_shards: list[str], record: dict) -> int | None:

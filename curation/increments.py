@@ -12,8 +12,17 @@ downloader again (a new row with an old URL is a `duplicate_url` reject, as with
 and gives keys that continue after the last one. In memory: about 70 bytes per row read so far
 (two Python ints and a key), 1 M rows = ~70 MB; the rows themselves are never held.
 
-`dedup_against_dataset` is the one seam between a build and the near-duplicate search: it takes
-the new pairs and the pairs already in the dataset and says which new ones to drop.
+Dedup against the dataset goes through the persisted near-duplicate index (curation/neardup.py,
+DIR/index/neardup): `open_dataset_index` opens it as of the last version an earlier increment
+committed (repairing a missing tail from the Delta log), `dataset_candidates` queries it with the
+new rows' pHash and aHash and names the old rows near them, and `dedup_against_dataset` decides
+with the new pairs and those candidates only (their pixels are read from their own shards). The
+rows an increment keeps join the index by `record_version`, called only after the version commits:
+
+    crash before the commit        the index holds the earlier versions only (never ahead of the log)
+    crash after it, before save    the resumed run saves the segment (it finds its commit); a dataset
+                                   whose index lags anyway (built before the index existed, or the
+                                   index deleted) gets the missing versions' hashes from their shards
 """
 
 from __future__ import annotations
@@ -27,7 +36,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.atomic import atomic_path
-from curation.dedup import DedupDecision, PairVerifier, copy_quality, duplicate_groups
+from curation import versions
+from curation.dedup import AHASH_RADIUS, DedupDecision, PairVerifier, copy_quality, duplicate_groups
+from curation.neardup import NearDupIndex, NearDupIndexError
 from curation.schema import WIT_TEXT_COLUMNS
 
 SEEN_DIR = "seen"
@@ -163,8 +174,9 @@ def dedup_against_dataset(
     """Which new pairs to drop: exact or near duplicates of a pair already in the dataset, or of a
     better new pair. Pairs already in the dataset are never dropped (their versions are committed).
 
-    Today: curation.dedup's search over old + new at once (its cost grows with the whole dataset).
-    The persisted index (`NearDupIndex.open(dataset_dir).query_and_add(...)`) replaces this body.
+    `old`: the dataset's pairs that can matter, i.e. the index's candidates for the new rows
+    (`dataset_candidates`), not the whole dataset. Committed pairs never confirm each other (each
+    increment dropped such pairs), so the groups are those a search over every pair would find.
     """
     keys = old.keys + new.keys
     n_old = len(old)
@@ -203,3 +215,84 @@ def dedup_against_dataset(
                 reason = f"near_duplicate: of key {keys[best]}{where} (phash distance {distance})"
             decisions[keys[i]] = DedupDecision(keys[best], reason)
     return decisions
+
+
+# --- the persisted index ------------------------------------------------------------------------------
+
+
+def index_radii(phash_radius: int) -> dict[str, int]:
+    """The hash kinds and radii of a dataset's near-duplicate index (the build's `dedup_radius`)."""
+    return {"phash": phash_radius, "ahash": AHASH_RADIUS}
+
+
+def _earlier_version(root: Path | str, increment: int) -> int:
+    """The newest version committed by an increment before `increment` (-1: none)."""
+    earlier = [e["version"] for e in versions.history(root) if e.get("increment", -1) < increment]
+    return max(earlier, default=-1)
+
+
+def _added_files(root: Path | str, version: int) -> list[str]:
+    files = set(versions.resolve(root, version).files)
+    if version > 0:
+        files -= set(versions.resolve(root, version - 1).files)
+    return sorted(files)
+
+
+def _index_version(index: NearDupIndex, root: Path | str, version: int) -> None:
+    """Add the rows `version` added to the dataset, read from its shards (hash columns only), and save."""
+    import pyarrow.parquet as pq
+
+    for name in _added_files(root, version):
+        present = pq.read_schema(Path(root) / name).names
+        table = pq.read_table(
+            Path(root) / name, columns=[c for c in ("key", "phash", "ahash") if c in present]
+        )
+        hashes = {kind: table[kind].to_pylist() for kind in index.radii if kind in table.column_names}
+        index.add(hashes, table["key"].to_pylist(), locations=name)
+    index.save(dataset_version=version)
+
+
+def open_dataset_index(root: Path | str, radii: dict[str, int], increment: int) -> NearDupIndex:
+    """The index of every pair committed before `increment`, ready to query.
+
+    Segments of versions this increment committed itself (a resumed run) are left out; versions
+    the index lacks are indexed from their shards' hash columns first (no pixels read).
+    """
+    base = _earlier_version(root, increment)
+    index = NearDupIndex.open(root, radii, up_to_version=base)
+    if index.has_untagged_segments:  # not written by a build: which versions it holds is unknown
+        index.reset()
+    for version in range(index.dataset_version + 1, base + 1):
+        _index_version(index, root, version)
+    return index
+
+
+def dataset_candidates(index: NearDupIndex, new: PairColumns) -> dict[str, list[str]]:
+    """Committed pairs whose pHash or aHash is within the radius of a new pair: {shard: keys}."""
+    hashes = {"phash": new.phash, "ahash": new.ahashes}
+    wanted: dict[str, set[str]] = {}
+    for candidate in index.query({k: v for k, v in hashes.items() if k in index.radii}, len(new)):
+        if candidate.other_location is None:
+            raise NearDupIndexError(
+                f"index row {candidate.other_key} has no shard recorded (an index written before shards "
+                f"were): delete {index.root} and rerun the build to rebuild it from the versions"
+            )
+        wanted.setdefault(candidate.other_location, set()).add(candidate.other_key)
+    return {location: sorted(keys) for location, keys in sorted(wanted.items())}
+
+
+def record_version(
+    root: Path | str, radii: dict[str, int], increment: int, version: int, kept: Sequence[pa.Table]
+) -> None:
+    """Add the pairs `version` committed to the index; call it after the commit, never before.
+
+    `kept`: the version's shards' rows (key, phash, ahash and `location`, the shard's path).
+    """
+    base = _earlier_version(root, increment)
+    index = NearDupIndex.open(root, radii, up_to_version=base, load_rows=False)
+    if index.dataset_version != base or index.has_untagged_segments:  # index the missing versions first
+        index = open_dataset_index(root, radii, increment)
+    for table in kept:
+        hashes = {kind: table[kind].to_pylist() for kind in radii if kind in table.column_names}
+        index.add(hashes, table["key"].to_pylist(), locations=table["location"].to_pylist())
+    index.save(dataset_version=version)

@@ -17,6 +17,9 @@ and a BK-tree (pure Python, far slower); the figures are in docs/benchmarks.md.
 `NearDupIndex` keeps the hashes of a dataset's kept rows under DIR/index/neardup as segment
 files (one per save: an increment writes only its own rows) plus a list of segments written
 last (atomic), so an incremental build opens it, queries the new rows and adds the ones it keeps.
+Each row also records the shard it lives in (so a candidate's pixels are read from that shard
+alone), and each segment the dataset version it holds: a build saves a version's segment only
+after the version is committed (curation/increments.py), so the index is never ahead of the log.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from common.errors import UserError
 
 INDEX_DIR = Path("index") / "neardup"
 SEGMENTS_FILE = "segments.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: segments name their dataset version, rows their shard (1 is still read)
 # Widest band table: 2^22 + 1 offsets (32 MiB) per band.
 _MAX_BAND_BITS = 22
 
@@ -125,6 +128,24 @@ def _search_kernel(
                 n_out += 1
     resume[0] = task_band.shape[0]
     return n_out
+
+
+@njit(cache=True, nogil=True)
+def _bucket_sort(codes, shift, mask, order, sorted_codes, starts):
+    # A stable counting sort of the codes by one band's value: the band's bucket table in two passes
+    # (the argsort it replaced cost O(n log n) per band: most of an increment's query time at 1 M rows).
+    starts[:] = 0
+    for i in range(codes.shape[0]):
+        starts[((codes[i] >> shift) & mask) + np.uint64(1)] += 1
+    for b in range(1, starts.shape[0]):
+        starts[b] += starts[b - 1]
+    position = starts[:-1].copy()
+    for i in range(codes.shape[0]):
+        b = (codes[i] >> shift) & mask
+        p = position[b]
+        order[p] = i
+        sorted_codes[p] = codes[i]
+        position[b] = p + 1
 
 
 @njit(cache=True, inline="always")
@@ -224,13 +245,19 @@ class HammingIndex:
         self.order = np.empty((self.bands, n), dtype=np.int64)
         self.sorted_codes = np.empty((self.bands, n), dtype=np.uint64)
         self.starts = np.zeros((self.bands, table + 1), dtype=np.int64)
-        for j in range(self.bands):
-            band = ((self.codes >> self.shifts[j]) & self.band_masks[j]).astype(np.int64)
-            order = np.argsort(band, kind="stable")
-            self.order[j] = order
-            self.sorted_codes[j] = self.codes[order]
-            np.cumsum(np.bincount(band, minlength=table), out=self.starts[j, 1:])
-            del band, order
+
+        def sort_band(j: int) -> None:
+            arrays = (self.order[j], self.sorted_codes[j], self.starts[j])
+            _bucket_sort(self.codes, self.shifts[j], self.band_masks[j], *arrays)
+
+        if self.threads == 1 or n < 100_000:
+            for j in range(self.bands):
+                sort_band(j)
+        else:  # the kernel releases the GIL: bands side by side
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(self.threads, self.bands)) as pool:
+                list(pool.map(sort_band, range(self.bands)))
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -307,6 +334,7 @@ class Candidate:
     other_key: str
     kind: str
     distance: int
+    other_location: str | None = None  # the file the indexed row lives in (a shard), when recorded
 
 
 class NearDupIndex:
@@ -317,6 +345,8 @@ class NearDupIndex:
         index.save()   # writes one segment with the added rows, then the segment list
 
     Candidates are hash matches only: the caller confirms them (colours, pixels) and decides.
+    A dataset build tags each segment with the dataset version it holds (`save(dataset_version=v)`)
+    and opens the index as of a version (`open(..., up_to_version=v)`).
     """
 
     def __init__(self, root: Path | None, radii: Mapping[str, int]) -> None:
@@ -325,13 +355,28 @@ class NearDupIndex:
         self.keys: list[str] = []
         self.codes = {kind: np.empty(0, dtype=np.uint64) for kind in self.radii}
         self.valid = {kind: np.empty(0, dtype=bool) for kind in self.radii}
-        self.segments: list[str] = []
+        self.location_names: list[str] = []  # files rows live in; rows point into this list
+        self.location_ids = np.empty(0, dtype=np.int32)  # per row; -1: not recorded
+        self.segments: list[dict] = []  # {"file", "dataset_version", "rows"} of the loaded segments
+        self.dataset_version = -1  # newest dataset version the loaded segments hold (-1: none)
+        self.rows_loaded = True
+        self._skipped: list[dict] = []  # listed segments of later versions, not loaded: dropped on save
         self._saved_rows = 0
         self._tables: dict[str, tuple[HammingIndex, np.ndarray]] = {}
 
     @classmethod
-    def open(cls, dataset_dir: Path | str, radii: Mapping[str, int] | None = None) -> NearDupIndex:
-        """The index stored in DATASET/index/neardup (an empty one when there is none yet)."""
+    def open(
+        cls,
+        dataset_dir: Path | str,
+        radii: Mapping[str, int] | None = None,
+        up_to_version: int | None = None,
+        load_rows: bool = True,
+    ) -> NearDupIndex:
+        """The index stored in DATASET/index/neardup (an empty one when there is none yet).
+
+        `up_to_version`: only the segments of dataset versions up to it (the rest is dropped at the
+        next save). `load_rows=False` reads the segment list only: enough to `add` and `save`.
+        """
         root = Path(dataset_dir) / INDEX_DIR
         index = cls(root, radii or {"phash": 8, "ahash": 6})
         listing = root / SEGMENTS_FILE
@@ -343,7 +388,7 @@ class NearDupIndex:
             raise NearDupIndexError(
                 f"{listing} is not valid JSON ({exc}); delete {root} and rebuild it from the shards"
             ) from exc
-        if meta.get("version") != FORMAT_VERSION:
+        if meta.get("version") not in (1, FORMAT_VERSION):
             raise NearDupIndexError(
                 f"{listing}: format version {meta.get('version')} is not {FORMAT_VERSION}; delete {root} to rebuild"
             )
@@ -352,25 +397,68 @@ class NearDupIndex:
             raise NearDupIndexError(
                 f"{root} holds hashes {meta.get('kinds')}, not {sorted(missing)}; delete it to rebuild"
             )
-        for name in meta["segments"]:
-            table = pq.read_table(root / name)
-            index._append(
-                table["key"].to_pylist(),
-                {kind: table[kind].to_numpy(zero_copy_only=False) for kind in index.radii},
-                {kind: table[f"{kind}_valid"].to_numpy(zero_copy_only=False) for kind in index.radii},
-            )
-        index.segments = list(meta["segments"])
+        for entry in meta["segments"]:
+            entry = entry if isinstance(entry, dict) else {"file": entry, "dataset_version": None}
+            version = entry.get("dataset_version")
+            if up_to_version is not None and version is not None and version > up_to_version:
+                index._skipped.append(entry)
+                continue
+            index.segments.append(entry)
+            if version is not None:
+                index.dataset_version = max(index.dataset_version, version)
+            if load_rows:
+                index._load_segment(root / entry["file"])
+        index.rows_loaded = load_rows
         index._saved_rows = len(index.keys)
         return index
+
+    @property
+    def has_untagged_segments(self) -> bool:
+        """Whether some loaded segment names no dataset version (saved outside a build)."""
+        return any(entry.get("dataset_version") is None for entry in self.segments)
+
+    def reset(self) -> None:
+        """Forget every row; the listed segments are dropped at the next save (to rebuild from the source)."""
+        skipped = self._skipped + self.segments
+        self.__init__(self.root, self.radii)
+        self._skipped = skipped
+
+    def _load_segment(self, path: Path) -> None:
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise NearDupIndexError(f"{path} cannot be read ({exc}); delete {self.root} to rebuild") from exc
+        locations = None
+        if "location" in table.column_names:
+            encoded = table["location"].combine_chunks().dictionary_encode()
+            names = encoded.dictionary.to_pylist()
+            offset = len(self.location_names)
+            self.location_names.extend(names)
+            ids = encoded.indices.to_numpy(zero_copy_only=False)
+            locations = np.where(encoded.is_valid().to_numpy(zero_copy_only=False), ids + offset, -1)
+        self._append(
+            table["key"].to_pylist(),
+            {kind: table[kind].to_numpy(zero_copy_only=False) for kind in self.radii},
+            {kind: table[f"{kind}_valid"].to_numpy(zero_copy_only=False) for kind in self.radii},
+            locations,
+        )
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def _append(self, keys: Sequence[str], codes: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray]):
+    def _append(
+        self,
+        keys: Sequence[str],
+        codes: Mapping[str, np.ndarray],
+        valid: Mapping[str, np.ndarray],
+        location_ids: np.ndarray | None = None,
+    ):
         self.keys.extend(keys)
         for kind in self.radii:
             self.codes[kind] = np.concatenate([self.codes[kind], np.asarray(codes[kind], dtype=np.uint64)])
             self.valid[kind] = np.concatenate([self.valid[kind], np.asarray(valid[kind], dtype=bool)])
+        ids = np.full(len(keys), -1) if location_ids is None else location_ids
+        self.location_ids = np.concatenate([self.location_ids, np.asarray(ids, dtype=np.int32)])
         self._tables.clear()
 
     def _table(self, kind: str) -> tuple[HammingIndex, np.ndarray]:
@@ -387,14 +475,22 @@ class NearDupIndex:
             )
         converted = {}
         for kind in self.radii:
-            values = hashes.get(kind, [None] * n)
+            values = hashes.get(kind)
+            values = [None] * n if values is None else values
             if len(values) != n:
                 raise NearDupIndexError(f"{len(values)} {kind} values for {n} keys")
             converted[kind] = hex_to_codes(values)
         return converted
 
+    def location(self, row: int) -> str | None:
+        """The file indexed row `row` lives in, when it was recorded."""
+        i = int(self.location_ids[row])
+        return self.location_names[i] if i >= 0 else None
+
     def query(self, hashes: Mapping[str, Sequence[str | None]], n: int | None = None) -> list[Candidate]:
         """Indexed rows near each new row, per hash kind (the batch is not compared with itself)."""
+        if not self.rows_loaded:
+            raise NearDupIndexError("this index was opened without its rows (load_rows=False): cannot query")
         n = n if n is not None else len(next(iter(hashes.values())))
         found: list[Candidate] = []
         for kind, (codes, valid) in self._batch(hashes, n).items():
@@ -404,7 +500,8 @@ class NearDupIndex:
             batch_rows = np.nonzero(valid)[0]
             matches = table.search(codes[batch_rows])
             for q, x, d in zip(matches.query.tolist(), matches.row.tolist(), matches.distance.tolist()):
-                found.append(Candidate(int(batch_rows[q]), self.keys[rows[x]], kind, int(d)))
+                row = int(rows[x])
+                found.append(Candidate(int(batch_rows[q]), self.keys[row], kind, int(d), self.location(row)))
         return found
 
     def query_and_add(
@@ -427,36 +524,78 @@ class NearDupIndex:
         self.add(hashes, keys)
         return found
 
-    def add(self, hashes: Mapping[str, Sequence[str | None]], keys: Sequence[str]) -> None:
+    def add(
+        self,
+        hashes: Mapping[str, Sequence[str | None]],
+        keys: Sequence[str],
+        locations: str | Sequence[str | None] | None = None,
+    ) -> None:
+        """Index `keys` with their hashes; `locations`: the file each row lives in (or one for all)."""
         batch = self._batch(hashes, len(keys))
-        self._append(list(keys), {k: v[0] for k, v in batch.items()}, {k: v[1] for k, v in batch.items()})
+        ids = None
+        if locations is not None:
+            per_row = [locations] * len(keys) if isinstance(locations, str) else list(locations)
+            known = {name: i for i, name in enumerate(self.location_names)}
+            ids = np.empty(len(keys), dtype=np.int32)
+            for i, name in enumerate(per_row):
+                if name is None:
+                    ids[i] = -1
+                    continue
+                if name not in known:
+                    known[name] = len(self.location_names)
+                    self.location_names.append(name)
+                ids[i] = known[name]
+        self._append(
+            list(keys), {k: v[0] for k, v in batch.items()}, {k: v[1] for k, v in batch.items()}, ids
+        )
 
-    def save(self) -> Path | None:
-        """Write the rows added since the last save as one segment, then the segment list (atomic)."""
+    def save(self, dataset_version: int | None = None) -> Path | None:
+        """Write the rows added since the last save as one segment, then the segment list (atomic).
+
+        `dataset_version`: the dataset version these rows belong to; call it only once that version is
+        committed. Listed segments of later versions that `open` skipped are dropped.
+        """
         if self.root is None:
             raise NearDupIndexError(
                 "this index has no directory: open it with NearDupIndex.open(dataset_dir)"
             )
         new = slice(self._saved_rows, len(self.keys))
-        if new.start == new.stop and (self.root / SEGMENTS_FILE).exists():
+        if (
+            new.start == new.stop
+            and dataset_version is None
+            and not self._skipped
+            and (self.root / SEGMENTS_FILE).exists()
+        ):
             return None
         columns = {"key": pa.array(self.keys[new], pa.string())}
         for kind in self.radii:
             columns[kind] = pa.array(self.codes[kind][new], pa.uint64())
             columns[f"{kind}_valid"] = pa.array(self.valid[kind][new], pa.bool_())
+        ids = self.location_ids[new]
+        used, local = np.unique(np.maximum(ids, 0), return_inverse=True)  # only this segment's files
+        names = [self.location_names[i] for i in used.tolist()] if self.location_names else [""] * len(used)
+        columns["location"] = pa.DictionaryArray.from_arrays(
+            pa.array(local.astype(np.int32), pa.int32(), mask=ids < 0), pa.array(names, pa.string())
+        )
         name = f"segment-{len(self.segments):05d}-{uuid.uuid4().hex[:8]}.parquet"
         path = self.root / name
         with atomic_path(path) as tmp:
             pq.write_table(pa.table(columns), tmp)
-        self.segments.append(name)
+        self.segments.append({"file": name, "dataset_version": dataset_version, "rows": new.stop - new.start})
+        if dataset_version is not None:
+            self.dataset_version = max(self.dataset_version, dataset_version)
         atomic_write_json(
             self.root / SEGMENTS_FILE,
             {
                 "version": FORMAT_VERSION,
                 "kinds": sorted(self.radii),
-                "rows": len(self.keys),
+                "rows": sum(entry.get("rows") or 0 for entry in self.segments),
+                "dataset_version": self.dataset_version,
                 "segments": self.segments,
             },
         )
+        for entry in self._skipped:  # listed no more: their rows belong to versions that were not committed
+            (self.root / entry["file"]).unlink(missing_ok=True)
+        self._skipped = []
         self._saved_rows = len(self.keys)
         return path

@@ -331,6 +331,39 @@ def read_row_group(ref: RowGroupRef, columns: Sequence[str] | None = None) -> pa
         raise ShardError(f"{ref.path}: row group {ref.index} is unreadable ({exc})") from exc
 
 
+def read_rows_by_key(path: Path | str, keys: Iterable[str], columns: Sequence[str]) -> pa.Table:
+    """The rows of one shard whose `key` is in `keys`, reading only the row groups whose key range
+    (Parquet statistics) holds one of them: a dedup candidate costs one row group, not the shard.
+
+    Columns the shard lacks are left out (the caller fills them)."""
+    import pyarrow.compute as pc
+
+    wanted = sorted(set(keys))
+    try:
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        if "key" not in names:
+            raise ShardError(f"{path} has no `key` column: not a shard written by curation")
+        present = [c for c in dict.fromkeys(["key", *columns]) if c in names]
+        leaf = pf.metadata.schema
+        key_index = next(i for i in range(len(leaf)) if leaf.column(i).path == "key")
+        parts = []
+        for group in range(pf.num_row_groups):
+            stats = pf.metadata.row_group(group).column(key_index).statistics
+            if stats is not None and stats.has_min_max:
+                if not any(stats.min <= k <= stats.max for k in wanted):
+                    continue
+            table = pf.read_row_group(group, columns=present)
+            parts.append(table.filter(pc.is_in(table["key"], value_set=pa.array(wanted, pa.string()))))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ShardError(
+            f"{path}: unreadable ({exc}); the shard is damaged: restore it or rebuild the dataset"
+        ) from exc
+    if not parts:
+        return pf.schema_arrow.empty_table().select(present)
+    return pa.concat_tables(parts)
+
+
 def iter_batches(
     source: Path | str | Sequence[Path | str],
     columns: Sequence[str] | None = None,
@@ -397,6 +430,7 @@ __all__ = [
     "manifest_lock",
     "open_shard",
     "read_row_group",
+    "read_rows_by_key",
     "read_table",
     "remove_untrusted",
     "row_groups",

@@ -1,8 +1,10 @@
 """`make demo`: the whole chain offline on the loopback web, ending with runs/demo/report.md.
 
-    python -m pipelines.demo --out runs/demo [--pages 600] [--params FILE.toml] [STAGE.KEY=VALUE ...]
+    python -m pipelines.demo --out runs/demo [--world shapes|corpus] [--pages N] [--params FILE.toml] [STAGE.KEY=VALUE ...]
 
-1. starts the loopback test web in this process and writes its WIT TSV and truth file;
+1. starts the loopback test web in this process and writes its WIT TSV and truth file: generated
+   coloured shapes (`--world shapes`), or the real emoji and icons of the npm corpus (`--world corpus`:
+   fetched into the cache once, then offline; the held-out style and concepts are never served);
 2. runs the `end-to-end` flow (Prefect, temporary local API): build round 1 -> train the demo
    CLIP -> evaluate zero-shot and retrieval -> build round 2 keeping the pairs the trained model
    scores best -> sketch one picture (clipasso) -> train, index and search videos (clip4clip);
@@ -24,7 +26,13 @@ from pipelines.runtime import apply_env_defaults
 
 apply_env_defaults()  # before Prefect reads its settings
 
-DEMO_PARAMS = Path(__file__).parent / "params" / "demo.toml"
+PARAMS_DIR = Path(__file__).parent / "params"
+# Per world: the params file, the training preset (training/presets) and the default number of pages.
+WORLDS = {
+    "shapes": {"params": PARAMS_DIR / "demo.toml", "preset": "demo", "pages": 600},
+    "corpus": {"params": PARAMS_DIR / "demo_corpus.toml", "preset": "corpus", "pages": 400},
+}
+DEMO_PARAMS = WORLDS["shapes"]["params"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,22 +44,50 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("runs/demo"), help="run directory (default: runs/demo)"
     )
     parser.add_argument(
-        "--pages", type=int, default=600, help="pages of the test web (~7 pictures each; default: 600)"
+        "--world",
+        choices=sorted(WORLDS),
+        default="shapes",
+        help="what the loopback web shows: generated coloured shapes (default), or the real emoji "
+        "and icon corpus (testbed.corpus; fetched from the npm registry the first time)",
+    )
+    parser.add_argument(
+        "--pages",
+        type=int,
+        default=None,
+        help="pages of the test web (~7 pictures each; default: 600 shapes, 400 corpus)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the test web (default: 0)")
     parser.add_argument(
-        "--params", type=Path, default=DEMO_PARAMS, help=f"params file (default: {DEMO_PARAMS})"
+        "--params",
+        type=Path,
+        default=None,
+        help="params file (default: pipelines/params/demo.toml, demo_corpus.toml for --world corpus)",
     )
     parser.add_argument("overrides", nargs="*", metavar="STAGE.KEY=VALUE", help="e.g. train.steps=100")
     return parser
 
 
-def start_web(out: Path, pages: int, seed: int) -> tuple[Any, Path, Path, dict]:
+def site_options(world: str) -> Any:
+    """The test web's options for a world; the corpus is fetched into its cache first (offline once cached)."""
+    from testbed.testweb import SiteOptions
+
+    if world == "shapes":
+        return SiteOptions()
+    from testbed.corpus import PACKAGES, fetch, load_corpus
+    from testbed.corpus_web import CorpusWorld
+
+    started = time.perf_counter()
+    fetch()
+    print(f"corpus: cached ({time.perf_counter() - started:.1f} s)")
+    return SiteOptions(world=CorpusWorld(load_corpus(require=list(PACKAGES))))
+
+
+def start_web(out: Path, pages: int, seed: int, world: str = "shapes") -> tuple[Any, Path, Path, dict]:
     """Serve the generated site on 127.0.0.1 (a free port) and write its WIT TSV and truth file."""
     from testbed.testweb import build_site, serve
 
     started = time.perf_counter()
-    site = build_site(pages, seed)
+    site = build_site(pages, seed, site_options(world))
     server = serve(site, "127.0.0.1", 0).start()
     web_dir = out / "web"
     web_dir.mkdir(parents=True, exist_ok=True)
@@ -60,6 +96,7 @@ def start_web(out: Path, pages: int, seed: int) -> tuple[Any, Path, Path, dict]:
     site.write_truth(truth, server.base_url)
     info = {
         "url": server.base_url,
+        "world": world,
         "pages": pages,
         "images": len(site.images),
         "junk": sum(1 for i in site.images if i.junk),
@@ -144,6 +181,25 @@ def _figure_lines(figures: dict, out: Path) -> list[str]:
     return lines
 
 
+def _web_paragraph(web: dict) -> str:
+    junk = (
+        f"{web['junk']} of them injected junk (broken bytes, 404/500, redirect loops, tiny images, "
+        "duplicates, file-name captions, other languages, noai headers...). WIT TSV: `web/site.tsv`, "
+        "truth: `web/truth.json`."
+    )
+    if web.get("world") == "corpus":
+        return (
+            f"{web['pages']} pages at {web['url']} with {web['images']} real emoji and icons from the npm "
+            "registry (Noto, Apple, Facebook, OpenMoji colour and line art, Tabler icons), named and "
+            "described with their authors' names and keywords, one page in eight in another language; the "
+            f"twitter style and 5 % of the concepts are never served (held out for evaluation); {junk}"
+        )
+    return (
+        f"{web['pages']} generated pages at {web['url']} with {web['images']} pictures of coloured shapes "
+        f"({web.get('line_drawings', 0)} drawn as pen outlines, so the model learns line drawings too), {junk}"
+    )
+
+
 def write_report(out: Path, web: dict, result: dict, truth: Path, seconds: float) -> Path:
     """runs/demo/report.md: every number from this run, pictures next to it."""
     from pipelines.artifacts import markdown_table
@@ -156,11 +212,7 @@ def write_report(out: Path, web: dict, result: dict, truth: Path, seconds: float
         "",
         "## 1. The loopback web",
         "",
-        f"{web['pages']} generated pages at {web['url']} with {web['images']} pictures of coloured shapes "
-        f"({web.get('line_drawings', 0)} drawn as pen outlines, so the model learns line drawings too), "
-        f"{web['junk']} of them injected junk (broken bytes, 404/500, redirect loops, tiny images, "
-        "duplicates, file-name captions, other languages, noai headers...). WIT TSV: `web/site.tsv`, "
-        "truth: `web/truth.json`.",
+        _web_paragraph(web),
         "",
     ]
     _build_section(lines, "2. Round 1: curated build", result.get("round1"), out, truth)
@@ -190,12 +242,21 @@ def write_report(out: Path, web: dict, result: dict, truth: Path, seconds: float
     if evaluation:
         from training.evaluate import markdown_table as eval_table
 
-        lines += [
-            "## 4. Evaluation (held-out generated pictures, unseen seed)",
-            "",
-            eval_table(evaluation),
-            "",
-        ]
+        heldout = (
+            "the held-out twitter style, never served: 100 concepts drawn in every style; retrieval "
+            "against their names; linear probe on the 100 concepts in 6 styles"
+            if web.get("world") == "corpus"
+            else "held-out generated pictures, unseen seed"
+        )
+        lines += [f"## 4. Evaluation ({heldout})", "", eval_table(evaluation), ""]
+        if result.get("evaluate_categories"):
+            lines += [
+                "Category level: the held-out style's pictures of every trained emoji, classified "
+                "into their 9 emoji groups:",
+                "",
+                eval_table(result["evaluate_categories"]),
+                "",
+            ]
     _build_section(
         lines,
         "5. Round 2: the same sources, filtered by the trained model's CLIP score",
@@ -241,7 +302,14 @@ def training_preset(name: str) -> dict[str, Any]:
     return read_toml(path) if path.exists() else {}
 
 
-def run_demo(out: Path, pages: int, seed: int, params_file: Path | None, overrides: list[str]) -> Path:
+def run_demo(
+    out: Path,
+    pages: int | None,
+    seed: int,
+    params_file: Path | None,
+    overrides: list[str],
+    world: str = "shapes",
+) -> Path:
     """Start the web, run the end-to-end flow, write the report; returns report.md."""
     from pipelines.flows import end_to_end_flow, flow_parameters
     from pipelines.params import load_flow_params
@@ -253,13 +321,14 @@ def run_demo(out: Path, pages: int, seed: int, params_file: Path | None, overrid
         print(f"removing the previous demo run in {out}", file=sys.stderr)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    server, wit, truth, web = start_web(out, pages, seed)
+    choice = WORLDS[world]
+    server, wit, truth, web = start_web(out, pages or choice["pages"], seed, world)
     try:
         params = load_flow_params(
             "end-to-end",
-            params_file,
-            [f"chain.out={out}", f"build.source=wit:{wit}", *overrides],
-            stage_defaults={"train": training_preset("demo")},
+            params_file or choice["params"],
+            [f"chain.out={out}", f"chain.world={world}", f"build.source=wit:{wit}", *overrides],
+            stage_defaults={"train": training_preset(choice["preset"])},
         )
         result = end_to_end_flow(**flow_parameters(params))
     finally:
@@ -270,11 +339,11 @@ def run_demo(out: Path, pages: int, seed: int, params_file: Path | None, overrid
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.pages < 1:
+    if args.pages is not None and args.pages < 1:
         print(f"error: --pages {args.pages}: must be at least 1", file=sys.stderr)
         return 2
     try:
-        report = run_demo(args.out, args.pages, args.seed, args.params, args.overrides)
+        report = run_demo(args.out, args.pages, args.seed, args.params, args.overrides, args.world)
     except UserError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
@@ -287,11 +356,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name} data   {s['out']} ({s['kept']} pairs kept, {s['rejected']} rejected)")
     if result.get("train"):
         print(f"  checkpoint    {result['train'].get('checkpoint')}")
-    if result.get("evaluate"):
-        z = result["evaluate"].get("zeroshot", {})
+    for key, label in (("evaluate", "zero-shot"), ("evaluate_categories", "categories")):
+        z = (result.get(key) or {}).get("zeroshot", {})
         if z:
             print(
-                f"  zero-shot     {100 * z['single']['top1']:.1f} % (single prompt), "
+                f"  {label:<13} {100 * z['single']['top1']:.1f} % (single prompt), "
                 f"{100 * z['ensemble']['top1']:.1f} % (ensemble) over {z.get('classes', 36)} classes"
             )
     for path in (result.get("clipasso") or {}).values():

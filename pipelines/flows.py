@@ -1,6 +1,7 @@
 """Prefect flows: the chain of design.md, one flow per stage plus the end-to-end chain.
 
-    build-dataset:  collect-candidates -> plan-chunks -> download-chunks (one task per chunk) -> finalize-dataset
+    build-dataset:  collect-candidates -> plan-chunks -> download-chunks (one task per chunk)
+                    -> dedup-increment -> score-chunks (one CLIP task per chunk) -> finalize-dataset
     train:          train-clip
     evaluate:       evaluate-clip
     end-to-end:     build-dataset -> train -> evaluate -> build-dataset (CLIP-filtered) -> apps
@@ -22,7 +23,7 @@ from prefect import flow, get_run_logger
 from common.atomic import output_lock
 from curation.config import BuildConfig
 from pipelines import artifacts, tasks
-from pipelines.params import ChainConfig, FlowOptions, NightlyConfig
+from pipelines.params import CORPUS_CATEGORIES, ChainConfig, FlowOptions, NightlyConfig
 from pipelines.runtime import make_task_runner
 
 try:  # the training library is optional for build-only installs and while it is being written
@@ -89,17 +90,19 @@ def run_download_chunks(config: BuildConfig, chunks: list[Any], options: FlowOpt
     return download_chunks.with_options(task_runner=runner)(config, chunks, options)
 
 
-@flow(name="finalize-on-runner", flow_run_name="finalize-{config.out.name}")
-def finalize_on_runner(config: BuildConfig, options: FlowOptions = FlowOptions()) -> Any:
-    """Dedup, CLIP score and shards as one task on the runner's workers (#15: CLIP scoring on Dask)."""
-    return tasks.finalize_dataset.submit(config).result()
+@flow(name="score-chunks", flow_run_name="score-{config.out.name}")
+def score_chunks(config: BuildConfig, chunks: list[Any], options: FlowOptions = FlowOptions()) -> list[int]:
+    """Dedup once, then one CLIP-scoring task per chunk, on the thread pool or the Dask cluster that
+    `options` names; their scores are cached in the build's work folder, where finalize merges them."""
+    tasks.dedup_increment.submit(config).result()
+    futures = [tasks.score_chunk.submit(config, chunk) for chunk in chunks]
+    return [future.result() for future in futures]
 
 
-def run_finalize(config: BuildConfig, options: FlowOptions) -> Any:
-    if not options.dask_address:
-        return tasks.finalize_dataset(config)
-    runner = make_task_runner(options.dask_address)
-    return finalize_on_runner.with_options(task_runner=runner)(config, options)
+def run_score_chunks(config: BuildConfig, chunks: list[Any], options: FlowOptions) -> list[int]:
+    # one scoring task at a time on the thread pool: torch already uses the cores within a task
+    runner = make_task_runner(options.dask_address, max_workers=1)
+    return score_chunks.with_options(task_runner=runner)(config, chunks, options)
 
 
 @flow(name="build-dataset", flow_run_name="build-{config.out.name}")
@@ -112,7 +115,9 @@ def build_dataset_flow(config: BuildConfig, options: FlowOptions = FlowOptions()
         chunks = tasks.plan_chunks(config)
         log.info("%d chunk(s) of candidates to download into %s", len(chunks), config.out)
         chunk_results = run_download_chunks(config, chunks, options)
-        summary = run_finalize(config, options)
+        if config.wants_clip and chunks:
+            run_score_chunks(config, chunks, options)
+        summary = tasks.finalize_dataset(config)
     publish_build_artifacts(config, chunk_results, summary)
     return {"out": str(config.out), "chunks": tasks.plain(chunk_results), "summary": tasks.plain(summary)}
 
@@ -190,7 +195,11 @@ def end_to_end_flow(
     """build -> train -> evaluate -> CLIP-filtered build (round 2) -> apps, each stage a subflow or task."""
     log = _logger()
     result: dict[str, Any] = {"out": str(chain.out), "skipped": {}}
-    if evaluate.zeroshot is not None and not Path(evaluate.zeroshot).exists():
+    heldout = chain.out / "heldout"
+    if chain.world == "corpus":
+        if not (heldout / "split.json").exists():
+            result["heldout"] = tasks.write_corpus_heldout(heldout)
+    elif evaluate.zeroshot is not None and not Path(evaluate.zeroshot).exists():
         tasks.write_heldout_images(
             Path(evaluate.zeroshot), chain.heldout_per_class, chain.heldout_seed, chain.heldout_size
         )
@@ -205,6 +214,15 @@ def end_to_end_flow(
     result["train"] = train_flow(train, options)
     if "evaluate" not in result["skipped"]:
         result["evaluate"] = evaluate_flow(evaluate, options)
+        if chain.world == "corpus":  # the same pictures named by their 9 emoji groups
+            categories = replace(
+                evaluate,
+                zeroshot=heldout / CORPUS_CATEGORIES,
+                retrieval=None,
+                linear_probe=None,
+                out=chain.out / "eval" / "categories.json",
+            )
+            result["evaluate_categories"] = evaluate_flow(categories, options)
     result["round2"] = build_dataset_flow(round2_config(chain, build, train), options)
     apps_dir = chain.out / "apps"
     if chain.clipasso:
@@ -213,11 +231,16 @@ def end_to_end_flow(
             log.warning("clipasso: skipped, %s", missing)
             result["skipped"]["clipasso"] = missing
         else:
-            picture = chain.clipasso_image or Path(
-                tasks.write_shape_picture(
-                    apps_dir / "clipasso_input" / "red_star.png", "red star", chain.heldout_seed
+            if chain.clipasso_image:
+                picture = chain.clipasso_image
+            elif chain.world == "corpus":
+                picture = Path(tasks.write_photo(apps_dir / "clipasso_input" / "chelsea.png", "chelsea"))
+            else:
+                picture = Path(
+                    tasks.write_shape_picture(
+                        apps_dir / "clipasso_input" / "red_star.png", "red star", chain.heldout_seed
+                    )
                 )
-            )
             result["clipasso"] = tasks.sketch_picture(
                 picture,
                 apps_dir / "clipasso",

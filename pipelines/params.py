@@ -97,6 +97,13 @@ class ChainConfig:
     out: Path = field(
         default=Path("runs/chain"), metadata={"help": "run directory: data/, train/, eval/, apps/"}
     )
+    world: str = field(
+        default="shapes",
+        metadata={
+            "help": "what the web shows, and so what the held-out sets are: shapes (generated coloured "
+            "shapes) or corpus (the real emoji and icons of testbed.corpus; its held-out style and concepts)"
+        },
+    )
     rescore_top_fraction: float | None = field(
         default=0.8, metadata={"help": "round 2 keeps this best fraction by the trained model's CLIP score"}
     )
@@ -130,6 +137,8 @@ class ChainConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.world not in WORLDS:
+            raise ConfigError(f"chain.world {self.world!r}: choose one of {', '.join(WORLDS)}")
         if self.rescore_top_fraction is not None and self.rescore_min_score is not None:
             raise ConfigError("chain: give rescore_top_fraction or rescore_min_score, not both")
         if self.rescore_top_fraction is not None and not 0 < self.rescore_top_fraction <= 1:
@@ -146,6 +155,12 @@ class ChainConfig:
         for name in (*positive, "clip4clip_train_videos", "clip4clip_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"chain.{name} must be >= 1, got {getattr(self, name)}")
+
+
+# The corpus world's held-out sets under CHAIN/heldout (testbed.corpus_data.write_datasets, train=False).
+WORLDS = ("shapes", "corpus")
+CORPUS_HELDOUT = {"zeroshot": "eval/concepts", "retrieval": "eval/retrieval", "linear_probe": "eval/probe"}
+CORPUS_CATEGORIES = "eval/categories"
 
 
 @dataclass(frozen=True)
@@ -255,7 +270,11 @@ def _chain_defaults(values: dict[str, dict[str, Any]], chain: ChainConfig) -> No
     train.setdefault("out", str(chain.out / "train"))
     evaluate = values.setdefault("evaluate", {})
     evaluate.setdefault("checkpoint", str(train["out"]))
-    evaluate.setdefault("zeroshot", str(chain.out / "heldout"))
+    if chain.world == "corpus":
+        for key, sub in CORPUS_HELDOUT.items():
+            evaluate.setdefault(key, str(chain.out / "heldout" / sub))
+    else:
+        evaluate.setdefault("zeroshot", str(chain.out / "heldout"))
     evaluate.setdefault("out", str(chain.out / "eval" / "round1.json"))
 
 

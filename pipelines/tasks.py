@@ -91,13 +91,48 @@ def download_task_for(cfg: Any, options: FlowOptions) -> Any:
     )
 
 
-@task(name="finalize-dataset")
-def finalize_dataset(cfg: Any) -> Any:
-    """Filters, dedup across the whole dataset, CLIP score, report: the stages after download."""
+@task(name="dedup-increment", cache_policy=NO_CACHE, persist_result=False)
+def dedup_increment(cfg: Any) -> int:
+    """Dedup of the new pairs against each other and the dataset's near-dup index (cached in the work folder)."""
     from curation import build
+
+    return len(build.dedup_increment(cfg))
+
+
+@task(
+    name="score-chunk",
+    task_run_name="score-chunk-{chunk.index}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def score_chunk(cfg: Any, chunk: Any) -> int:
+    """CLIP scores of one chunk's pairs that survived dedup (cached in the work folder): one task per chunk,
+    so a Dask cluster's workers score the chunks side by side; finalize merges them."""
+    from curation import build
+
+    return build.score_chunk(cfg, chunk, _embedder(cfg))
+
+
+def _embedder(cfg: Any) -> Any:
+    """The build's CLIP, loaded once per worker process (a worker scores many chunks)."""
     from curation.clipscore import load_embedder
 
-    embedder = load_embedder(cfg)
+    key = (str(cfg.clip_checkpoint), cfg.clip_model, cfg.clip_pretrained, cfg.device)
+    if key not in _EMBEDDERS:
+        _EMBEDDERS.clear()
+        _EMBEDDERS[key] = load_embedder(cfg)
+    return _EMBEDDERS[key]
+
+
+_EMBEDDERS: dict[tuple, Any] = {}
+
+
+@task(name="finalize-dataset")
+def finalize_dataset(cfg: Any) -> Any:
+    """Merge dedup and the chunks' CLIP scores, write the shards, commit the version, report."""
+    from curation import build
+
+    embedder = _embedder(cfg) if getattr(cfg, "wants_clip", False) else None
     return build.finalize_dataset(cfg, embedder=embedder)
 
 
@@ -180,6 +215,28 @@ def write_heldout_images(out_dir: Path, per_class: int, seed: int, size: int) ->
     from testbed.shapes import write_image_folder
 
     return str(write_image_folder(out_dir, per_class, seed, size))
+
+
+@task(name="write-corpus-heldout")
+def write_corpus_heldout(out_dir: Path, size: int = 64) -> dict:
+    """The corpus world's evaluation sets: the held-out style's pictures of 100 concepts, its 9 emoji
+    groups, held-out concepts, retrieval shards and a probe set (testbed.corpus_data, nothing to train on)."""
+    from testbed.corpus import PACKAGES, load_corpus
+    from testbed.corpus_data import write_datasets
+
+    corpus = load_corpus(require=list(PACKAGES))
+    return plain(write_datasets(corpus, out_dir, size=size, progress=False, train=False)["counts"])
+
+
+@task(name="write-photo")
+def write_photo(path: Path, name: str) -> str:
+    """One of scikit-image's sample photographs (chelsea, astronaut, coffee, ...) as a PNG."""
+    from PIL import Image
+    from skimage import data
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(getattr(data, name)()).convert("RGB").save(path)
+    return str(path)
 
 
 @task(name="sketch-picture")

@@ -41,3 +41,12 @@ def tiny_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model("clip-tiny")[0]
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "clip-tiny.pt", model, "clip-tiny")
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME: (API URL, its env)."""
+    from tests.prefect_serve import start_server
+
+    with start_server(tmp_path) as server:
+        yield server

@@ -309,6 +309,25 @@ def cli(args: list[str], kill_when=None, timeout: float = 300) -> subprocess.Com
     return None
 
 
+def build_args(out: Path, wit: Path, networks: str, chunk_size: int) -> list[str]:
+    """`python -m curation build` arguments for a WIT TSV with the FAST settings."""
+    args = ["build", "--out", str(out), "--source", f"wit:{wit}", "--allow-networks", networks]
+    args += ["--chunk-size", str(chunk_size)]
+    for name, value in FAST.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    return args
+
+
+def kill_after(args: list[str], delays) -> int:
+    """Run the CLI once per delay, SIGKILLing it (whole process group) that many seconds in; returns
+    how many runs were killed (a run that finished first was not)."""
+    kills = 0
+    for delay in delays:
+        deadline = time.monotonic() + float(delay)
+        kills += cli(args, kill_when=lambda d=deadline: time.monotonic() >= d) is None
+    return kills
+
+
 def all_keys(out: Path) -> tuple[list[str], list[str]]:
     kept = shards.read_table(out, columns=["key"])["key"].to_pylist()
     rejected = shards.read_table(out, columns=["key"], kind="rejects")["key"].to_pylist()

@@ -10,7 +10,7 @@ import pytest
 from curation.build import build_dataset
 from curation.config import BuildConfig
 from testbed.web import serve_testweb
-from tests.test_build import FAST, all_keys, cli
+from tests.test_build import FAST, all_keys, build_args, cli, kill_after
 from tests.test_build_truth import score
 
 pytestmark = pytest.mark.slow
@@ -46,25 +46,9 @@ def test_sigkill_at_five_random_moments_then_resume_equals_uninterrupted(tmp_pat
         build_dataset(reference)  # one chunk, one img2dataset call
         one_call = time.monotonic() - started
         out = tmp_path / "killed"
-        args = [
-            "build",
-            "--out",
-            str(out),
-            "--source",
-            f"wit:{wit}",
-            "--allow-networks",
-            "127.0.0.1/32",
-            "--chunk-size",
-            "30",
-        ]
-        for name, value in FAST.items():
-            args += ["--" + name.replace("_", "-"), str(value)]
+        args = build_args(out, wit, "127.0.0.1/32", 30)
         chunks = -(-len(web.site.wit_rows(web.base_url)) // 30)
-        kills = 0
-        for delay in rng.uniform(1.0, one_call * chunks / 2, size=5):
-            deadline = time.monotonic() + float(delay)
-            result = cli(args, kill_when=lambda d=deadline: time.monotonic() >= d)
-            kills += result is None
+        kills = kill_after(args, rng.uniform(1.0, one_call * chunks / 4, size=5))
         final = cli(args)
         assert final.returncode == 0, final.stderr[-2000:]
     kept, rejected = all_keys(out)

@@ -13,7 +13,7 @@ from curation.build import build_dataset
 from curation.config import BuildConfig
 from testbed.testweb import SiteOptions
 from testbed.web import serve_testweb
-from tests.test_build import FAST, all_keys, cli
+from tests.test_build import FAST, all_keys, build_args, cli, kill_after
 
 
 @pytest.mark.slow
@@ -37,23 +37,8 @@ def test_second_increment_killed_at_random_moments_then_resumed_equals_uninterru
         build_dataset(reference)
         one_run = time.monotonic() - started
         out = tmp_path / "killed"
-        args = [
-            "build",
-            "--out",
-            str(out),
-            "--source",
-            f"wit:{wit}",
-            "--allow-networks",
-            "127.0.0.0/8",
-            "--chunk-size",
-            "20",
-        ]
-        for name, value in FAST.items():
-            args += ["--" + name.replace("_", "-"), str(value)]
-        kills = 0
-        for delay in rng.uniform(1.0, one_run, size=4):
-            deadline = time.monotonic() + float(delay)
-            kills += cli(args, kill_when=lambda d=deadline: time.monotonic() >= d) is None
+        args = build_args(out, wit, "127.0.0.0/8", 20)
+        kills = kill_after(args, rng.uniform(1.0, one_run, size=4))
         final = cli(args)
         assert final.returncode == 0, final.stderr[-2000:]
     assert kills >= 2

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-import httpx
 import pytest
 
 from curation import shards, versions
 from testbed.testweb import SiteOptions
 from testbed.web import serve_testweb
-from tests.test_pipelines_server import PREFECT, _stop, _wait, prefect_server  # noqa: F401 - the fixture
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.prefect_serve import ServedDeployment
 
 
 @pytest.mark.slow
-def test_nightly_deployment_twice_over_a_growing_web_gives_two_versions(tmp_path, prefect_server):  # noqa: F811
-    url, server_env = prefect_server
-    env = {**server_env, "PREFECT_API_URL": url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+def test_nightly_deployment_twice_over_a_growing_web_gives_two_versions(tmp_path, prefect_server):
     out, train_out = tmp_path / "data" / "web", tmp_path / "runs" / "nightly"
     with serve_testweb(
         pages=8, seed=2, options=SiteOptions(junk_fraction=0.6), visible_pages=4, slow_delay_s=0.5
@@ -38,44 +30,14 @@ def test_nightly_deployment_twice_over_a_growing_web_gives_two_versions(tmp_path
             "[runner]\nretries = 0\n"
             '[[deployments]]\nname = "nightly"\nflow = "nightly"\ncron = "0 2 * * *"\n'
         )
-        log = tmp_path / "serve.log"
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "pipelines", "serve", "--params", str(params)],
-            cwd=REPO,
-            env=env,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        served = ServedDeployment(prefect_server, params, "nightly", tmp_path / "serve.log")
         try:
-            client = httpx.Client(base_url=url, timeout=10)
+            served.deployment(120)
 
-            def deployment():
-                found = client.post("/deployments/filter", json={}).json()
-                return next((d for d in found if d["name"] == "nightly"), None)
-
-            dep = _wait(deployment, 120, "the served nightly deployment", serve, log)
-
-            def run_once(n: int) -> dict:
-                trigger = subprocess.run(
-                    [PREFECT, "deployment", "run", "nightly/nightly"],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                )
-                assert trigger.returncode == 0, trigger.stdout + trigger.stderr
-
-                def finished():
-                    runs = client.post(
-                        "/flow_runs/filter", json={"deployments": {"id": {"any_": [dep["id"]]}}}
-                    ).json()
-                    done = [r for r in runs if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")]
-                    return done if len(done) >= n else None
-
-                runs = _wait(finished, 600, f"nightly run {n}", serve, log)
-                assert all(r["state_type"] == "COMPLETED" for r in runs), log.read_text()[-4000:]
-                return runs
+            def run_once(n: int) -> None:
+                served.trigger("nightly")
+                runs = served.finished_runs(n, 600)
+                assert all(r["state_type"] == "COMPLETED" for r in runs), served.log.read_text()[-4000:]
 
             run_once(1)
             v0 = set(shards.read_table(out, columns=["key"])["key"].to_pylist())
@@ -84,7 +46,7 @@ def test_nightly_deployment_twice_over_a_growing_web_gives_two_versions(tmp_path
             web.write_wit(wit)
             run_once(2)
         finally:
-            _stop(serve)
+            served.stop()
 
     assert versions.latest_version(out) == 1
     assert set(shards.read_table(out, columns=["key"], version=0)["key"].to_pylist()) == v0

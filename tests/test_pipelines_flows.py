@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -99,6 +100,38 @@ def test_build_flow_chunks_concurrency_artifacts_and_cache(tmp_path, img2dataset
         assert not pickles and not (out / ".prefect-cache").exists()
 
 
+def test_build_flow_scores_each_chunk_in_its_own_task_and_merges_like_the_library(tmp_path, tiny_checkpoint):
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from curation.build import build_dataset
+    from curation.clipscore import load_embedder
+
+    started = datetime.now(UTC)  # the API's database outlives a test session: count this run's tasks
+
+    def since_start(runs: list[dict]) -> list[dict]:
+        return [r for r in runs if r["start_time"] and datetime.fromisoformat(r["start_time"]) >= started]
+
+    with serve_testweb(pages=3, seed=1, slow_delay_s=0.5) as web:
+        wit = web.write_wit(tmp_path / "site.tsv")
+        clip = {"clip_checkpoint": tiny_checkpoint, "clip_top_fraction": 0.7}
+        cfg = dataclasses.replace(_build_config(wit, tmp_path / "flow"), **clip)
+        result = build_dataset_flow(cfg, FlowOptions(retries=0))
+        library = dataclasses.replace(cfg, out=tmp_path / "library")
+        build_dataset(library, load_embedder(library))
+    chunks = result["chunks"]
+    assert len(chunks) >= 2
+    scored = since_start(_task_runs("score-chunk-"))
+    assert len(scored) == len(chunks)  # one CLIP-scoring task per chunk (on Dask: spread over the workers)
+    assert all(r["state_type"] == "COMPLETED" for r in scored)
+    assert len(since_start(_task_runs("dedup-increment"))) == 1
+    got = read_table(cfg.out, columns=["key", "clip_score"]).to_pylist()
+    want = read_table(library.out, columns=["key", "clip_score"]).to_pylist()
+    assert got == want and all(r["clip_score"] is not None for r in got)  # same pairs kept, same scores
+    rejects = read_table(cfg.out, columns=["reject_stage"], kind="rejects")["reject_stage"].to_pylist()
+    assert "clip" in rejects  # the top fraction was applied over every chunk's scores together
+
+
 def test_second_run_on_the_same_output_refuses(tmp_path):
     out = tmp_path / "busy"
     holder = subprocess.Popen(
@@ -181,9 +214,10 @@ def test_train_flow_under_torchrun(tmp_path):
     assert result["processes"] == 2 and Path(result["checkpoint"]).exists()
 
 
-@pytest.mark.slow  # the whole chain at toy sizes: ~3 min on 2 cores
-def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
-    from pipelines.demo import DEMO_PARAMS, run_demo
+@pytest.mark.slow  # the whole chain at toy sizes: ~3 min on 2 cores per world
+@pytest.mark.parametrize("world, sketch", [("shapes", "red_star.svg"), ("corpus", "chelsea.svg")])
+def test_demo_runs_every_stage_and_writes_the_report(tmp_path, world, sketch):
+    from pipelines.demo import WORLDS, run_demo
 
     overrides = [
         "train.steps=3",
@@ -196,10 +230,24 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
         "chain.clip4clip_epochs=1",
         "build.chunk_size=60",
     ]
-    report = run_demo(tmp_path / "demo", pages=4, seed=0, params_file=DEMO_PARAMS, overrides=overrides)
+    params = None
+    if world == "corpus":  # the apps' own demos ran in the shapes case: here the world's own stages only
+        params = tmp_path / "corpus.toml"
+        text = (WORLDS["corpus"]["params"]).read_text()
+        params.write_text(text.replace("[chain]\n", "[chain]\napps = []\nclip4clip = false\n", 1))
+    # the corpus world fetches the whole corpus into the cache once (~45 s, 349 MB), then runs offline
+    report = run_demo(tmp_path / "demo", pages=4 if world == "shapes" else 10, seed=0, params_file=params,
+                      overrides=overrides, world=world)  # fmt: skip
     text = report.read_text()
-    for heading in ("Round 1", "Training", "Evaluation", "Round 2", "apps.clipasso", "apps.clip4clip"):
+    headings = ["Round 1", "Training", "Evaluation", "Round 2", "apps.clipasso"]
+    for heading in headings + (["apps.clip4clip", "apps.coop", "apps.search"] if world == "shapes" else []):
         assert f". {heading}" in text, heading
     assert "skipped" not in text
-    assert (tmp_path / "demo" / "apps" / "clipasso" / "red_star.svg").exists()
-    assert (tmp_path / "demo" / "apps" / "clip4clip" / "search.html").exists()
+    assert (tmp_path / "demo" / "apps" / "clipasso" / sketch).exists()
+    if world == "corpus":  # held-out style: 100 concepts, then the same pictures by their 9 emoji groups
+        result = json.loads((tmp_path / "demo" / "result.json").read_text())
+        assert result["evaluate"]["zeroshot"]["classes"] == 100
+        assert result["evaluate_categories"]["zeroshot"]["classes"] == 9
+        assert "real emoji and icons" in text and "Category level" in text
+    else:
+        assert (tmp_path / "demo" / "apps" / "clip4clip" / "search.html").exists()

@@ -68,6 +68,20 @@ def test_end_to_end_wires_stages_together(tmp_path):
         load_flow_params("end-to-end", None, ["steps=3"])
 
 
+def test_corpus_world_evaluates_on_its_held_out_sets(tmp_path):
+    base = [f"chain.out={tmp_path}", "build.source=wit:s.tsv"]
+    evaluate = load_flow_params("end-to-end", None, [*base, "chain.world=corpus"])["evaluate"]
+    heldout = tmp_path / "heldout" / "eval"
+    assert (evaluate.zeroshot, evaluate.retrieval, evaluate.linear_probe) == (
+        heldout / "concepts",
+        heldout / "retrieval",
+        heldout / "probe",
+    )
+    assert load_flow_params("end-to-end", None, base)["evaluate"].zeroshot == tmp_path / "heldout"
+    with pytest.raises(ConfigError, match="chain.world 'emoji': choose one of shapes, corpus"):
+        load_flow_params("end-to-end", None, [*base, "chain.world=emoji"])
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

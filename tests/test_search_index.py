@@ -17,10 +17,13 @@ from apps.search.embed import encode_images, encode_texts
 from apps.search.index import (
     IndexSettings,
     SearchIndexError,
+    TuningQueries,
     build_faiss,
     build_index,
     choose_index_type,
     read_index_meta,
+    recall_at,
+    write_index_files,
 )
 from apps.search.store import SearchIndex
 from curation.shards import write_shard
@@ -106,9 +109,9 @@ def test_an_index_refuses_a_different_clip(world, tmp_path):
 
 def test_index_type_follows_size_and_memory_budget():
     assert choose_index_type(10_000, 512) == "Flat"
-    assert choose_index_type(1_000_000, 512, 4 << 30) == "IVF1024,PQ128x4fs,RFlat"
-    assert choose_index_type(1_000_000, 512, 1 << 30) == "IVF1024,SQ8"
-    assert choose_index_type(100_000_000, 512, 16 << 30) == "IVF8192,PQ64"
+    assert choose_index_type(1_000_000, 512, 4 << 30) == "IVF4096,PQ128x4fs,RFlat"
+    assert choose_index_type(1_000_000, 512, 1 << 30) == "IVF4096,SQ8"
+    assert choose_index_type(100_000_000, 512, 16 << 30) == "IVF32768,PQ64"
     with pytest.raises(SearchIndexError, match="raise --max-memory"):
         choose_index_type(100_000_000, 512, 100 << 20)
     rng = np.random.default_rng(0)
@@ -119,6 +122,90 @@ def test_index_type_follows_size_and_memory_budget():
         assert ivf.ntotal == 5_000 and ivf.search(vectors[:5], 1)[1][:, 0].tolist() == [0, 1, 2, 3, 4], kind
     with pytest.raises(SearchIndexError, match="not understood"):
         build_faiss(vectors, "IVF64,Bogus")
+
+
+def _clustered(n: int, dim: int, seed: int, centres: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = centres[rng.integers(0, len(centres), n)] + rng.standard_normal((n, dim)).astype(
+        np.float32
+    ) / np.sqrt(dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_nprobe_is_the_smallest_that_reaches_the_recall_target(tmp_path):
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((50, 32)).astype(np.float32)
+    image, text = _clustered(8_000, 32, 1, centres), _clustered(8_000, 32, 2, centres)
+    rows = pa.table({"key": pa.array([str(i) for i in range(8_000)])})
+    chosen = {}
+    for target in (0.6, 0.97):
+        settings = IndexSettings(index_type="IVF128,PQ8x4fs,RFlat", target_recall=target, progress=False)
+        meta = write_index_files(
+            tmp_path / str(target), rows, {"image": image, "text": text}, None, settings=settings
+        )
+        entry = meta["faiss"]["image"]
+        assert entry["recall_at_10"] >= target and entry["target_recall"] == target
+        chosen[target] = entry["nprobe"]
+        index = SearchIndex(tmp_path / str(target))
+        assert faiss_nprobe(index) == entry["nprobe"]  # served with the tuned nprobe
+        if entry["nprobe"] > 1:  # the smallest: half as many lists misses the target
+            faiss_ivf(index).nprobe = entry["nprobe"] // 2
+            own = np.arange(0, 8_000, 40)
+            below = min(
+                recall_at(index.faiss["image"], image, TuningQueries(image[own], own)),
+                recall_at(index.faiss["image"], image, TuningQueries(text[own])),
+            )
+            assert below < target
+            faiss_ivf(index).nprobe = entry["nprobe"]
+        # held-out queries served through SearchIndex.knn reach about the target too
+        queries = _clustered(100, 32, 3, centres)
+        truth = (queries @ image.T).argsort(axis=1)[:, ::-1][:, :10]
+        found = [[h.id for h in index.knn(q, "image", 10)] for q in queries]
+        assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]) >= target - 0.05
+    assert chosen[0.6] < chosen[0.97]
+
+
+def faiss_ivf(index: SearchIndex):
+    import faiss
+
+    return faiss.extract_index_ivf(index.faiss["image"])
+
+
+def faiss_nprobe(index: SearchIndex) -> int:
+    return faiss_ivf(index).nprobe
+
+
+def test_rows_across_record_batches_and_one_openmp_thread_per_query(tmp_path, monkeypatch):
+    import threading
+
+    import faiss
+
+    import apps.search.store
+
+    n = 140_000  # three Parquet row groups of 65,536
+    vectors = np.eye(4, dtype=np.float32)[np.arange(n) % 4]
+    rows = pa.table({"key": pa.array([f"k{i}" for i in range(n)])})
+    settings = IndexSettings(index_type="Flat", progress=False)
+    write_index_files(tmp_path, rows, {"image": vectors}, None, settings=settings)
+    wanted = [139_999, 5, 70_000, 65_536, 65_535, 5, 131_072]
+    assert [r["key"] for r in SearchIndex(tmp_path).rows(wanted)] == [f"k{i}" for i in wanted]
+    # captions over 2 GB cannot become one batch: lookups then go row group by row group
+    monkeypatch.setattr(apps.search.store, "one_batch", lambda table: table)
+    index = SearchIndex(tmp_path, threads=3)  # 3: no machine's default, so the last check means something
+    assert len(index._batches) == 3
+    assert [r["key"] for r in index.rows(wanted)] == [f"k{i}" for i in wanted]
+    assert [r["id"] for r in index.rows(wanted)] == wanted
+    # OpenMP's thread count belongs to the calling thread: a server worker thread must get one too
+    seen = []
+
+    def search_in_a_new_thread() -> None:
+        index.knn(vectors[1], "image", 3)
+        seen.append(faiss.omp_get_max_threads())
+
+    worker = threading.Thread(target=search_in_a_new_thread)
+    worker.start()
+    worker.join()
+    assert seen == [3]
 
 
 def test_command_line_errors_are_one_line(world, tmp_path, capsys):

@@ -272,6 +272,50 @@ def _forward_backward(model, loss_fn, micro_batches, autocast, scaler, ddp: bool
 # --- the run ------------------------------------------------------------------------------------
 
 
+def _resume(
+    cfg: TrainConfig,
+    run_dir: Path,
+    model,
+    optimizer,
+    scaler,
+    d: _Dist,
+    micro_batch: int,
+    data_checksums: dict,
+) -> tuple[int, int, Path]:
+    """Load the run's latest checkpoint into model, optimizer, scaler and the RNGs: (step, skipped rows, file).
+
+    Warns (rank 0) when the data settings or the data changed since: training goes on, in another order.
+    """
+    try:
+        resumed_from = resolve_checkpoint(run_dir)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--resume: {exc}; start without --resume") from exc
+    ckpt = read_checkpoint(resumed_from)
+    load_state(model, ckpt, str(resumed_from), expected_name=cfg.model)
+    if "optimizer" not in ckpt:
+        raise CheckpointError(
+            f"{resumed_from}: holds weights only (no optimizer state); cannot resume from it"
+        )
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    loader_state = ckpt.get("loader", {})
+    now = {"world_size": d.world_size, "workers": cfg.workers, "micro_batch": micro_batch, "seed": cfg.seed}
+    changed = {k: (loader_state.get(k), v) for k, v in now.items() if loader_state.get(k) != v}
+    if changed and d.main:
+        print(
+            f"warning: resuming with different data settings {changed}: the data order will differ",
+            file=sys.stderr,
+        )
+    old = ckpt.get("data_checksums", {})
+    if old and old != data_checksums and d.main:
+        print(
+            f"warning: {resumed_from} was trained on other data (manifest checksums differ)", file=sys.stderr
+        )
+    _set_rng_state(ckpt["rng"])
+    return int(ckpt["step"]), int(ckpt.get("skipped_rows", 0)), resumed_from
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Train `cfg.model` on `cfg.data`, writing checkpoints, log.csv and loss.png into `cfg.out`.
 
@@ -326,42 +370,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
 
     start_step, skipped_rows, resumed_from = 0, 0, None
     if cfg.resume:
-        try:
-            resumed_from = resolve_checkpoint(run_dir)
-        except CheckpointError as exc:
-            raise CheckpointError(f"--resume: {exc}; start without --resume") from exc
-        ckpt = read_checkpoint(resumed_from)
-        load_state(model, ckpt, str(resumed_from), expected_name=cfg.model)
-        if "optimizer" not in ckpt:
-            raise CheckpointError(
-                f"{resumed_from}: holds weights only (no optimizer state); cannot resume from it"
-            )
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_step = int(ckpt["step"])
-        skipped_rows = int(ckpt.get("skipped_rows", 0))
-        loader_state = ckpt.get("loader", {})
-        now = {
-            "world_size": d.world_size,
-            "workers": cfg.workers,
-            "micro_batch": micro_batch,
-            "seed": cfg.seed,
-        }
-        changed = {k: (loader_state.get(k), v) for k, v in now.items() if loader_state.get(k) != v}
-        if changed and d.main:
-            print(
-                f"warning: resuming with different data settings {changed}: the data order will differ",
-                file=sys.stderr,
-            )
-        old = ckpt.get("data_checksums", {})
-        if old and old != data_checksums and d.main:
-            print(
-                f"warning: {resumed_from} was trained on other data (manifest checksums differ)",
-                file=sys.stderr,
-            )
-        _set_rng_state(ckpt["rng"])
-        del ckpt
+        start_step, skipped_rows, resumed_from = _resume(
+            cfg, run_dir, model, optimizer, scaler, d, micro_batch, data_checksums
+        )
 
     ddp = d.world_size > 1
     train_model = (

@@ -28,7 +28,7 @@ from apps.actionclip.errors import ActionClipError
 from apps.clip4clip.cache import visual_fingerprint
 from apps.clip4clip.heads import HeadConfig, build_head, masked_mean
 from apps.clip4clip.video import FrameSampling
-from common.atomic import atomic_path
+from models.states import read_state, save_state, state_file
 
 FUSIONS: tuple[str, ...] = ("meanP", "transf")
 HEAD_FILE = "head.pt"
@@ -141,33 +141,17 @@ def save_head(path: Path, head: ActionHead, clip, sampling: FrameSampling, **ext
         "sampling": asdict(sampling),
         **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path
+    return save_state(path, state)
 
 
 def resolve_head(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / HEAD_FILE
-    if not path.is_file():
-        raise HeadCheckpointError(
-            f"{path}: no head checkpoint here; train one with `python -m apps.actionclip train`"
-        )
-    return path
+    return state_file(
+        path, HEAD_FILE, HeadCheckpointError, "train one with `python -m apps.actionclip train`"
+    )
 
 
 def read_head_state(path: str | Path) -> dict:
-    path = resolve_head(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file; all mean "unreadable"
-        raise HeadCheckpointError(
-            f"{path}: not a readable head checkpoint ({str(err).splitlines()[0][:120]})"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != HEAD_FORMAT:
-        raise HeadCheckpointError(f"{path}: not an actionclip head checkpoint (no format {HEAD_FORMAT!r})")
-    return state
+    return read_state(resolve_head(path), HEAD_FORMAT, HeadCheckpointError, "actionclip head checkpoint")
 
 
 def load_head(path: str | Path, clip) -> tuple[ActionHead, FrameSampling, dict]:

@@ -30,9 +30,9 @@ from apps.clip4clip.errors import Clip4ClipError
 from apps.clip4clip.heads import HeadConfig, SimilarityHead, build_head, dual_softmax
 from apps.clip4clip.metrics import RetrievalMetrics, format_table, retrieval_metrics
 from apps.clip4clip.video import FrameSampling, find_videos
-from common.atomic import atomic_path
 from common.errors import UserError
 from curation.video_captions import Caption, CaptionSet, read_captions
+from models.states import read_state, save_state, state_file
 
 HEAD_FILE = "head.pt"
 HEAD_FORMAT = "clip4clip-head/1"
@@ -320,32 +320,15 @@ def save_head(path: Path, head: SimilarityHead, clip, config: TrainConfig, **ext
         "train_config": {k: v for k, v in asdict(config).items() if k not in ("head", "sampling")},
         **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path
+    return save_state(path, state)
 
 
 def resolve_head_checkpoint(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / HEAD_FILE
-    if not path.is_file():
-        raise HeadCheckpointError(
-            f"{path}: no head checkpoint here; train one with `python -m apps.clip4clip train`"
-        )
-    return path
+    return state_file(path, HEAD_FILE, HeadCheckpointError, "train one with `python -m apps.clip4clip train`")
 
 
 def _read_head_state(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file; all mean "unreadable"
-        raise HeadCheckpointError(
-            f"{path}: not a readable head checkpoint ({str(err).splitlines()[0][:120]})"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != HEAD_FORMAT:
-        raise HeadCheckpointError(f"{path}: not a clip4clip head checkpoint (no format {HEAD_FORMAT!r})")
-    return state
+    return read_state(path, HEAD_FORMAT, HeadCheckpointError, "clip4clip head checkpoint")
 
 
 def read_head_sampling(path: str | Path) -> FrameSampling:

@@ -29,9 +29,9 @@ from open_clip.transformer import text_global_pool
 from torch import nn
 
 from apps.coop.data import check_classnames
-from common.atomic import atomic_path
 from common.errors import UserError
 from models import LoadedCLIP
+from models.states import read_state, save_state, state_file
 
 FORMAT = "coop-prompts/1"
 Position = Literal["end", "middle"]
@@ -300,37 +300,23 @@ def save_prompts(
         "clip": clip_signature(clip),
         "extra": extra or {},
     }
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path
+    return save_state(path, state)
 
 
 def resolve_prompts(path: Path | str) -> Path:
     """A prompts file as given, or RUN/prompts.pt of a run folder."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "prompts.pt"
-    if not path.is_file():
-        raise PromptError(
-            f"{path}: no prompts file; pass the prompts.pt (or run folder) `python -m apps.coop train` wrote"
-        )
-    return path
+    return state_file(
+        path,
+        "prompts.pt",
+        PromptError,
+        "pass the prompts.pt (or run folder) `python -m apps.coop train` wrote",
+    )
 
 
 def load_prompts(path: Path | str, clip: LoadedCLIP | None = None) -> tuple[LearnedPrompts, dict]:
     """(prompts, saved state) from a prompts file; checked against `clip` when given."""
     path = resolve_prompts(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file; all mean the same to a user
-        raise PromptError(
-            f"{path}: not a readable prompts file ({type(exc).__name__}): retrain or pass another"
-        ) from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise PromptError(
-            f"{path}: not a prompts file written by `python -m apps.coop train` (format {FORMAT})"
-        )
+    state = read_state(path, FORMAT, PromptError, "prompts file written by `python -m apps.coop train`")
     spec = PromptSpec(**state["spec"])
     embed_dim = state["clip"]["embed_dim"]
     prompts = LearnedPrompts(spec, state["ctx"], state["classnames"], embed_dim)

@@ -11,7 +11,8 @@ An index directory holds:
 - `image.faiss`, `text.faiss`: inner-product faiss indexes of the kind `choose_index_type` picks
   for the size within `max_memory` (exact when small, an inverted file when large);
 - `rejects.json`: rows that could not be indexed, with the reason;
-- `index.json` last: format, CLIP, dataset, parts in order, faiss kinds and nprobe.
+- `index.json` last: format, CLIP, dataset, parts in order, faiss kinds, and per index the nprobe
+  chosen for a recall target with the recall@10 measured at that nprobe (`tune_nprobe`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import faiss
@@ -42,6 +43,9 @@ FLAT_LIMIT = (
 )
 DEFAULT_MAX_MEMORY = 4 << 30
 REFINE_K_FACTOR = 8  # candidates per wanted result re-ranked exactly (k_factor of faiss's IndexRefine)
+TIE_MARGIN = 16  # results fetched past the wanted ones, so that ties can be ordered by id (store.py)
+DEFAULT_TARGET_RECALL = 0.95  # recall@10 against exact search that the chosen nprobe must reach
+TUNING_QUERIES = 200  # per query kind (own vectors; the other modality's), drawn with a fixed seed
 DEFAULT_DEDUP_RADIUS = 8  # curation's default pHash radius (candidates are then checked on the pixels)
 METADATA_COLUMNS = [n for n in PART_SCHEMA.names if n not in ("jpg", "colour")]
 
@@ -56,6 +60,7 @@ class IndexSettings:
     max_memory: int = DEFAULT_MAX_MEMORY  # bytes the two faiss indexes may take together
     index_type: str | None = None  # faiss factory string; None: by size (choose_index_type)
     dedup_radius: int = DEFAULT_DEDUP_RADIUS
+    target_recall: float = DEFAULT_TARGET_RECALL  # nprobe: the smallest power of two reaching it
     progress: bool = True
 
 
@@ -69,6 +74,7 @@ class IndexReport:
     duplicate_groups: int
     index_types: dict[str, str]
     bytes: int
+    faiss: dict[str, dict] = field(default_factory=dict)  # per modality: type, nprobe, recall_at_10
 
 
 # --- faiss ------------------------------------------------------------------------------------------
@@ -92,9 +98,11 @@ def bytes_per_vector(kind: str, dim: int) -> float:
 
 
 def ivf_lists(n: int) -> int:
-    """About sqrt(n) lists, a power of two: faiss suggests 4-16 sqrt(n), but k-means over that many
-    lists takes minutes at a million vectors on 2 cores; more probes make up the recall (bench/search.py)."""
-    return int(2 ** round(math.log2(max(16, math.sqrt(n)))))
+    """About 4 sqrt(n) lists, a power of two (4,096 at a million): the low end of faiss's advice
+    (4-16 sqrt(n)). With sqrt(n) lists a query had to scan a quarter of them for recall@10 0.95
+    (16 ms of CPU at 1M); with 4 sqrt(n) it scans a few (1 ms), and k-means over 4,096 lists still
+    builds in about 5 minutes on 2 cores (docs/search.md)."""
+    return int(2 ** round(math.log2(max(16, 4 * math.sqrt(n)))))
 
 
 def choose_index_type(n: int, dim: int, max_memory: int = DEFAULT_MAX_MEMORY) -> str:
@@ -122,7 +130,7 @@ def choose_index_type(n: int, dim: int, max_memory: int = DEFAULT_MAX_MEMORY) ->
 
 
 def default_nprobe(kind: str) -> int:
-    """Lists scanned per query: enough for recall@10 >= 0.95 on clustered data (bench/search.py)."""
+    """Lists scanned per query before `tune_nprobe` measures the right number."""
     if not kind.startswith("IVF"):
         return 1
     nlist = int(kind[3:].split(",")[0])
@@ -154,6 +162,100 @@ def build_faiss(vectors: np.ndarray, kind: str, seed: int = 0):
     if kind.endswith(",RFlat"):
         index.k_factor = REFINE_K_FACTOR
     return index
+
+
+def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product (scores, ids), reading `vectors` (memory-mapped is fine) in slices."""
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for start in range(0, len(vectors), 65_536):
+        block = np.ascontiguousarray(vectors[start : start + 65_536], dtype=np.float32)
+        scores = np.concatenate([best_s, queries @ block.T], axis=1)
+        ids = np.concatenate(
+            [best_i, np.broadcast_to(np.arange(start, start + len(block)), (len(queries), len(block)))],
+            axis=1,
+        )
+        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
+    order = np.argsort(-best_s, axis=1)
+    return np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
+
+
+@dataclass(frozen=True)
+class TuningQueries:
+    """Queries for measuring recall: `vectors` and, for queries that are rows of the index, their ids
+    (a row's own vector finds itself; that hit is left out of the count)."""
+
+    vectors: np.ndarray
+    own_ids: np.ndarray | None = None
+
+
+def exact_kth_scores(vectors: np.ndarray, queries: TuningQueries, k: int = 10) -> np.ndarray:
+    """Per query, the k-th best exact score among the indexed rows (its own row left out)."""
+    own = queries.own_ids is not None
+    q = np.ascontiguousarray(queries.vectors, dtype=np.float32)
+    true_s, true_i = exact_neighbours(vectors, q, k + int(own))
+    kth = np.empty(len(q), np.float32)
+    for row in range(len(q)):
+        truth = true_s[row][true_i[row] != queries.own_ids[row]] if own else true_s[row]
+        kth[row] = truth[: min(k, len(truth))][-1]
+    return kth
+
+
+def recall_at(
+    index, vectors: np.ndarray, queries: TuningQueries, k: int = 10, kth: np.ndarray | None = None
+) -> float:
+    """Recall@k of `index` as the server queries it (k + TIE_MARGIN fetched) against exact search.
+
+    A result counts when its exact score reaches the k-th exact score (`kth`, computed when not
+    given): exact copies tie, and any of them is a right answer.
+    """
+    own = queries.own_ids is not None
+    q = np.ascontiguousarray(queries.vectors, dtype=np.float32)
+    kth = exact_kth_scores(vectors, queries, k) if kth is None else kth
+    wanted = min(k, len(vectors) - int(own))
+    found = index.search(q, min(len(vectors), k + TIE_MARGIN))[1]
+    hits = 0.0
+    for row in range(len(q)):
+        ids = [i for i in found[row] if i >= 0 and not (own and i == queries.own_ids[row])][:k]
+        if ids:
+            scores = np.asarray(vectors[np.sort(ids)], dtype=np.float32) @ q[row]
+            hits += min(wanted, int((scores >= kth[row] - 1e-5).sum())) / max(1, wanted)
+    return hits / len(q)
+
+
+def tune_nprobe(index, vectors: np.ndarray, queries: list[TuningQueries], target: float) -> tuple[int, float]:
+    """The smallest power-of-two nprobe whose recall@10 reaches `target` on every query set, and that
+    recall (nprobe = all lists and the recall there when no count reaches it; (1, recall) when `index`
+    is not an inverted file). Sets the index's nprobe to it."""
+    kths = [exact_kth_scores(vectors, q) for q in queries]  # exact search once, not once per nprobe
+
+    def reached() -> float:
+        return min(recall_at(index, vectors, q, kth=kth) for q, kth in zip(queries, kths))
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return 1, reached()
+    nprobe = 1
+    while True:
+        ivf.nprobe = nprobe
+        recall = reached()
+        if recall >= target or nprobe >= ivf.nlist:
+            return nprobe, recall
+        nprobe = min(ivf.nlist, nprobe * 2)
+
+
+def tuning_queries(vectors: dict[str, np.ndarray], modality: str, seed: int = 0) -> list[TuningQueries]:
+    """Rows of the index itself ("more like this") and, when there is one, the other modality's rows
+    at the same ids (a caption searching the pictures: the main use, and harder for an inverted file)."""
+    n = len(vectors[modality])
+    ids = np.sort(np.random.default_rng(seed).choice(n, size=min(n, TUNING_QUERIES), replace=False))
+    sets = [TuningQueries(np.asarray(vectors[modality][ids], dtype=np.float32), ids)]
+    for other, array in vectors.items():
+        if other != modality:
+            sets.append(TuningQueries(np.asarray(array[ids], dtype=np.float32)))
+    return sets
 
 
 # --- parts (one per dataset shard) ------------------------------------------------------------------
@@ -266,6 +368,7 @@ def build_index(
         meta["duplicate_groups"],
         {m: meta["faiss"][m]["type"] for m in MODALITIES},
         meta["bytes"],
+        meta["faiss"],
     )
 
 
@@ -348,9 +451,16 @@ def write_index_files(
         if n == 0:
             kind = "Flat"
         index = build_faiss(vectors[name], kind)
+        entry = {"type": kind, "nprobe": 1, "recall_at_10": 1.0}
+        if kind != "Flat" and n > 0:
+            nprobe, reached = tune_nprobe(
+                index, vectors[name], tuning_queries(vectors, name), settings.target_recall
+            )
+            entry = {"type": kind, "nprobe": nprobe, "recall_at_10": round(reached, 4)}
+        entry["target_recall"] = settings.target_recall
         with atomic_path(out / f"{name}.faiss") as tmp:
             faiss.write_index(index, str(tmp))
-        faiss_meta[name] = {"type": kind, "nprobe": default_nprobe(kind)}
+        faiss_meta[name] = entry
     atomic_write_json(out / "rejects.json", list(rejects))
     used = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     meta = {

@@ -101,6 +101,26 @@ def _video_hits(state: ServiceState, text: str) -> list[dict]:
     return found
 
 
+def _quick(state: ServiceState, params: dict, body: bytes | None) -> bool:
+    """A query by vector or id (no CLIP, no network) on a quick index: answered on the event loop.
+
+    Handing it to a worker thread and back costs two thread wake-ups, which on 2 busy cores take
+    longer than the search (docs/search.md); everything slower (CLIP, a URL, a big page, exact search
+    over many rows) still runs in the thread pool, so the loop keeps serving other requests.
+    """
+    if body or not any(params.get(f) not in (None, "") for f in ("vector", "id")):
+        return False
+    if any(params.get(f) not in (None, "") for f in ("text", "image_url", "min_score")):
+        return False  # several queries (refused in the pool like any other), or a filter that may widen
+    if str(params.get("hide_duplicates", "")).lower() not in ("", "0", "false", "no", "off"):
+        return False  # the candidate list until the page is full: not bounded in advance
+    try:
+        wanted = int(params.get("k", 20)) + int(params.get("offset", 0))
+    except (TypeError, ValueError):
+        return False
+    return state.index.quick(str(params.get("index") or "image"), wanted)
+
+
 def answer(state: ServiceState, params: dict, body: bytes | None) -> dict:
     """The results of one /knn request (see the module doc for the parameters)."""
     started, cpu_started = time.perf_counter(), time.thread_time()
@@ -129,9 +149,14 @@ def answer(state: ServiceState, params: dict, body: bytes | None) -> dict:
         vector = state.encoder.image_url(str(params["image_url"]))
     elif source == "vector":
         values = params["vector"]
-        if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
+        try:  # numpy checks the items in C (a Python loop over 512 of them cost 0.1 ms a query)
+            vector = np.asarray(values) if isinstance(values, list) else None
+        except ValueError:  # ragged nesting
+            vector = None
+        if vector is None or vector.ndim != 1 or vector.dtype.kind not in "iuf":
             raise BadRequest(f"vector: a JSON list of {index.dim} numbers")
-        vector = np.asarray(values, dtype=np.float32)
+        with np.errstate(over="ignore"):  # too large for float32: infinite, refused by knn as not finite
+            vector = vector.astype(np.float32)
     else:
         vector = state.encoder.image(body)
     hits = index.knn(vector, modality, k, offset, hide, min_score)
@@ -256,7 +281,10 @@ def create_app(state: ServiceState) -> FastAPI:
                         raise BadRequest('request body: a JSON object such as {"text": "a red circle"}')
                     params.update(payload)
                     body = None
-            reply = await run_in_threadpool(answer, state, params, body)
+            if _quick(state, params, body):
+                reply = answer(state, params, body)
+            else:
+                reply = await run_in_threadpool(answer, state, params, body)
         except BadRequest as exc:
             return error(str(exc), exc.status)
         except (QueryError, SearchIndexError) as exc:
