@@ -8,7 +8,7 @@ writes, from the cached corpus (`python -m testbed.corpus fetch` first):
 - `eval/concepts/`: zero-shot image folder of the HELD-OUT STYLE (never trained on): one picture per
   evaluation concept (`--eval-concepts`, default 100, drawn among concepts present in every emoji style);
 - `eval/categories/`: the held-out style's pictures of every trained emoji concept, one folder per emoji
-  group ("animals & nature", ...): category-level zero-shot;
+  group named as people say it ("animals and nature", ...): category-level zero-shot;
 - `eval/unseen_concepts/`: the held-out style's pictures of held-out concepts (never trained in any style);
 - `eval/probe/`: the evaluation concepts in every emoji style (a linear probe needs >= 3 per class);
 - `eval/retrieval/`: shards of the held-out style's evaluation pictures with their name as caption;
@@ -41,7 +41,7 @@ from curation.shards import write_shard
 from testbed.corpus import DATASOURCE_STYLES, Concept, Corpus, Picture, load_corpus
 
 EMOJI_STYLES = (*DATASOURCE_STYLES, "openmoji-color", "openmoji-black")
-CAPTION_MODES = ("name", "name+section", "name+tags", "mixed", "phrased")
+CAPTION_MODES = ("name", "name+section", "name+tags", "mixed", "phrased", "grouped", "grouped4", "named4")
 # How people write about a picture; deliberately not the evaluation's prompt "a photo of a {}."
 PHRASES = (
     "{}",
@@ -51,6 +51,18 @@ PHRASES = (
     "{}, in colour",
     "a small {} icon",
 )
+# How a page puts a picture in its group (mode "grouped"); {g} is the group as people say it.
+GROUP_PHRASES = (
+    "{}, from {g}",
+    "{} ({g})",
+    "{}, one of the {g} emoji",
+    "{} in {g}",
+)
+
+
+def readable_group(group: str) -> str:
+    """The group as people say it: "animals & nature" -> "animals and nature" (captions and class names)."""
+    return re.sub(r"\s*&\s*", " and ", group).strip()
 
 
 class SplitError(UserError, ValueError):
@@ -135,6 +147,37 @@ def plan_split(corpus: Corpus, split: Split) -> SplitPlan:
 # --- captions --------------------------------------------------------------------------------------
 
 
+def captions(concept: Concept, mode: str, style: str = "") -> list[str]:
+    """The training captions of a concept's picture: one per mode, three for "grouped".
+
+    grouped: every picture is written once per caption, so that each epoch mixes them:
+    (1) the name in a phrasing (as "phrased", without the section words), (2) the name in another
+    phrasing with its group as people say it ("an emoji of a frog, from animals and nature"), (3) its
+    subgroup and group without the name ("a drawing of the animal reptile, from animals and nature").
+    The group words sit in two of three captions, and (3) teaches the text tower sentences without the
+    name, nearer the category-level zero-shot prompts ("a photo of a animals and nature.").
+    grouped4: the same and a fourth caption naming the group alone ("an emoji of a animals and nature").
+    named4: grouped4 with (3) naming the concept too ("cat face, animal mammal, animals and nature"): the
+    name in 3 of 4 captions, the group in 3 of 4, alone in 1.
+    """
+    if mode not in ("grouped", "grouped4", "named4"):
+        return [caption(concept, mode, style)]
+    h = zlib.crc32(f"{style}/{concept.id}".encode())
+    out = [PHRASES[h % len(PHRASES)].format(concept.name)]
+    if concept.group:
+        g = readable_group(concept.group)
+        named = PHRASES[(h // 7 + 1) % len(PHRASES)].format(concept.name)
+        out.append(GROUP_PHRASES[(h // 11) % len(GROUP_PHRASES)].format(named, g=g))
+        if mode == "named4":
+            out.append(", ".join(dict.fromkeys(p for p in (concept.name, concept.subgroup, g) if p)))
+        elif concept.subgroup and concept.subgroup != concept.group:
+            sub = PHRASES[(h // 13 + 2) % len(PHRASES)].format(concept.subgroup)
+            out.append(GROUP_PHRASES[(h // 17 + 1) % len(GROUP_PHRASES)].format(sub, g=g))
+        if mode in ("grouped4", "named4"):
+            out.append(PHRASES[(h // 19 + 3) % len(PHRASES)].format(g))
+    return out
+
+
 def caption(concept: Concept, mode: str, style: str = "") -> str:
     """The training caption of a concept's picture.
 
@@ -143,8 +186,11 @@ def caption(concept: Concept, mode: str, style: str = "") -> str:
     up to 4 of its CLDR keywords; mixed: name or name+section, chosen per picture (by a hash of
     concept and style), so the bare name of the zero-shot prompts and the category words both occur;
     phrased: the mixed caption inside one of a few phrasings people use (`PHRASES`), so that prompts
-    like "a photo of a {}." are not the first sentences the text tower ever reads.
+    like "a photo of a {}." are not the first sentences the text tower ever reads;
+    grouped: the first of `captions` (the others are written as more rows).
     """
+    if mode in ("grouped", "grouped4", "named4"):
+        return captions(concept, mode, style)[0]
     if mode == "phrased":
         phrase = PHRASES[zlib.crc32(f"{style}/{concept.id}".encode()) % len(PHRASES)]
         return phrase.format(caption(concept, "mixed", style))
@@ -178,24 +224,26 @@ def _folder_name(text: str) -> str:
 
 def _rows(corpus: Corpus, pictures: Sequence[Picture], size: int, caption_of, desc: str, progress: bool):
     rows = []
-    for n, picture in enumerate(tqdm(pictures, desc=desc, unit="pic", disable=not progress, leave=False)):
+    for picture in tqdm(pictures, desc=desc, unit="pic", disable=not progress, leave=False):
         image = corpus.image(picture, size)
         if image is None:
             continue  # recorded in the corpus's render failures
         data = _png(image)
-        rows.append(
-            {
-                "key": f"{n:09d}",
-                "url": f"corpus://{picture.style}/{picture.concept}",
-                "caption": caption_of(picture),
-                "status": "success",
-                "width": size,
-                "height": size,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "jpg": data,  # the column name img2dataset uses for image bytes, whatever the format
-                "source": picture.style,
-            }
-        )
+        texts = caption_of(picture)
+        for text in [texts] if isinstance(texts, str) else texts:
+            rows.append(
+                {
+                    "key": f"{len(rows):09d}",
+                    "url": f"corpus://{picture.style}/{picture.concept}",
+                    "caption": text,
+                    "status": "success",
+                    "width": size,
+                    "height": size,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "jpg": data,  # the column name img2dataset uses for image bytes, whatever the format
+                    "source": picture.style,
+                }
+            )
     return rows
 
 
@@ -242,7 +290,7 @@ def write_datasets(
             corpus,
             plan.train,
             size,
-            lambda p: caption(corpus.concepts[p.concept], caption_mode, p.style),
+            lambda p: captions(corpus.concepts[p.concept], caption_mode, p.style),
             "train",
             progress,
         )
@@ -255,7 +303,11 @@ def write_datasets(
         corpus, ev / "concepts", [(name[c], held[c]) for c in plan.eval_concepts], size, progress
     )
     counts["categories"] = _write_folder(
-        corpus, ev / "categories", [(g, held[c]) for c, g in sorted(plan.categories.items())], size, progress
+        corpus,
+        ev / "categories",
+        [(readable_group(g), held[c]) for c, g in sorted(plan.categories.items())],
+        size,
+        progress,
     )
     counts["unseen_concepts"] = _write_folder(
         corpus, ev / "unseen_concepts", [(name[c], held[c]) for c in plan.unseen_concepts], size, progress

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from testbed.corpus import Concept, Corpus, Picture
-from testbed.corpus_data import Split
+from testbed.corpus_data import Split, readable_group
 from testbed.testweb import PagePlan
 
 STYLE_CREDITS = {
@@ -42,6 +42,10 @@ _REFERENCE = {
         "{Name}: {tags}",
         "{Name} ({style} design)",
         "An emoji of a {name}",
+        # how gallery pages name an emoji with its group ("Frog, from animals and nature"): the category
+        # words reach the model only through such texts (docs/corpus.md)
+        "{Name}, from {group}",
+        "{Name}, one of the {group} emoji",
     ],
     "icon": ["{Name} icon", "An icon of a {name}", "{Name}: {tags}", "Line icon: {name}", "{Name} ({style})"],
 }
@@ -194,7 +198,13 @@ class CorpusWorld:
         concept = self.concepts[cls]
         style = self.styles[cls][0].style
         tags = ", ".join(t for t in concept.tags[:4]) or concept.group
-        fields = {"Name": cls[:1].upper() + cls[1:], "name": cls, "tags": tags, "style": style.split("-")[0]}
+        fields = {
+            "Name": cls[:1].upper() + cls[1:],
+            "name": cls,
+            "tags": tags,
+            "style": style.split("-")[0],
+            "group": readable_group(concept.group),
+        }
         templates = _REFERENCE[concept.kind]
         reference = str(rng.choice(templates)).format(**fields)
         alt_choices = [cls, *(s for s in concept.short_names if s != cls)]

@@ -13,7 +13,15 @@ import pytest
 
 from curation.shards import trusted_shards
 from testbed.corpus import SMALL, fetch, load_corpus
-from testbed.corpus_data import Split, SplitError, caption, plan_split, write_datasets
+from testbed.corpus_data import (
+    Split,
+    SplitError,
+    caption,
+    captions,
+    plan_split,
+    readable_group,
+    write_datasets,
+)
 from training.config import EvalConfig
 from training.evaluate import evaluate
 
@@ -60,7 +68,9 @@ def test_evaluation_folders_hold_the_held_out_style(slice_):
     assert all(len(list(f.iterdir())) == 1 for f in folders)
     assert all(p.name.startswith("openmoji-black-") for f in folders for p in f.iterdir())
     groups = {p.name.replace("_", " ") for p in (out / "eval" / "categories").iterdir()}
-    assert groups <= {c.group for c in small.concepts.values() if c.kind == "emoji"} and len(groups) >= 5
+    # class names as people say them ("animals and nature"), the words the "grouped" captions use
+    readable = {readable_group(c.group) for c in small.concepts.values() if c.kind == "emoji"}
+    assert groups <= readable and len(groups) >= 5 and not any("&" in g for g in groups)
     assert json.loads((out / "split.json").read_text())["split"]["held_out_style"] == "openmoji-black"
 
 
@@ -89,6 +99,20 @@ def test_captions_and_split_errors(slice_):
         caption(cat, "mixed", style) for style in ("google", "apple", "facebook", "openmoji-color", "x", "y")
     }
     assert mixed == {"cat face", "cat face, animal mammal, animals & nature"}
+    # grouped: three captions per picture, the group said in words in two, the name in two
+    for style in ("google", "apple", "facebook"):
+        texts = captions(cat, "grouped", style)
+        assert len(texts) == 3 and caption(cat, "grouped", style) == texts[0]
+        assert ["animals and nature" in t for t in texts] == [False, True, True]
+        assert ["cat face" in t for t in texts] == [True, True, False] and "animal mammal" in texts[2]
+    # grouped4 adds the group alone; named4 names the concept in 3 of 4, the group alone in the 4th
+    four = captions(cat, "grouped4", "google")
+    assert four[:3] == captions(cat, "grouped", "google") and "cat face" not in four[3]
+    named = captions(cat, "named4", "google")
+    assert named[2] == "cat face, animal mammal, animals and nature" and named[3] == four[3]
+    assert ["cat face" in t for t in named] == [True, True, True, False]
+    assert all("animals and nature" in t for t in named[1:])
+    assert captions(cat, "phrased", "google") == [caption(cat, "phrased", "google")]
     with pytest.raises(SplitError, match="no pictures of style"):
         plan_split(small, Split(held_out_style="twitter"))
     with pytest.raises(SplitError, match="too many"):
@@ -96,3 +120,19 @@ def test_captions_and_split_errors(slice_):
             small,
             Split(held_out_style="openmoji-black", train_styles=("openmoji-color",), eval_concepts=5000),
         )
+
+
+def test_grouped_captions_write_one_row_per_caption(slice_, tmp_path):
+    small, _, _ = slice_
+    emoji = sorted(c for c, x in small.concepts.items() if x.kind == "emoji")[:40]
+    tiny = small.restricted(emoji, styles=("openmoji-color", "openmoji-black"))
+    split = Split(held_out_style="openmoji-black", train_styles=("openmoji-color",), eval_concepts=5)
+    summary = write_datasets(tiny, tmp_path, split, "grouped", size=32, progress=False)
+    rows = [r for shard in trusted_shards(tmp_path / "train") for r in pq.read_table(shard).to_pylist()]
+    by_picture: dict[str, list[str]] = {}
+    for r in rows:
+        by_picture.setdefault(r["url"], []).append(r["caption"])
+    assert len(rows) == summary["counts"]["train"] and len(by_picture) >= 20
+    for url, texts in by_picture.items():
+        concept = tiny.concepts[url.rsplit("/", 1)[-1]]
+        assert sorted(texts) == sorted(captions(concept, "grouped", "openmoji-color")), url
