@@ -36,6 +36,16 @@ def state_file(path: str | Path, filename: str, error: type[UserError], hint: st
     return path
 
 
+def check_width(path: Path, state: dict, clip, error: type[UserError]) -> None:
+    """`error` naming both models when a head saved in `state` was trained for another CLIP width."""
+    if state["embed_dim"] != clip.embed_dim:
+        raise error(
+            f"head {path} was trained on {state['clip_model_name']} ({state['clip_identity']}, width "
+            f"{state['embed_dim']}) but the CLIP loaded is {clip.model_name} ({clip.identity}, width "
+            f"{clip.embed_dim}): pass the --checkpoint the head was trained with"
+        )
+
+
 def read_state(path: Path, fmt: str, error: type[UserError], what: str) -> dict:
     """The state saved at `path`, checked to carry `"format": fmt`; `error` names the file when it does not."""
     try:

@@ -28,7 +28,7 @@ from apps.actionclip.errors import ActionClipError
 from apps.clip4clip.cache import visual_fingerprint
 from apps.clip4clip.heads import HeadConfig, build_head, masked_mean
 from apps.clip4clip.video import FrameSampling
-from models.states import read_state, save_state, state_file
+from models.states import check_width, read_state, save_state, state_file
 
 FUSIONS: tuple[str, ...] = ("meanP", "transf")
 HEAD_FILE = "head.pt"
@@ -156,13 +156,9 @@ def read_head_state(path: str | Path) -> dict:
 
 def load_head(path: str | Path, clip) -> tuple[ActionHead, FrameSampling, dict]:
     """(head in eval mode, its frame sampling, the checkpoint's metadata); refuses a head of another width."""
+    path = resolve_head(path)
     state = read_head_state(path)
-    if state["embed_dim"] != clip.embed_dim:
-        raise HeadCheckpointError(
-            f"head {resolve_head(path)} was trained on {state['clip_model_name']} ({state['clip_identity']}, width "
-            f"{state['embed_dim']}) but the CLIP loaded is {clip.model_name} ({clip.identity}, width {clip.embed_dim}): "
-            "pass the --checkpoint the head was trained with"
-        )
+    check_width(path, state, clip, HeadCheckpointError)
     head = ActionHead(FusionConfig(**state["fusion"]), clip.embed_dim)
     head.load_state_dict(state["state_dict"])
     device = next(clip.model.parameters()).device

@@ -32,7 +32,7 @@ from apps.clip4clip.metrics import RetrievalMetrics, format_table, retrieval_met
 from apps.clip4clip.video import FrameSampling, find_videos
 from common.errors import UserError
 from curation.video_captions import Caption, CaptionSet, read_captions
-from models.states import read_state, save_state, state_file
+from models.states import check_width, read_state, save_state, state_file
 
 HEAD_FILE = "head.pt"
 HEAD_FORMAT = "clip4clip-head/1"
@@ -343,12 +343,7 @@ def load_head(path: str | Path, clip) -> tuple[SimilarityHead, FrameSampling, di
     """
     path = resolve_head_checkpoint(path)
     state = _read_head_state(path)
-    if state["embed_dim"] != clip.embed_dim:
-        raise HeadCheckpointError(
-            f"head {path} was trained on {state['clip_model_name']} ({state['clip_identity']}, width {state['embed_dim']}) "
-            f"but the CLIP loaded is {clip.model_name} ({clip.identity}, width {clip.embed_dim}): "
-            "pass the --checkpoint the head was trained with"
-        )
+    check_width(path, state, clip, HeadCheckpointError)
     config = HeadConfig(**state["head_config"])
     head = build_head(config, clip.embed_dim, None)
     head.load_state_dict(state["state_dict"])
