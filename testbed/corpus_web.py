@@ -104,6 +104,10 @@ class CorpusWorld:
     corpus: Corpus
     split: Split = field(default_factory=Split)
     foreign_page_fraction: float = 0.125
+    # Share of pages that show icons (the rest show emoji): with every topic in turn, 41 of 139 topics are
+    # Tabler categories of ~124 icons each, and icons took 41 % of a 1600-page demo's pairs, leaving each
+    # emoji concept in 2.4 of its 5 training styles (docs/benchmarks.md, make demo-corpus).
+    icon_page_fraction: float = 0.125
 
     def __post_init__(self) -> None:
         self.concepts: dict[str, Concept] = {}
@@ -123,6 +127,7 @@ class CorpusWorld:
         if not self.topics:
             raise ValueError(f"the corpus has no pictures in the training styles {self.split.train_styles}")
         self._names = sorted(self.concepts)
+        self._by_kind = {kind: [t for t in self.topics if t.kind == kind] for kind in ("emoji", "icon")}
         self.begin_site()
 
     def begin_site(self) -> None:
@@ -131,8 +136,21 @@ class CorpusWorld:
 
     # --- pages ---------------------------------------------------------------------------------------
 
+    def _topic(self, n: int) -> tuple[_Topic, int]:
+        """Page n's topic and how many times its kind's topics were all shown before it (icon pages
+        are spread evenly at `icon_page_fraction`; a corpus with one kind only cycles through it)."""
+        emoji, icons = self._by_kind["emoji"], self._by_kind["icon"]
+        if not emoji or not icons:
+            return self.topics[n % len(self.topics)], n // len(self.topics)
+        icon_pages_before = int(n * self.icon_page_fraction)
+        if int((n + 1) * self.icon_page_fraction) > icon_pages_before:
+            pool, k = icons, icon_pages_before
+        else:
+            pool, k = emoji, n - icon_pages_before
+        return pool[k % len(pool)], k // len(pool)
+
     def page(self, n: int, rng: np.random.Generator) -> PagePlan:
-        topic = self.topics[n % len(self.topics)]
+        topic, cycle = self._topic(n)
         lang = ""
         if topic.kind == "emoji" and rng.random() < self.foreign_page_fraction:
             first = self.concepts[topic.names[0]]
@@ -144,8 +162,8 @@ class CorpusWorld:
             group, subgroup = section.split(": ", 1)
             return PagePlan(f"{gallery}: {section}", intro, lang, [subgroup, group], topic)
         title = f"{topic.group.capitalize()}: {topic.subgroup}"
-        if n >= len(self.topics):
-            title += f" (part {n // len(self.topics) + 1})"
+        if cycle:
+            title += f" (part {cycle + 1})"
         what = "emoji" if topic.kind == "emoji" else "icons"
         intro = (
             f"Open {what} of the {topic.group} group, with the names and keywords their authors gave them."
