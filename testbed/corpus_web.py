@@ -127,6 +127,9 @@ class CorpusWorld:
         if not self.topics:
             raise ValueError(f"the corpus has no pictures in the training styles {self.split.train_styles}")
         self._names = sorted(self.concepts)
+        self._by_name_kind = {
+            kind: [n for n in self._names if self.concepts[n].kind == kind] for kind in ("emoji", "icon")
+        }
         self._by_kind = {kind: [t for t in self.topics if t.kind == kind] for kind in ("emoji", "icon")}
         self.begin_site()
 
@@ -180,11 +183,15 @@ class CorpusWorld:
 
     def pick(self, plan: PagePlan | None, rng: np.random.Generator) -> str:
         names = plan.topic.names if plan is not None and plan.topic is not None else self._names
-        # a clean picture is never a copy: when the topic has shown everything, another topic's pictures fill in
-        fresh = [n for n in names if self._fresh_styles(n)] or [
-            n for n in self._names if self._fresh_styles(n)
-        ]
-        fresh = fresh or list(names)
+        # a clean picture is never a copy: when the topic has shown everything, a topic of the same kind
+        # fills in (an emoji page with other emoji: three quarters of all names are icons), then any
+        kind = plan.topic.kind if plan is not None and plan.topic is not None else None
+        fresh = (
+            [n for n in names if self._fresh_styles(n)]
+            or [n for n in self._by_name_kind.get(kind, ()) if self._fresh_styles(n)]
+            or [n for n in self._names if self._fresh_styles(n)]
+            or list(names)
+        )
         return str(fresh[int(rng.integers(len(fresh)))])
 
     def section_paragraph(self, cls: str | None, rng: np.random.Generator) -> str:
