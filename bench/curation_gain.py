@@ -1,6 +1,7 @@
 """Does curation pay? The same model, the same settings, on the unfiltered download and on the curated set.
 
-Everything is made in the run, from one loopback test web (testbed.testweb, the demo's site by default):
+Everything is made in the run, from one loopback test web (testbed.testweb, the demo's site by default;
+`--world corpus`: the real emoji and icon web of `make demo-corpus`, see "Corpus mode" below):
 
 - unfiltered (baseline): every pair the site's WIT TSV lists, handed to img2dataset as is (no URL check,
   no caption rule, no URL dedup, no image filter, no dedup); every row img2dataset downloads and
@@ -9,7 +10,7 @@ Everything is made in the run, from one loopback test web (testbed.testweb, the 
   (resize to --image-size, and it honours `X-Robots-Tag: noai`: that is the site's consent, not a
   quality filter, so neither side trains on those pictures).
 - curated: `curation build` on the same TSV (round 1: filters and dedup, no CLIP score), the demo's
-  build settings.
+  build settings (the [build] table of pipelines/params/demo.toml, demo_corpus.toml for the corpus).
 
 Both are trained with training/presets/demo.toml for the same --steps, once per seed (--seeds, three by
 default; the two sides alternate which trains first), and evaluated on the same held-out pictures:
@@ -19,6 +20,17 @@ differences. A rerun with the same --out reuses finished builds, trainings and e
 
     python bench/curation_gain.py --out runs/curation_gain                       # the demo's site, 500 steps
     python bench/curation_gain.py --pages 40 --steps 60 --out runs/curation_gain_small  # a quick check
+
+Corpus mode (`--world corpus`, issue #13): the site is testbed.corpus_web.CorpusWorld over the cached
+corpus (`python -m testbed.corpus fetch`; 1600 pages by default, as `make demo-corpus`), the curated side
+uses demo_corpus.toml's [build] (min_words = 1), both sides train with training/presets/corpus.toml, and
+the evaluation is the demo's: the held-out twitter style (testbed.corpus_data.write_datasets, train=False),
+zero-shot over 100 concepts (eval/concepts; single prompt and 80-prompt ensemble, top-1 and top-5),
+retrieval against their names (eval/retrieval) and zero-shot over the 9 emoji groups (eval/categories).
+`--small` serves the small corpus slice the tests use (openmoji, Tabler; openmoji line art held out).
+
+    python bench/curation_gain.py --world corpus --out runs/curation_gain_corpus      # 1600 pages, 500 steps
+    python bench/curation_gain.py --world corpus --pages 40 --steps 20 --seeds 0 --out /tmp/gain_check
 """
 
 from __future__ import annotations
@@ -40,33 +52,58 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.errors import UserError  # noqa: E402
+from common.settings import load_config  # noqa: E402
 from curation import shards  # noqa: E402
 from curation.build import build_dataset, download_options  # noqa: E402
 from curation.config import BuildConfig  # noqa: E402
 from curation.wit import choose_caption, read_wit  # noqa: E402
 from testbed.shapes import CLASSES, caption_for, render_shape_image, write_image_folder  # noqa: E402
+from testbed.testweb import SiteOptions  # noqa: E402
 from testbed.web import serve_testweb  # noqa: E402
 from training.config import EvalConfig, preset  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.train import train  # noqa: E402
 
 SIDES = ("unfiltered", "curated")
+PARAMS_DIR = Path(__file__).resolve().parents[1] / "pipelines" / "params"
+# Per world: the demo's params file (its [build] is the curated side's), training preset, default pages.
+WORLDS = {
+    "shapes": {"params": "demo.toml", "preset": "demo", "pages": 600},
+    "corpus": {"params": "demo_corpus.toml", "preset": "corpus", "pages": 1600},
+}
+# --small: the corpus slice the tests use (testbed.corpus.SMALL: openmoji, Tabler, emojibase), with a
+# split it can give (its only emoji styles are OpenMoji's: the line art is held out, 20 concepts evaluated).
+SMALL_SPLIT = {
+    "held_out_style": "openmoji-black",
+    "train_styles": ("openmoji-color", "tabler-outline"),
+    "held_out_fraction": 0.1,
+    "eval_concepts": 20,
+}
 # Columns of the unfiltered rows (img2dataset's own, as curation's record schema names them).
 UNFILTERED_COLUMNS = ("key", "url", "caption", "status", "width", "height", "sha256", "jpg")
 
 
-def build_config(wit: Path, out: Path, image_size: int) -> BuildConfig:
-    """The demo's round-1 build settings (pipelines/params/demo.toml [build])."""
-    return BuildConfig(
-        source=[f"wit:{wit}"],
-        out=out,
-        allow_networks=["127.0.0.1/32"],
-        chunk_size=2000,
-        image_size=image_size,
-        processes=2,
-        threads=16,
-        timeout=5,
-    )
+def build_config(wit: Path, out: Path, image_size: int, world: str = "shapes") -> BuildConfig:
+    """The demo's round-1 build settings: the [build] table of the world's params file
+    (pipelines/params/demo.toml: allow 127.0.0.1/32, 64 px, 2 processes x 16 threads, timeout 5;
+    demo_corpus.toml adds min_words = 1)."""
+    params = PARAMS_DIR / WORLDS[world]["params"]
+    overrides = {"source": [f"wit:{wit}"], "out": out, "image_size": image_size}
+    return load_config(BuildConfig, params, overrides, section="build")
+
+
+def corpus_site(small: bool) -> tuple[SiteOptions, object, object]:
+    """The corpus web's options (CorpusWorld over the cached corpus), the corpus and its split."""
+    from testbed.corpus import PACKAGES, SMALL, fetch, load_corpus
+    from testbed.corpus_data import Split
+    from testbed.corpus_web import CorpusWorld
+
+    packages = list(SMALL if small else PACKAGES)
+    fetch(packages, progress=False)  # offline once cached (~/.cache/clip-workbench/corpus)
+    corpus = load_corpus(require=packages)
+    split = Split(**SMALL_SPLIT) if small else Split()
+    return SiteOptions(world=CorpusWorld(corpus, split)), corpus, split
 
 
 def unfiltered_dataset(wit: Path, out: Path, cfg: BuildConfig) -> tuple[int, int]:
@@ -109,19 +146,73 @@ def retrieval_set(out: Path, n: int = 360, seed: int = 4321, size: int = 64) -> 
     return out
 
 
-def figures(report: dict) -> dict:
+def figures(report: dict, categories: dict | None = None) -> dict:
+    """The table's rows from training.evaluate reports; the corpus adds top-5 and the 9-group zero-shot."""
     zs, rt = report["zeroshot"], report["retrieval"]
-    return {
+    out = {
         "zero-shot top-1 (single prompt)": 100 * zs["single"]["top1"],
         "zero-shot top-1 (ensemble)": 100 * zs["ensemble"]["top1"],
-        "image->text R@1": 100 * rt["image_to_text"]["R@1"],
-        "text->image R@1": 100 * rt["text_to_image"]["R@1"],
     }
+    if categories is not None:
+        out["zero-shot top-5 (single prompt)"] = 100 * zs["single"]["top5"]
+        out["zero-shot top-5 (ensemble)"] = 100 * zs["ensemble"]["top5"]
+        cz = categories["zeroshot"]
+        out["categories top-1 (single prompt)"] = 100 * cz["single"]["top1"]
+        out["categories top-1 (ensemble)"] = 100 * cz["ensemble"]["top1"]
+    out["image->text R@1"] = 100 * rt["image_to_text"]["R@1"]
+    out["text->image R@1"] = 100 * rt["text_to_image"]["R@1"]
+    return out
 
 
 def spread(values: list[float]) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.1f} ± {sd:.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def heldout_sets(args: argparse.Namespace, corpus: object, split: object) -> dict[str, Path]:
+    """The evaluation sets, written once under OUT: zero-shot folder(s) and retrieval shards."""
+    if args.world == "corpus":
+        from testbed.corpus_data import write_datasets
+
+        heldout = args.out / "heldout"
+        if not (heldout / "split.json").exists():  # as pipelines.tasks.write_corpus_heldout
+            write_datasets(corpus, heldout, split, size=64, progress=False, train=False)
+        return {
+            "zeroshot": heldout / "eval" / "concepts",
+            "retrieval": heldout / "eval" / "retrieval",
+            "categories": heldout / "eval" / "categories",
+        }
+    # the demo's zero-shot pictures (seed 12345, 128 px) and generated retrieval pairs
+    heldout = args.out / "heldout"
+    if not heldout.exists():
+        write_image_folder(heldout, args.heldout_per_class, 12345, 128)
+    return {"zeroshot": heldout, "retrieval": retrieval_set(args.out / "retrieval")}
+
+
+def evaluate_run(run: Path, sets: dict[str, Path], report_path: Path) -> dict:
+    """training.evaluate on the held-out sets (the corpus: concepts + retrieval, then the 9 groups)."""
+    report = evaluate(
+        EvalConfig(
+            checkpoint=run,
+            zeroshot=sets["zeroshot"],
+            retrieval=sets["retrieval"],
+            batch_size=128,
+            out=report_path.with_suffix(".partial.json") if "categories" in sets else report_path,
+        )
+    )
+    if "categories" not in sets:
+        return report
+    categories = evaluate(
+        EvalConfig(
+            checkpoint=run,
+            zeroshot=sets["categories"],
+            batch_size=128,
+            out=report_path.with_suffix(".categories.json"),
+        )
+    )
+    report = {**report, "categories": categories}
+    report_path.write_text(json.dumps(report, indent=2))  # written last: a rerun reuses it only when complete
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +222,16 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--pages", type=int, default=600, help="pages of the test web (default: 600, the demo's)"
+        "--world",
+        choices=sorted(WORLDS),
+        default="shapes",
+        help="the test web: generated shapes (default, the demo's) or the real emoji and icon corpus",
+    )
+    parser.add_argument(
+        "--pages",
+        type=int,
+        default=None,
+        help="pages of the test web (default: the demo's, 600 shapes or 1600 corpus)",
     )
     parser.add_argument(
         "--site-seed", type=int, default=0, help="seed of the test web (default: 0, the demo's)"
@@ -141,59 +241,110 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)"
     )
-    parser.add_argument("--heldout-per-class", type=int, default=10, help="zero-shot pictures per class (10)")
-    parser.add_argument("--out", type=Path, default=Path("runs/curation_gain"))
+    parser.add_argument(
+        "--heldout-per-class", type=int, default=10, help="shapes: zero-shot pictures per class (10)"
+    )
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="corpus: the small slice the tests use (openmoji + Tabler; openmoji line art held out)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="default: runs/curation_gain[_corpus]")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)"
     )
     args = parser.parse_args(argv)
-    command = "python bench/curation_gain.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args, "python bench/curation_gain.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, command: str) -> int:
+    world = WORLDS[args.world]
+    if args.small and args.world != "corpus":
+        raise UserError("--small is a corpus slice: use it with --world corpus")
+    pages = args.pages or world["pages"]
+    args.out = args.out or Path("runs/curation_gain" + ("_corpus" if args.world == "corpus" else ""))
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
+    timing_path = args.out / "times.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
 
-    with serve_testweb(pages=args.pages, seed=args.site_seed) as web:
+    options, corpus, split = (
+        corpus_site(args.small) if args.world == "corpus" else (SiteOptions(), None, None)
+    )
+    t = time.perf_counter()
+    with serve_testweb(pages=pages, seed=args.site_seed, options=options) as web:
         wit = web.write_wit(args.out / "site.tsv")
-        cfg = build_config(wit, args.out / "curated", args.image_size)
+        cfg = build_config(wit, args.out / "curated", args.image_size, args.world)
+        print(f"site: {pages} pages served ({time.perf_counter() - t:.0f} s); curated build...", flush=True)
+        t = time.perf_counter()
         build_dataset(cfg)
+        timing.setdefault("curated build s", round(time.perf_counter() - t, 1))
+        print(f"curated build: {time.perf_counter() - t:.0f} s; unfiltered download...", flush=True)
+        t = time.perf_counter()
         listed, downloaded = unfiltered_dataset(wit, args.out / "unfiltered", cfg)
+        timing.setdefault("unfiltered download s", round(time.perf_counter() - t, 1))
     data = {"curated": cfg.out, "unfiltered": args.out / "unfiltered"}
     pairs = {name: shards.load_manifest(path).num_rows for name, path in data.items()}
-    # Held-out: the demo's zero-shot pictures (seed 12345, 128 px) and generated retrieval pairs.
-    heldout = args.out / "heldout"
-    if not heldout.exists():
-        write_image_folder(heldout, args.heldout_per_class, 12345, 128)
-    retrieval = retrieval_set(args.out / "retrieval")
+    print(f"pairs: {pairs['unfiltered']} unfiltered, {pairs['curated']} curated", flush=True)
+    sets = heldout_sets(args, corpus, split)
 
     results: dict[str, dict[int, dict]] = {name: {} for name in SIDES}
     for i, seed in enumerate(args.seeds):
         for name in SIDES if i % 2 == 0 else tuple(reversed(SIDES)):  # alternate which side goes first
-            run = args.out / f"train_{name}_seed{seed}"
+            run_dir = args.out / f"train_{name}_seed{seed}"
             report_path = args.out / f"eval_{name}_seed{seed}.json"
             if not report_path.exists():
-                t = time.perf_counter()
-                train(
+                t, load = time.perf_counter(), os.getloadavg()[0]
+                result = train(
                     preset(
-                        "demo", data=[data[name]], out=run, steps=args.steps, seed=seed, threads=args.threads
+                        world["preset"],
+                        data=[data[name]],
+                        out=run_dir,
+                        steps=args.steps,
+                        seed=seed,
+                        threads=args.threads,
                     )
                 )
-                print(f"{name} seed {seed}: trained in {(time.perf_counter() - t) / 60:.1f} min", flush=True)
-                report = evaluate(
-                    EvalConfig(checkpoint=run, zeroshot=heldout, retrieval=retrieval, out=report_path)
-                )
+                minutes = (time.perf_counter() - t) / 60
+                timing[f"train {name} seed {seed}"] = {
+                    "minutes": round(minutes, 2),
+                    "load average at start": round(load, 1),
+                    "load average at end": round(os.getloadavg()[0], 1),
+                    "steps": result.steps,
+                }
+                timing_path.write_text(json.dumps(timing, indent=2))
+                print(f"{name} seed {seed}: trained in {minutes:.1f} min (load {load:.1f})", flush=True)
+                report = evaluate_run(run_dir, sets, report_path)
             else:
                 report = json.loads(report_path.read_text())
-            results[name][seed] = figures(report)
+            results[name][seed] = figures(report, report.get("categories"))
+            print(
+                f"{name} seed {seed}: " + ", ".join(f"{k} {v:.1f}" for k, v in results[name][seed].items()),
+                flush=True,
+            )
+    timing_path.write_text(json.dumps(timing, indent=2))
 
     print(f"\ncommand: {command.strip()}")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; "
         f"{(time.perf_counter() - started) / 60:.1f} min"
     )
+    if args.world == "corpus":
+        counts = json.loads((args.out / "heldout" / "split.json").read_text())["counts"]
+        held = (
+            f"held-out style {split.held_out_style}: {counts['concepts']} concepts (zero-shot), "
+            f"{counts['categories']} pictures in their emoji groups (categories), {counts['retrieval']} pairs (retrieval)"
+        )
+    else:
+        held = f"{args.heldout_per_class * len(CLASSES)} pictures (zero-shot) + 360 pairs (retrieval)"
     print(
-        f"site: {args.pages} pages (seed {args.site_seed}), {listed} pairs listed in the WIT TSV, "
+        f"site: {args.world}, {pages} pages (seed {args.site_seed}), {listed} pairs listed in the WIT TSV, "
         f"{downloaded} downloaded by img2dataset (unfiltered), {pairs['curated']} kept by curation; "
-        f"demo preset, {args.steps} steps, seeds {' '.join(map(str, args.seeds))}; held-out: "
-        f"{args.heldout_per_class * len(CLASSES)} pictures (zero-shot) + 360 pairs (retrieval)\n"
+        f"{world['preset']} preset, {args.steps} steps, seeds {' '.join(map(str, args.seeds))}; held-out: {held}\n"
     )
     print(
         "| metric | unfiltered (baseline): mean ± sd (min-max) | curated: mean ± sd (min-max) | curated - unfiltered per seed |"
@@ -208,7 +359,18 @@ def main(argv: list[str] | None = None) -> int:
             f"| {metric} | {spread(u)} | {spread(c)} | {diffs} (mean {statistics.mean(c) - statistics.mean(u):+.1f}) |"
         )
     (args.out / "summary.json").write_text(
-        json.dumps({"command": command, "pairs": pairs, "listed": listed, "results": results}, indent=2)
+        json.dumps(
+            {
+                "command": command,
+                "world": args.world,
+                "pages": pages,
+                "pairs": pairs,
+                "listed": listed,
+                "results": results,
+                "times": timing,
+            },
+            indent=2,
+        )
     )
     return 0
 
