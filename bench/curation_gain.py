@@ -242,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)"
     )
     parser.add_argument(
+        "--batch-size", type=int, default=None, help="training batch (default: the preset's, 128)"
+    )
+    parser.add_argument(
         "--heldout-per-class", type=int, default=10, help="shapes: zero-shot pictures per class (10)"
     )
     parser.add_argument(
@@ -307,6 +310,7 @@ def run(args: argparse.Namespace, command: str) -> int:
                         steps=args.steps,
                         seed=seed,
                         threads=args.threads,
+                        **({"batch_size": args.batch_size} if args.batch_size else {}),
                     )
                 )
                 minutes = (time.perf_counter() - t) / 60
