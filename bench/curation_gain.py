@@ -159,6 +159,13 @@ def figures(report: dict, categories: dict | None = None) -> dict:
         cz = categories["zeroshot"]
         out["categories top-1 (single prompt)"] = 100 * cz["single"]["top1"]
         out["categories top-1 (ensemble)"] = 100 * cz["ensemble"]["top1"]
+        # with eval/categories/subclasses.json, training.evaluate also scores a group through the names
+        # of the concepts it holds (summed probability, docs/corpus.md)
+        for name, label in (("single", "single prompt"), ("7-prompt ensemble", "7 prompts")):
+            if f"{name}, via subclass names" in cz:
+                out[f"categories top-1 via concept names ({label})"] = (
+                    100 * cz[f"{name}, via subclass names"]["top1"]
+                )
     out["image->text R@1"] = 100 * rt["image_to_text"]["R@1"]
     out["text->image R@1"] = 100 * rt["text_to_image"]["R@1"]
     return out

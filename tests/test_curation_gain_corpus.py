@@ -26,6 +26,8 @@ METRICS = {
     "zero-shot top-5 (ensemble)",
     "categories top-1 (single prompt)",
     "categories top-1 (ensemble)",
+    "categories top-1 via concept names (single prompt)",
+    "categories top-1 via concept names (7 prompts)",
     "image->text R@1",
     "text->image R@1",
 }
