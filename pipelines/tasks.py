@@ -254,13 +254,19 @@ def sketch_picture(
 
 
 @task(name="video-search")
-def video_search(out_dir: Path, checkpoint: Path, train_videos: int, epochs: int) -> dict:
-    """apps.clip4clip: synthetic videos -> train a head -> index -> search (its demo entry point)."""
+def video_search(
+    out_dir: Path, checkpoint: Path, train_videos: int, epochs: int, world: str = "shapes"
+) -> dict:
+    """apps.clip4clip: synthetic videos -> train a head -> index -> search (its demo entry point).
+
+    `world`: the demo's world; "corpus" makes the videos of real emoji moving (testbed.corpus_videos).
+    """
     from apps.clip4clip.demo import VideoDemoConfig, run_video_demo
     from models import load_clip
 
     clip = load_clip(checkpoint)
-    summary = run_video_demo(out_dir, clip, VideoDemoConfig(n_train=train_videos, epochs=epochs))
+    config = VideoDemoConfig(n_train=train_videos, epochs=epochs, world=world)
+    summary = run_video_demo(out_dir, clip, config)
     return plain(summary)
 
 

@@ -76,6 +76,9 @@ class SynthConfig:
     concepts: int = field(
         default=24, metadata={"help": "corpus world: how many emoji concepts (testbed.corpus_videos)"}
     )
+    sprite: float = field(
+        default=0.7, metadata={"help": "corpus world: the picture's side as a fraction of the frame's"}
+    )
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,8 @@ def generate_synthetic_set(
 
         sprites = sprites or load_sprites(config.concepts)
         classes = sprites.names
+        if not 0.2 <= config.sprite <= 0.9:
+            raise ConfigError(f"sprite {config.sprite}: a picture of 0.2 to 0.9 of the frame (it must move)")
     elif config.world == "shapes":
         classes = tuple(config.classes)
         if len(classes) < 2:
@@ -262,6 +267,7 @@ def _render_corpus(
         [MOTIONS[e.motion] for e in events],
         style,
         config.size,
+        config.sprite,
         per_event,
         rng,
     )

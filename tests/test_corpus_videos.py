@@ -84,7 +84,7 @@ def test_videos_show_the_named_emoji_in_order_moving_as_captioned(made, sprites)
         for k, event in enumerate(events):
             segment = frames[k * per_event : (k + 1) * per_event]
             # the right picture (concept and style) in the right half of the video
-            assert _closest(segment[per_event // 2], sprites, int(CONFIG.size * 0.5)) == (
+            assert _closest(segment[per_event // 2], sprites, int(CONFIG.size * CONFIG.sprite)) == (
                 event["name"],
                 event["style"],
             ), video_id
@@ -93,7 +93,9 @@ def test_videos_show_the_named_emoji_in_order_moving_as_captioned(made, sprites)
             ys1, xs1 = np.nonzero(_ink(segment[-1]))
             dx, dy = MOTIONS[event["motion"]]
             moved = (xs1.mean() - xs0.mean(), ys1.mean() - ys0.mean())
-            assert moved[0] * dx + moved[1] * dy > CONFIG.size * 0.3, (video_id, event, moved)
+            travel = CONFIG.size * (1 - CONFIG.sprite - 0.04)  # the frame less the largest picture
+            assert moved[0] * dx + moved[1] * dy > 0.8 * travel, (video_id, event, moved)
+            assert abs(moved[0] * dy) + abs(moved[1] * dx) < 2, (video_id, event, moved)  # straight
         first, second = events
         order = [c["caption"] for c in captions if c["video_id"] == video_id and c["kind"] == "order"]
         assert order and all(
