@@ -17,15 +17,15 @@ Which pictures (the split of `testbed.corpus_data.Split`, default: the one the c
 Why `VIDEO_CONCEPTS` and not a draw among the 1,852 concepts present in every emoji style: the corpus
 CLIP of the demo is weak (15-23 % zero-shot over 100 drawn concepts), and most drawn concepts are
 people, flags, symbols and faces that differ in small details (a 64 px frame, a 48 px CLIP input, the
-sprite half of it). The list holds concrete things with distinct silhouettes and colours, named with
+picture 0.7 of it). The list holds concrete things with distinct silhouettes and colours, named with
 everyday words a web caption would use (animals, food, vehicles, objects), so the test measures video
 retrieval, not fine-grained recognition. It was fixed before any video was measured, not picked by the
 model's scores.
 
-Sprite size (`SynthConfig.sprite`, default 0.7 of the frame): the demo's corpus CLIP names a picture
-at half the frame little better than chance (24 concepts, google style: top-1 8 %, top-5 33 %), at 0.75
-17 % / 62 %, filling the frame 33 % / 67 % (docs/clip4clip.md); 0.7 keeps most of that and still
-crosses 30 % of the frame.
+Sprite size (`SynthConfig.sprite`, default 0.7 of the frame, +-0.04): the demo's corpus CLIP names a
+picture at half the frame little better than chance (24 concepts, google style: top-1 8 %, top-5 33 %),
+at 0.7 21 % / 58 %, filling the frame 33 % / 67 % (bench/corpus_video_sprites.py, docs/clip4clip.md);
+0.7 keeps most of that and the picture still crosses 26 % of the frame.
 
 The background is plain white: the corpus pictures are composited on white (`Corpus.image`), which is
 what the corpus CLIP was trained on, so a sprite has no visible box around it.

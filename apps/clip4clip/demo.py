@@ -57,6 +57,9 @@ class VideoDemoConfig:
         },
     )
     concepts: int = field(default=24, metadata={"help": "corpus world: how many emoji concepts"})
+    sprite: float = field(
+        default=0.7, metadata={"help": "corpus world: the picture's side as a fraction of the frame's"}
+    )
 
 
 def run_video_demo(
@@ -89,6 +92,7 @@ def _run(out: Path, clip, config: VideoDemoConfig, sprites: CorpusSprites | None
             seed=config.seed,
             world=config.world,
             concepts=config.concepts,
+            sprite=config.sprite,
         ),
         sprites,
     )
