@@ -363,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {label:<13} {100 * z['single']['top1']:.1f} % (single prompt), "
                 f"{100 * z['ensemble']['top1']:.1f} % (ensemble) over {z.get('classes', 36)} classes"
             )
+        via = z.get("7-prompt ensemble, via subclass names")
+        if via:
+            print(f"  {'':<13} {100 * via['top1']:.1f} % through the {z['subclass_names']} names they hold (CHiLS)")
     for path in (result.get("clipasso") or {}).values():
         if str(path).endswith(".svg"):
             print(f"  sketch        {path}")
