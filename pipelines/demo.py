@@ -365,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         via = z.get("7-prompt ensemble, via subclass names")
         if via:
-            print(f"  {'':<13} {100 * via['top1']:.1f} % through the {z['subclass_names']} names they hold (CHiLS)")
+            print(
+                f"  {'':<13} {100 * via['top1']:.1f} % through the {z['subclass_names']} names they hold (CHiLS)"
+            )
     for path in (result.get("clipasso") or {}).values():
         if str(path).endswith(".svg"):
             print(f"  sketch        {path}")

@@ -157,10 +157,16 @@ def read_subclasses(folder: Path, classes: Sequence[str]) -> dict[str, list[str]
         c
         for c in classes
         if c in table
-        and (not isinstance(table[c], list) or not table[c] or not all(isinstance(n, str) and n for n in table[c]))
+        and (
+            not isinstance(table[c], list)
+            or not table[c]
+            or not all(isinstance(n, str) and n for n in table[c])
+        )
     ]
     if missing or bad:
-        what = f"no subclasses for {missing[:3]}" if missing else f"not a non-empty list of names for {bad[:3]}"
+        what = (
+            f"no subclasses for {missing[:3]}" if missing else f"not a non-empty list of names for {bad[:3]}"
+        )
         raise EvalError(f"{path}: {what}{fix}")
     return {c: list(table[c]) for c in classes}
 
