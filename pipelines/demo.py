@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         via = z.get("7-prompt ensemble, via subclass names")
         if via:
             print(
-                f"  {'':<13} {100 * via['top1']:.1f} % through the {z['subclass_names']} names they hold (CHiLS)"
+                f"  {'':<13} {100 * via['top1']:.1f} % through the {z['subclass_names']} concept names they hold"
             )
     for path in (result.get("clipasso") or {}).values():
         if str(path).endswith(".svg"):
