@@ -254,6 +254,14 @@ def end_to_end_flow(
                 artifacts.publish_picture(
                     "clipasso-sketch", sketch_png, "CLIPasso sketch by the trained model"
                 )
+            if chain.world == "corpus" and chain.clipasso_gallery:
+                result["clipasso_gallery"] = tasks.sketch_gallery(
+                    apps_dir / "clipasso_gallery",
+                    train.out,
+                    chain.clipasso_strokes,
+                    chain.clipasso_iterations,
+                    chain.clipasso_seeds,
+                )
     if chain.clip4clip:
         missing = tasks.library_missing("apps.clip4clip.demo")
         if missing:

@@ -248,6 +248,12 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, world, sketch):
         result = json.loads((tmp_path / "demo" / "result.json").read_text())
         assert result["evaluate"]["zeroshot"]["classes"] == 100
         assert result["evaluate_categories"]["zeroshot"]["classes"] == 9
+        # ... and through the names of the concepts each group holds (subclasses.json, CHiLS)
+        assert result["evaluate_categories"]["zeroshot"]["subclass_names"] > 1000
+        # the 5 skimage photos and 5 held-out line icons, sketched and put on one sheet
+        assert result["clipasso_gallery"]["pictures"] == 10
+        assert (tmp_path / "demo" / "apps" / "clipasso_gallery" / "gallery.png").exists()
+        assert "clipasso gallery" in text
         assert "real emoji and icons" in text and "Category level" in text
     else:
         assert (tmp_path / "demo" / "apps" / "clip4clip" / "search.html").exists()

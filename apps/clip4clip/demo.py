@@ -33,7 +33,7 @@ from testbed.videos import SynthConfig, generate_synthetic_set
 
 @dataclass(frozen=True)
 class VideoDemoConfig:
-    # Values measured to separate order on a small CLIP (tests/test_clip4clip_order.py, docs/bench_video.md).
+    # Values measured to separate order on a small CLIP (tests/test_clip4clip_order.py, docs/benchmarks.md, "Video search and CLIP4Clip heads").
     n_train: int = 192  # videos, in order-swapped pairs
     n_test_pairs: int = 16
     size: int = 64
