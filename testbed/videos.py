@@ -185,10 +185,10 @@ def generate_synthetic_set(
     if config.world == "corpus":
         from testbed.corpus_videos import load_sprites  # the corpus only when asked for
 
-        sprites = sprites or load_sprites(config.concepts)
-        classes = sprites.names
         if not 0.2 <= config.sprite <= 0.9:
             raise ConfigError(f"sprite {config.sprite}: a picture of 0.2 to 0.9 of the frame (it must move)")
+        sprites = sprites or load_sprites(config.concepts)
+        classes = sprites.names
     elif config.world == "shapes":
         classes = tuple(config.classes)
         if len(classes) < 2:

@@ -131,6 +131,10 @@ def test_too_many_concepts_and_an_unfetched_corpus_are_one_line_errors(corpus, t
     with pytest.raises(VideoWorldError, match=r"--concepts 999: .* ask for 2 to \d+") as raised:
         CorpusSprites(corpus, SPLIT, 999)
     assert isinstance(raised.value, UserError) and "\n" not in str(raised.value)
+    with pytest.raises(UserError, match="sprite 1.5: a picture of 0.2 to 0.9 of the frame"):
+        generate_synthetic_set(
+            tmp_path / "big", SynthConfig(world="corpus", sprite=1.5), CorpusSprites(corpus, SPLIT, 4)
+        )
     with pytest.raises(VideoWorldError, match="held-out style 'twitter'"):
         CorpusSprites(corpus, Split(), 4)  # the small slice has no twitter pictures
     env = {**os.environ, "CLIP_CORPUS_DIR": str(tmp_path / "empty")}
