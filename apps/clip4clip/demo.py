@@ -113,7 +113,7 @@ def _run(out: Path, clip, config: VideoDemoConfig, sprites: CorpusSprites | None
         }
         names = sorted({e["name"] for events in made.events.values() for e in events})
         report += [
-            f"Emoji videos from the corpus: {len(names)} concepts ({', '.join(names)}); training videos in "
+            f"Emoji videos from the corpus: {len(names)} concepts shown ({', '.join(names)}); training videos in "
             f"{', '.join(styles['train'])}, held-out videos in {', '.join(styles['test'])}.",
             "",
         ]
