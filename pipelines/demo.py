@@ -285,7 +285,9 @@ def write_report(out: Path, web: dict, result: dict, truth: Path, seconds: float
         ]
     video = result.get("clip4clip")
     if video:
-        lines += ["## 7. apps.clip4clip: search synthetic videos with the trained model", ""]
+        corpus = web.get("world") == "corpus"
+        what = "real emoji moving (test videos in the held-out style)" if corpus else "synthetic videos"
+        lines += [f"## 7. apps.clip4clip: search {what} with the trained model", ""]
         report_md = out / "apps" / "clip4clip" / "report.md"
         if report_md.exists():
             text = report_md.read_text().split("\n", 1)[-1].replace("\n## ", "\n### ")

@@ -269,7 +269,11 @@ def end_to_end_flow(
             result["skipped"]["clip4clip"] = missing
         else:
             result["clip4clip"] = tasks.video_search(
-                apps_dir / "clip4clip", train.out, chain.clip4clip_train_videos, chain.clip4clip_epochs
+                apps_dir / "clip4clip",
+                train.out,
+                chain.clip4clip_train_videos,
+                chain.clip4clip_epochs,
+                world=chain.world,  # corpus: real emoji moving (held-out style in the test videos)
             )
             top5 = result["clip4clip"].get("search_top5", {})
             artifacts.publish_table(
