@@ -176,6 +176,12 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {sd:.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
+def finished(run_dir: Path, steps: int) -> bool:
+    """The run's latest checkpoint is its last step: training it again would start from scratch."""
+    latest = run_dir / "latest"
+    return latest.is_file() and latest.read_text().strip().endswith(f"step_{steps:06d}.pt")
+
+
 def heldout_sets(args: argparse.Namespace, corpus: object, split: object) -> dict[str, Path]:
     """The evaluation sets, written once under OUT: zero-shot folder(s) and retrieval shards."""
     if args.world == "corpus":
@@ -291,7 +297,10 @@ def run(args: argparse.Namespace, command: str) -> int:
         cfg = build_config(wit, args.out / "curated", args.image_size, args.world)
         print(f"site: {pages} pages served ({time.perf_counter() - t:.0f} s); curated build...", flush=True)
         t = time.perf_counter()
-        build_dataset(cfg)
+        # a finished build is reused as it is: the rerun's web is on another port, so its URLs are new
+        # and curation would download and finalize the site again
+        if not shards.load_manifest(cfg.out).shards:
+            build_dataset(cfg)
         timing.setdefault("curated build s", round(time.perf_counter() - t, 1))
         print(f"curated build: {time.perf_counter() - t:.0f} s; unfiltered download...", flush=True)
         t = time.perf_counter()
@@ -307,7 +316,9 @@ def run(args: argparse.Namespace, command: str) -> int:
         for name in SIDES if i % 2 == 0 else tuple(reversed(SIDES)):  # alternate which side goes first
             run_dir = args.out / f"train_{name}_seed{seed}"
             report_path = args.out / f"eval_{name}_seed{seed}.json"
-            if not report_path.exists():
+            if not report_path.exists() and finished(run_dir, args.steps):
+                report = evaluate_run(run_dir, sets, report_path)  # trained before, not evaluated yet
+            elif not report_path.exists():
                 t, load = time.perf_counter(), os.getloadavg()[0]
                 result = train(
                     preset(
