@@ -36,14 +36,21 @@ STYLE_CREDITS = {
     "tabler-filled": "Tabler Icons, filled (MIT)",
 }
 _REFERENCE = {
+    # How gallery pages and their alt texts word a picture: the bare name, a short phrase around it ("A
+    # picture of a frog", "A drawing of the frog", "A small frog icon": the phrasings of corpus_data's
+    # --caption phrased, which closed the gap to the "a photo of a {}." prompts in run C, docs/corpus.md),
+    # its keywords, and its group ("Frog, from animals and nature": the category words reach the model only
+    # through such texts). No style words: "Frog (openmoji design)" read as Esperanto to the language filter
+    # (275 clean pairs of a 1600-page demo lost), and a gallery names what is drawn, not the vendor.
     "emoji": [
         "{Name}",
         "The {name} emoji",
-        "{Name}: {tags}",
-        "{Name} ({style} design)",
+        "A picture of a {name}",
         "An emoji of a {name}",
-        # how gallery pages name an emoji with its group ("Frog, from animals and nature"): the category
-        # words reach the model only through such texts (docs/corpus.md)
+        "A drawing of the {name}",
+        "{Name}, in colour",
+        "A small {name} icon",
+        "{Name}: {tags}",
         "{Name}, from {group}",
         "{Name}, one of the {group} emoji",
     ],
