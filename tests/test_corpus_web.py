@@ -157,3 +157,22 @@ def test_emoji_captions_read_as_english_and_some_are_phrased(world):
     assert sum(english) >= 0.985 * len(captions), [c for c, ok in zip(captions, english) if not ok][:20]
     phrased = [c for c in captions if re.match(r"(A picture of a|A drawing of the|An emoji of a) ", c)]
     assert 0.15 * len(captions) < len(phrased) < 0.5 * len(captions)
+
+
+def test_a_picture_with_other_language_texts_is_not_used_up(world):
+    """A translated page shows the gallery's pictures again: only an English (clean) showing uses a
+    (concept, style) up, so every picture still reaches an English page once."""
+    rng = np.random.default_rng(0)
+    names = [n for n, pictures in world.styles.items() if len(pictures) >= 2][:20]
+    world.begin_site()
+    for cls in names:  # once every style is used up a style is drawn at random: 20 concepts rule chance out
+        styles = sorted(p.style for p in world.styles[cls])
+        world.style(cls, "", rng)
+        world.foreign_caption(cls, "de", rng)  # the picture's texts are German: it is still fresh
+        assert sorted(world.style(cls, "", rng) for _ in styles) == styles, cls
+    world.begin_site()
+    for cls in names:
+        styles = sorted(p.style for p in world.styles[cls])
+        english = world.style(cls, "", rng)  # an English showing uses it up
+        assert english not in [world.style(cls, "", rng) for _ in styles[1:]], cls
+    world.begin_site()
