@@ -29,34 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "horse", "rocket")
-# Recognisable Tabler outline icons among the held-out concepts (5 % by a hash of the id; checked below).
-ICONS = ("anchor", "umbrella", "spider", "burger", "ladder")
-
-
-def corpus_pictures(folder: Path, icons: tuple[str, ...] = ICONS, size: int = 224) -> list[Path]:
-    """The 5 skimage photos and the held-out Tabler line icons as PNG files in `folder`."""
-    from apps.clipasso.evaluate import evaluation_pictures
-    from common.errors import UserError
-    from testbed.corpus import load_corpus
-    from testbed.corpus_data import Split
-
-    paths = evaluation_pictures(folder, PHOTOS, shapes=())
-    corpus = load_corpus(require=("@tabler/icons",))
-    outline = corpus.by_style("tabler-outline")
-    split = Split()
-    for name in icons:
-        cid = f"icon:{name.replace(' ', '-')}"
-        if cid not in outline:
-            raise UserError(f"--icons: no Tabler outline icon {name!r} in the corpus; pick another name")
-        if not split.is_held_out(cid):
-            raise UserError(f"--icons: {name!r} is not a held-out concept (it is trained on); pick another")
-        image = corpus.image(outline[cid], size)
-        if image is None:
-            raise UserError(f"--icons: {name!r} failed to render (see the corpus's render-failures.json)")
-        paths.append(folder / f"icon_{name.replace(' ', '_')}.png")
-        image.convert("RGB").save(paths[-1])
-    return paths
+from apps.clipasso.evaluate import CORPUS_ICONS  # noqa: E402
 
 
 def ensure_trained(run: Path, data: Path | None, seed: int, preset_name: str) -> Path:
@@ -87,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strokes", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=250, help="max optimisation steps per seed")
     parser.add_argument("--seeds", type=int, default=1, help="random starts per picture")
-    parser.add_argument("--icons", nargs="*", default=list(ICONS), help="held-out Tabler icon names")
+    parser.add_argument("--icons", nargs="*", default=list(CORPUS_ICONS), help="held-out Tabler icon names")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
@@ -102,9 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     import torch
-    from PIL import ImageDraw
 
-    from apps.clipasso.evaluate import contact_sheet, edge_drawing, embed, evaluate
+    from apps.clipasso.evaluate import corpus_pictures, edge_drawing, embed, evaluate, verdict_sheet
     from apps.clipasso.losses import ClipImageEncoder, LossConfig
     from apps.clipasso.optimize import SketchConfig
     from common.errors import run_cli
@@ -164,22 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
-        sheet_rows = []
-        for i, name in enumerate(names):
-            edges = (edge_drawing(sources[i]).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            sheet_rows.append((name, [source_u8[i], sketch_u8[i], edges, np.full_like(edges, 255)]))
-        header = [
-            "source",
-            f"{args.strokes} strokes, seed-0 CLIP",
-            "XDoG edges (reference)",
-            "nearest source",
-        ]
-        sheet = contact_sheet(sheet_rows, header, cell=128)
-        draw = ImageDraw.Draw(sheet)
-        for r, record in enumerate(report["images"]):
-            mark = "ok" if record["judge_nearest_source"] == record["image"] else "no:"
-            text = f"{record['image']}\njudge (seed 1): {mark}\n  {record['judge_nearest_source']}\ndrawer (seed 0):\n  {record['nearest_source']}"
-            draw.multiline_text((6 + 3 * 134 + 4, 18 + r * 134 + 30), text, fill="black")
+        sheet = verdict_sheet(
+            source_u8, sketch_u8, report, f"{args.strokes} strokes, seed-0 CLIP", judge_label="judge (seed 1)"
+        )
         args.sheet.parent.mkdir(parents=True, exist_ok=True)
         sheet.save(args.sheet)
         for r in report["images"]:

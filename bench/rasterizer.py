@@ -2,7 +2,7 @@
 
     python -m bench.rasterizer                 # 16/32/64 strokes at 224 px, forward+backward, CPU (+ CUDA)
     python -m bench.rasterizer --sketch        # plus the whole-sketch time for 16 strokes
-    python -m bench.rasterizer --markdown docs/bench_rasterizer.md
+    python -m bench.rasterizer --markdown /tmp/rasterizer.md   (its table goes into docs/benchmarks.md, "Rasterizer")
 
 Baseline: `render_dense` from the same module, which evaluates every stroke at every pixel with the
 same maths, in its chunked form: pixels (`--dense-chunk`, 1024 by default) with
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "--threads",
         type=int,
         default=1,
-        help="torch intra-op threads (default: 1, see docs/bench_rasterizer.md)",
+        help="torch intra-op threads (default: 1, see docs/benchmarks.md, Rasterizer)",
     )
     parser.add_argument("--sketch", action="store_true", help="also time a whole 16-stroke sketch")
     parser.add_argument(

@@ -271,9 +271,23 @@ def write_report(out: Path, web: dict, result: dict, truth: Path, seconds: float
             if str(path).endswith((".png", ".gif")):
                 lines.append(f"![{Path(path).name}]({_rel(path, out)})")
         lines += [""] + [f"- `{_rel(p, out)}`" for p in sketch.values()] + [""]
+    gallery = result.get("clipasso_gallery")
+    if gallery:
+        lines += [
+            f"The {gallery['pictures']} real pictures (skimage's photos and line icons of held-out concepts), "
+            f"{gallery['strokes']} strokes each, sketched in {gallery['seconds']} s. The sketch is closest to "
+            f"its own source for {100 * gallery['own_source_closest_fraction']:.0f} % of them by the model "
+            "that drew them (a second model's verdict: `bench/clipasso_corpus.py`, docs/corpus.md); "
+            f"{100 * gallery['beats_random_fraction']:.0f} % have a lower loss than random strokes.",
+            "",
+            f"![clipasso gallery]({_rel(gallery['sheet'], out)})",
+            "",
+        ]
     video = result.get("clip4clip")
     if video:
-        lines += ["## 7. apps.clip4clip: search synthetic videos with the trained model", ""]
+        corpus = web.get("world") == "corpus"
+        what = "real emoji moving (test videos in the held-out style)" if corpus else "synthetic videos"
+        lines += [f"## 7. apps.clip4clip: search {what} with the trained model", ""]
         report_md = out / "apps" / "clip4clip" / "report.md"
         if report_md.exists():
             text = report_md.read_text().split("\n", 1)[-1].replace("\n## ", "\n### ")
@@ -362,6 +376,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  {label:<13} {100 * z['single']['top1']:.1f} % (single prompt), "
                 f"{100 * z['ensemble']['top1']:.1f} % (ensemble) over {z.get('classes', 36)} classes"
+            )
+        via = z.get("7-prompt ensemble, via subclass names")
+        if via:
+            print(
+                f"  {'':<13} {100 * via['top1']:.1f} % through the {z['subclass_names']} concept names they hold"
             )
     for path in (result.get("clipasso") or {}).values():
         if str(path).endswith(".svg"):

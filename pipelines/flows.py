@@ -254,6 +254,14 @@ def end_to_end_flow(
                 artifacts.publish_picture(
                     "clipasso-sketch", sketch_png, "CLIPasso sketch by the trained model"
                 )
+            if chain.world == "corpus" and chain.clipasso_gallery:
+                result["clipasso_gallery"] = tasks.sketch_gallery(
+                    apps_dir / "clipasso_gallery",
+                    train.out,
+                    chain.clipasso_strokes,
+                    chain.clipasso_iterations,
+                    chain.clipasso_seeds,
+                )
     if chain.clip4clip:
         missing = tasks.library_missing("apps.clip4clip.demo")
         if missing:
@@ -261,7 +269,11 @@ def end_to_end_flow(
             result["skipped"]["clip4clip"] = missing
         else:
             result["clip4clip"] = tasks.video_search(
-                apps_dir / "clip4clip", train.out, chain.clip4clip_train_videos, chain.clip4clip_epochs
+                apps_dir / "clip4clip",
+                train.out,
+                chain.clip4clip_train_videos,
+                chain.clip4clip_epochs,
+                world=chain.world,  # corpus: real emoji moving (held-out style in the test videos)
             )
             top5 = result["clip4clip"].get("search_top5", {})
             artifacts.publish_table(

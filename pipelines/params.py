@@ -124,6 +124,12 @@ class ChainConfig:
     clipasso_strokes: int = field(default=16, metadata={"help": "strokes of the sketch"})
     clipasso_iterations: int = field(default=200, metadata={"help": "optimisation steps per seed"})
     clipasso_seeds: int = field(default=1, metadata={"help": "seeds (the best is kept)"})
+    clipasso_gallery: bool = field(
+        default=True,
+        metadata={
+            "help": "corpus world: also sketch 5 skimage photos and 5 held-out line icons (a contact sheet)"
+        },
+    )
     clip4clip: bool = field(
         default=True, metadata={"help": "train a video head, index synthetic videos, search"}
     )

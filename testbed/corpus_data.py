@@ -8,7 +8,9 @@ writes, from the cached corpus (`python -m testbed.corpus fetch` first):
 - `eval/concepts/`: zero-shot image folder of the HELD-OUT STYLE (never trained on): one picture per
   evaluation concept (`--eval-concepts`, default 100, drawn among concepts present in every emoji style);
 - `eval/categories/`: the held-out style's pictures of every trained emoji concept, one folder per emoji
-  group named as people say it ("animals and nature", ...): category-level zero-shot;
+  group named as people say it ("animals and nature", ...): category-level zero-shot; its
+  `subclasses.json` lists each group's concept names (`training.evaluate` then also scores a group
+  through the names of what it holds);
 - `eval/unseen_concepts/`: the held-out style's pictures of held-out concepts (never trained in any style);
 - `eval/probe/`: the evaluation concepts in every emoji style (a linear probe needs >= 3 per class);
 - `eval/retrieval/`: shards of the held-out style's evaluation pictures with their name as caption;
@@ -309,6 +311,13 @@ def write_datasets(
         size,
         progress,
     )
+    # category level through the names of what each group holds (training.evaluate's subclass classifier)
+    subclasses: dict[str, set[str]] = {}
+    for cid, group in plan.categories.items():
+        subclasses.setdefault(readable_group(group), set()).add(name[cid])
+    if counts["categories"]:  # "subclasses.json": the file training.evaluate.SUBCLASSES_FILE names
+        table = {g: sorted(n) for g, n in sorted(subclasses.items())}
+        atomic_write_json(ev / "categories" / "subclasses.json", table)
     counts["unseen_concepts"] = _write_folder(
         corpus, ev / "unseen_concepts", [(name[c], held[c]) for c in plan.unseen_concepts], size, progress
     )

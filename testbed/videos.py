@@ -12,6 +12,11 @@ recognises the frames. Every video gets captions of two kinds:
 
 Held-out videos come in pairs that differ only in the order of their two events, and their shape
 pairs never occur in training, so the test measures order, not memorised combinations.
+
+`SynthConfig(world="corpus")` makes the same set with real emoji pictures from the cached corpus
+instead of shapes ("a frog moves left, then a rocket moves up"; free: "a frog and a rocket"): the
+training videos show the corpus split's training styles, the held-out videos its held-out style
+(twitter), see `testbed.corpus_videos`. It also writes `videos.json`: what each video shows.
 """
 
 from __future__ import annotations
@@ -19,17 +24,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import av
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from common.atomic import atomic_write_json
 from common.settings import ConfigError
 from curation.video_captions import Caption, write_captions
 
 # `shape_outline` draws exactly the outlines the shape pictures use; reused so the demo CLIP knows them.
 from testbed.shapes import BACKGROUND_TINTS, CLASSES, COLOR_RGB, shape_outline, split_class
+
+if TYPE_CHECKING:
+    from testbed.corpus_videos import CorpusSprites
 
 MOTIONS: dict[str, tuple[float, float]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 ORDER_TEMPLATES = [
@@ -42,7 +52,7 @@ FREE_TEMPLATES = ["{x} and {y}", "a video with {x} and {y}"]
 
 @dataclass(frozen=True)
 class Event:
-    shape_class: str  # "red square"
+    shape_class: str  # "red square"; in the corpus world an emoji's name ("frog")
     motion: str  # a key of MOTIONS
 
 
@@ -57,6 +67,18 @@ class SynthConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
     classes: tuple[str, ...] = field(default_factory=lambda: tuple(CLASSES))
     motions: tuple[str, ...] = tuple(MOTIONS)  # a subset makes a smaller world (fast tests)
+    world: Literal["shapes", "corpus"] = field(
+        default="shapes",
+        metadata={
+            "help": "shapes: coloured shapes; corpus: real emoji from the cached corpus (testbed.corpus)"
+        },
+    )
+    concepts: int = field(
+        default=24, metadata={"help": "corpus world: how many emoji concepts (testbed.corpus_videos)"}
+    )
+    sprite: float = field(
+        default=0.7, metadata={"help": "corpus world: the picture's side as a fraction of the frame's"}
+    )
 
 
 @dataclass(frozen=True)
@@ -65,6 +87,8 @@ class SyntheticSet:
     captions_path: Path
     train_ids: list[str]
     test_ids: list[str]
+    # corpus world: video id -> its events in order, {"concept", "name", "style", "motion"} each
+    events: dict[str, list[dict]] = field(default_factory=dict)
 
 
 def with_article(shape_class: str) -> str:
@@ -131,8 +155,10 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> Path:
     return path
 
 
-def _random_event(rng: np.random.Generator, config: SynthConfig, exclude: str | None = None) -> Event:
-    choices = [c for c in config.classes if c != exclude]
+def _random_event(
+    rng: np.random.Generator, classes: tuple[str, ...], config: SynthConfig, exclude: str | None = None
+) -> Event:
+    choices = [c for c in classes if c != exclude]
     return Event(choices[rng.integers(len(choices))], config.motions[rng.integers(len(config.motions))])
 
 
@@ -145,13 +171,30 @@ def _captions_for(video_id: str, events: tuple[Event, Event], rng: np.random.Gen
     return captions
 
 
-def generate_synthetic_set(out_dir: str | Path, config: SynthConfig = SynthConfig()) -> SyntheticSet:
-    """Write `videos/*.mp4` and `captions.json` (MSR-VTT style, with splits) under `out_dir`."""
-    if len(config.classes) < 2:
-        raise ConfigError("the synthetic set needs at least 2 shape classes")
+def generate_synthetic_set(
+    out_dir: str | Path, config: SynthConfig = SynthConfig(), sprites: CorpusSprites | None = None
+) -> SyntheticSet:
+    """Write `videos/*.mp4` and `captions.json` (MSR-VTT style, with splits) under `out_dir`.
+
+    `config.world == "corpus"`: the sprites are emoji pictures, `sprites` (default: `load_sprites` on the
+    cached corpus with the default split; a test hands in a small slice).
+    """
     unknown = [m for m in config.motions if m not in MOTIONS]
     if unknown or not config.motions:
         raise ConfigError(f"motions {unknown or '()'}: use some of {list(MOTIONS)}")
+    if config.world == "corpus":
+        from testbed.corpus_videos import load_sprites  # the corpus only when asked for
+
+        if not 0.2 <= config.sprite <= 0.9:
+            raise ConfigError(f"sprite {config.sprite}: a picture of 0.2 to 0.9 of the frame (it must move)")
+        sprites = sprites or load_sprites(config.concepts)
+        classes = sprites.names
+    elif config.world == "shapes":
+        classes = tuple(config.classes)
+        if len(classes) < 2:
+            raise ConfigError("the synthetic set needs at least 2 shape classes")
+    else:
+        raise ConfigError(f"world {config.world!r}: use 'shapes' or 'corpus'")
     out = Path(out_dir)
     videos_dir = out / "videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
@@ -161,20 +204,20 @@ def generate_synthetic_set(out_dir: str | Path, config: SynthConfig = SynthConfi
     test_plan: list[tuple[str, tuple[Event, Event]]] = []
     held_out: set[frozenset[str]] = set()
     for pair in range(config.n_test_pairs):
-        first = _random_event(rng, config)
-        second = _random_event(rng, config, exclude=first.shape_class)
+        first = _random_event(rng, classes, config)
+        second = _random_event(rng, classes, config, exclude=first.shape_class)
         held_out.add(frozenset((first.shape_class, second.shape_class)))
         test_plan.append((f"test{pair:04d}a", (first, second)))
         test_plan.append((f"test{pair:04d}b", (second, first)))
     # In a small world (few classes) held-out shape pairs cannot all be kept out of training.
-    n_pairs = len(config.classes) * (len(config.classes) - 1) // 2
+    n_pairs = len(classes) * (len(classes) - 1) // 2
     exclusive = len(held_out) <= n_pairs // 2
     # Training videos come in order-swapped pairs too: each pair is a group, and the trainer puts a
     # group in one batch, so the contrastive loss sees hard negatives that differ only in order.
     train_plan: list[tuple[str, tuple[Event, Event]]] = []
     while len(train_plan) < config.n_train:
-        first = _random_event(rng, config)
-        second = _random_event(rng, config, exclude=first.shape_class)
+        first = _random_event(rng, classes, config)
+        second = _random_event(rng, classes, config, exclude=first.shape_class)
         if frozenset((first.shape_class, second.shape_class)) in held_out and exclusive:
             continue
         pair = len(train_plan) // 2
@@ -184,11 +227,17 @@ def generate_synthetic_set(out_dir: str | Path, config: SynthConfig = SynthConfi
     captions: list[Caption] = []
     splits: dict[str, str] = {}
     groups: dict[str, str] = {}
+    shown: dict[str, list[dict]] = {}
     bar = tqdm(total=len(train_plan) + len(test_plan), desc="synthetic videos", unit="video", leave=False)
     for split, plan in (("train", train_plan), ("test", test_plan)):
         for (id_a, events), (id_b, swapped) in zip(plan[0::2], plan[1::2]):
             # One rendering, two orders: the pair differs in nothing but the order of its events.
-            first, second = render_segments(events, config, rng)
+            if sprites is None:
+                first, second = render_segments(events, config, rng)
+            else:
+                (first, second), style = _render_corpus(events, split, sprites, config, rng)
+                shown[id_a] = _shown(events, style, sprites)
+                shown[id_b] = _shown((events[1], events[0]), style, sprites)
             write_mp4(videos_dir / f"{id_a}.mp4", first + second, config.fps)
             write_mp4(videos_dir / f"{id_b}.mp4", second + first, config.fps)
             captions += _captions_for(id_a, events, rng) + _captions_for(id_b, swapped, rng)
@@ -197,4 +246,41 @@ def generate_synthetic_set(out_dir: str | Path, config: SynthConfig = SynthConfi
             bar.update(2)
     bar.close()
     captions_path = write_captions(out / "captions.json", captions, splits, groups)
-    return SyntheticSet(videos_dir, captions_path, [v for v, _ in train_plan], [v for v, _ in test_plan])
+    if sprites is not None:
+        atomic_write_json(out / "videos.json", shown)
+    return SyntheticSet(
+        videos_dir, captions_path, [v for v, _ in train_plan], [v for v, _ in test_plan], shown
+    )
+
+
+def _render_corpus(
+    events: tuple[Event, Event], split: str, sprites: CorpusSprites, config: SynthConfig, rng
+) -> tuple[list[list[np.ndarray]], str]:
+    """The two events' frames in one style: a training style for training videos, the held-out one for tests."""
+    from testbed.corpus_videos import render_sprite_segments
+
+    style = sprites.style_for(split, rng)
+    per_event = max(2, int(round(config.event_seconds * config.fps)))
+    segments = render_sprite_segments(
+        sprites,
+        [e.shape_class for e in events],
+        [MOTIONS[e.motion] for e in events],
+        style,
+        config.size,
+        config.sprite,
+        per_event,
+        rng,
+    )
+    return segments, style
+
+
+def _shown(events: tuple[Event, ...], style: str, sprites: CorpusSprites) -> list[dict]:
+    return [
+        {
+            "concept": sprites.concept_ids[e.shape_class],
+            "name": e.shape_class,
+            "style": style,
+            "motion": e.motion,
+        }
+        for e in events
+    ]

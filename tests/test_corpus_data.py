@@ -67,7 +67,7 @@ def test_evaluation_folders_hold_the_held_out_style(slice_):
     assert len(folders) == 20
     assert all(len(list(f.iterdir())) == 1 for f in folders)
     assert all(p.name.startswith("openmoji-black-") for f in folders for p in f.iterdir())
-    groups = {p.name.replace("_", " ") for p in (out / "eval" / "categories").iterdir()}
+    groups = {p.name.replace("_", " ") for p in (out / "eval" / "categories").iterdir() if p.is_dir()}
     # class names as people say them ("animals and nature"), the words the "grouped" captions use
     readable = {readable_group(c.group) for c in small.concepts.values() if c.kind == "emoji"}
     assert groups <= readable and len(groups) >= 5 and not any("&" in g for g in groups)
@@ -87,6 +87,12 @@ def test_training_evaluate_reads_every_set(slice_, tiny_checkpoint, one_thread):
     assert all(len(list(f.iterdir())) == 2 for f in (ev / "probe").iterdir())
     cats = evaluate(EvalConfig(checkpoint=tiny_checkpoint, zeroshot=ev / "categories", progress=False))
     assert cats["zeroshot"]["classes"] >= 5
+    # each group is also scored through the names of the concepts it holds (subclasses.json)
+    subclasses = json.loads((ev / "categories" / "subclasses.json").read_text())
+    assert set(subclasses) == {p.name.replace("_", " ") for p in (ev / "categories").iterdir() if p.is_dir()}
+    assert "duck" in subclasses["animals and nature"] and "duck" not in subclasses["food and drink"]
+    assert cats["zeroshot"]["subclass_names"] == sum(len(v) for v in subclasses.values())
+    assert 0 <= cats["zeroshot"]["single, via subclass names"]["top1"] <= 1
 
 
 def test_captions_and_split_errors(slice_):

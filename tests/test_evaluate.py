@@ -13,7 +13,15 @@ from models import create_model, save_checkpoint
 from testbed.datasets import make_shape_dataset
 from testbed.shapes import write_image_folder
 from training.config import EvalConfig, TrainConfig
-from training.evaluate import EvalError, _recalls, evaluate, main, read_image_folder
+from training.evaluate import (
+    SUBCLASSES_FILE,
+    EvalError,
+    _recalls,
+    evaluate,
+    main,
+    read_image_folder,
+    subclass_classifier,
+)
 from training.train import train
 
 
@@ -128,3 +136,47 @@ def test_hostile_evaluation_inputs(checkpoint, folder, tmp_path, capsys):
     assert main(["--checkpoint", str(broken), "--zeroshot", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "truncated" in err and "\n" not in err
+
+
+def test_a_class_is_as_likely_as_its_subclasses_together():
+    # a stand-in text side: each name's logit is fixed, so the class choice is plain to check
+    scores = {"frog": 0.5, "cat face": 0.5, "duck": 0.5, "bus": 0.9, "rocket": 0.0}
+
+    def base(feats, names):
+        return torch.tensor([[scores[n] for n in names]] * feats.shape[0])
+
+    subclasses = {"animals": ["frog", "cat face", "duck"], "travel": ["bus", "rocket"]}
+    logits = subclass_classifier(base, subclasses, scale=1.0)(torch.zeros(2, 4), ["travel", "animals"])
+    # the best single name is "bus", but the three animals together are likelier
+    e = torch.tensor([0.5, 0.5, 0.5, 0.9, 0.0]).exp()
+    expected = [float((e[3] + e[4]) / e.sum()), float(e[:3].sum() / e.sum())]
+    assert logits.exp().tolist() == [[pytest.approx(expected[0]), pytest.approx(expected[1])]] * 2
+    assert logits.argmax(1).tolist() == [1, 1]
+
+
+def test_subclasses_json_adds_the_subclass_classifiers(checkpoint, tmp_path):
+    # shapes grouped by their shape: "circle" holds "red circle", "blue circle", ...
+    flat = write_image_folder(tmp_path / "flat", n_per_class=1, seed=3, size=32)
+    grouped = tmp_path / "grouped"
+    subclasses: dict[str, list[str]] = {}
+    for cls_dir in sorted(flat.iterdir()):
+        colour, shape = cls_dir.name.split("_", 1)
+        (grouped / shape).mkdir(parents=True, exist_ok=True)
+        for picture in cls_dir.iterdir():
+            picture.rename(grouped / shape / f"{cls_dir.name}-{picture.name}")
+        subclasses.setdefault(shape.replace("_", " "), []).append(f"{colour} {shape.replace('_', ' ')}")
+    (grouped / SUBCLASSES_FILE).write_text(json.dumps(subclasses))
+    out = tmp_path / "r.json"
+    z = evaluate(EvalConfig(checkpoint=checkpoint, zeroshot=grouped, out=out, progress=False))["zeroshot"]
+    assert z["classes"] == len(subclasses) and z["subclass_names"] == 36
+    for name in ("single, via subclass names", "7-prompt ensemble, via subclass names"):
+        assert 0.0 <= z[name]["top1"] <= z[name]["top5"] <= 1.0
+    assert "over 36 subclass names" in out.with_suffix(".md").read_text()
+
+    # a file that misses a class, or is not JSON: one clear error naming the file
+    (grouped / SUBCLASSES_FILE).write_text(json.dumps({"circle": ["red circle"]}))
+    with pytest.raises(EvalError, match=r"subclasses.json: no subclasses for"):
+        evaluate(EvalConfig(checkpoint=checkpoint, zeroshot=grouped, out=out, progress=False))
+    (grouped / SUBCLASSES_FILE).write_text("{not json")
+    with pytest.raises(EvalError, match=r"subclasses.json: not readable JSON"):
+        evaluate(EvalConfig(checkpoint=checkpoint, zeroshot=grouped, out=out, progress=False))

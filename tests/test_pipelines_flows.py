@@ -234,7 +234,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, world, sketch):
     if world == "corpus":  # the apps' own demos ran in the shapes case: here the world's own stages only
         params = tmp_path / "corpus.toml"
         text = (WORLDS["corpus"]["params"]).read_text()
-        params.write_text(text.replace("[chain]\n", "[chain]\napps = []\nclip4clip = false\n", 1))
+        params.write_text(text.replace("[chain]\n", "[chain]\napps = []\n", 1))
     # the corpus world fetches the whole corpus into the cache once (~45 s, 349 MB), then runs offline
     report = run_demo(tmp_path / "demo", pages=4 if world == "shapes" else 10, seed=0, params_file=params,
                       overrides=overrides, world=world)  # fmt: skip
@@ -248,6 +248,15 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, world, sketch):
         result = json.loads((tmp_path / "demo" / "result.json").read_text())
         assert result["evaluate"]["zeroshot"]["classes"] == 100
         assert result["evaluate_categories"]["zeroshot"]["classes"] == 9
+        # ... and through the names of the concepts each group holds (subclasses.json, CHiLS)
+        assert result["evaluate_categories"]["zeroshot"]["subclass_names"] > 1000
+        # the 5 skimage photos and 5 held-out line icons, sketched and put on one sheet
+        assert result["clipasso_gallery"]["pictures"] == 10
+        assert (tmp_path / "demo" / "apps" / "clipasso_gallery" / "gallery.png").exists()
+        assert "clipasso gallery" in text
+        # clip4clip on real emoji moving, its test videos in the held-out style
+        assert "real emoji moving" in text
+        assert (tmp_path / "demo" / "apps" / "clip4clip" / "search.html").exists()
         assert "real emoji and icons" in text and "Category level" in text
     else:
         assert (tmp_path / "demo" / "apps" / "clip4clip" / "search.html").exists()

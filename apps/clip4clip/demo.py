@@ -4,15 +4,23 @@ Runs on the CLIP the demo trained on coloured shapes (or any CLIP given), so it 
 issue's acceptance figure: the share of held-out captions whose video `search` returns in its
 top 5 of an index of every synthetic video. Writes under OUT: the synthetic set, the head runs
 (head.pt, loss.png), the index, one result page (search.html) and report.md / report.json.
+
+`VideoDemoConfig(world="corpus")`: the videos show real emoji from the cached corpus instead of
+shapes (`testbed.corpus_videos`): run it with a CLIP trained on the corpus (`make demo-corpus`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from testbed.corpus_videos import CorpusSprites
 
 from apps.clip4clip.heads import HeadConfig
 from apps.clip4clip.index import IndexOptions, build_index
@@ -25,7 +33,7 @@ from testbed.videos import SynthConfig, generate_synthetic_set
 
 @dataclass(frozen=True)
 class VideoDemoConfig:
-    # Values measured to separate order on a small CLIP (tests/test_clip4clip_order.py, docs/bench_video.md).
+    # Values measured to separate order on a small CLIP (tests/test_clip4clip_order.py, docs/benchmarks.md, "Video search and CLIP4Clip heads").
     n_train: int = 192  # videos, in order-swapped pairs
     n_test_pairs: int = 16
     size: int = 64
@@ -41,25 +49,52 @@ class VideoDemoConfig:
     seed: int = 0
     # Heads and a small CLIP are tiny matrices: one thread avoids pool spin-waits (5x faster on 2 busy cores).
     threads: int | None = 1
+    world: Literal["shapes", "corpus"] = field(
+        default="shapes",
+        metadata={
+            "help": "shapes: coloured shapes moving (a CLIP of the shapes world); corpus: real emoji moving, "
+            "trained on the corpus split's training styles, tested on its held-out style (a corpus CLIP)"
+        },
+    )
+    concepts: int = field(default=24, metadata={"help": "corpus world: how many emoji concepts"})
+    sprite: float = field(
+        default=0.7, metadata={"help": "corpus world: the picture's side as a fraction of the frame's"}
+    )
 
 
-def run_video_demo(out_dir: str | Path, clip, config: VideoDemoConfig = VideoDemoConfig()) -> dict:
-    """Synthesise, train `config.head`, index the held-out videos, search every held-out caption."""
+def run_video_demo(
+    out_dir: str | Path,
+    clip,
+    config: VideoDemoConfig = VideoDemoConfig(),
+    sprites: CorpusSprites | None = None,
+) -> dict:
+    """Synthesise, train `config.head`, index the held-out videos, search every held-out caption.
+
+    `config.world == "corpus"`: emoji videos from the cached corpus (`sprites`, default: the default split).
+    """
     previous_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _run(Path(out_dir), clip, config)
+        return _run(Path(out_dir), clip, config, sprites)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run(out: Path, clip, config: VideoDemoConfig) -> dict:
+def _run(out: Path, clip, config: VideoDemoConfig, sprites: CorpusSprites | None) -> dict:
+    started = time.perf_counter()
     made = generate_synthetic_set(
         out / "synthetic",
         SynthConfig(
-            n_train=config.n_train, n_test_pairs=config.n_test_pairs, size=config.size, seed=config.seed
+            n_train=config.n_train,
+            n_test_pairs=config.n_test_pairs,
+            size=config.size,
+            seed=config.seed,
+            world=config.world,
+            concepts=config.concepts,
+            sprite=config.sprite,
         ),
+        sprites,
     )
     sampling = FrameSampling(max_frames=config.max_frames, fps=config.fps)
     cache = out / "frame_cache"
@@ -71,6 +106,17 @@ def _run(out: Path, clip, config: VideoDemoConfig) -> dict:
     )
     tables: dict[str, dict] = {}
     report = [f"# clip4clip demo ({clip.model_name}, {clip.identity})", ""]
+    if made.events:
+        styles = {
+            split: sorted({e[0]["style"] for v, e in made.events.items() if v in ids})
+            for split, ids in (("train", set(made.train_ids)), ("test", set(made.test_ids)))
+        }
+        names = sorted({e["name"] for events in made.events.values() for e in events})
+        report += [
+            f"Emoji videos from the corpus: {len(names)} concepts shown ({', '.join(names)}); training videos in "
+            f"{', '.join(styles['train'])}, held-out videos in {', '.join(styles['test'])}.",
+            "",
+        ]
     heads = ["meanP", config.head] if config.head != "meanP" else ["meanP"]
     trained = None
     for name in heads:
@@ -118,6 +164,7 @@ def _run(out: Path, clip, config: VideoDemoConfig) -> dict:
     write_html(out / "search.html", query, search(index, query, k=5), out / "index_all")
     summary = {
         "config": asdict(config),
+        "seconds": round(time.perf_counter() - started, 1),
         "clip": clip.identity,
         "heads": tables,
         "search_top5": top5["heldout"],

@@ -47,7 +47,8 @@ from common.errors import UserError
 
 INDEX_FORMAT = "clip4clip-index/1"
 # Below this many vectors exact search is fast enough: at 20,000 x 512 it took 35-64 ms per single query
-# (load 6-9) and 82 ms (load 15) on 2 shared cores (bench/video_search.py --n 19999, docs/bench_video.md).
+# (load 6-9) and 82 ms (load 15) on 2 shared cores (bench/video_search.py --n 19999; docs/benchmarks.md,
+# "Video search and CLIP4Clip heads").
 FLAT_LIMIT = 20_000
 
 VIDEO_SCHEMA = pa.schema(
@@ -156,7 +157,8 @@ def build_faiss_index(
     index.add(embeddings)
     if kind.startswith("IVF"):
         ivf = faiss.extract_index_ivf(index)
-        # Scan about 1/16 of the lists by default: see docs/bench_video.md for recall against exact search.
+        # Scan about 1/16 of the lists by default: recall against exact search in docs/benchmarks.md,
+        # "Video search and CLIP4Clip heads".
         ivf.nprobe = nprobe or max(16, ivf.nlist // 16)
     return index
 

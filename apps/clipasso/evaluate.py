@@ -62,6 +62,34 @@ def evaluation_pictures(
     return paths
 
 
+# Recognisable Tabler outline icons among the corpus's held-out concepts (5 % by a hash of the id; checked).
+CORPUS_ICONS = ("anchor", "umbrella", "spider", "burger", "ladder")
+
+
+def corpus_pictures(folder: Path, icons: tuple[str, ...] = CORPUS_ICONS, size: int = 224) -> list[Path]:
+    """The 5 skimage photos and held-out Tabler line icons of the emoji corpus as PNG files in `folder`."""
+    from common.errors import UserError
+    from testbed.corpus import load_corpus
+    from testbed.corpus_data import Split
+
+    paths = evaluation_pictures(folder, PHOTOS, shapes=())
+    corpus = load_corpus(require=("@tabler/icons",))
+    outline = corpus.by_style("tabler-outline")
+    split = Split()
+    for name in icons:
+        cid = f"icon:{name.replace(' ', '-')}"
+        if cid not in outline:
+            raise UserError(f"--icons: no Tabler outline icon {name!r} in the corpus; pick another name")
+        if not split.is_held_out(cid):
+            raise UserError(f"--icons: {name!r} is not a held-out concept (it is trained on); pick another")
+        image = corpus.image(outline[cid], size)
+        if image is None:
+            raise UserError(f"--icons: {name!r} failed to render (see the corpus's render-failures.json)")
+        paths.append(folder / f"icon_{name.replace(' ', '_')}.png")
+        image.convert("RGB").save(paths[-1])
+    return paths
+
+
 def edge_drawing(rgb: torch.Tensor) -> torch.Tensor:
     """The picture's XDoG edges in black on white (3, H, W): a tracing to compare the sketches with."""
     edges = xdog_edges(rgb.permute(1, 2, 0).numpy())
@@ -122,6 +150,33 @@ def contact_sheet(
                 ],
                 outline=(200, 200, 200),
             )
+    return sheet
+
+
+def verdict_sheet(
+    sources: np.ndarray, sketches: np.ndarray, report: dict, sketch_label: str, judge_label: str = "judge"
+) -> Image.Image:
+    """Source, sketch, its XDoG edge map, and which source each scorer finds the sketch closest to.
+
+    `sources`/`sketches`: uint8 [N, H, W, 3] in `report["images"]` order; the drawer's verdict is
+    `nearest_source`, a judge's (when present) `judge_nearest_source`.
+    """
+    rows = []
+    for i, record in enumerate(report["images"]):
+        rgb = torch.tensor(sources[i]).permute(2, 0, 1).float() / 255
+        edges = (edge_drawing(rgb).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        rows.append((record["image"], [sources[i], sketches[i], edges, np.full_like(edges, 255)]))
+    sheet = contact_sheet(
+        rows, ["source", sketch_label, "XDoG edges (reference)", "nearest source"], cell=128
+    )
+    draw = ImageDraw.Draw(sheet)
+    for r, record in enumerate(report["images"]):
+        lines = [record["image"]]
+        for label, key in ((judge_label, "judge_nearest_source"), ("drawer", "nearest_source")):
+            if key in record:
+                mark = "ok" if record[key] == record["image"] else "no:"
+                lines += [f"{label}: {mark}", f"  {record[key]}"]
+        draw.multiline_text((6 + 3 * 134 + 4, 18 + r * 134 + 30), "\n".join(lines), fill="black")
     return sheet
 
 
