@@ -142,3 +142,37 @@ def test_the_corpus_site_is_deterministic(world):
     a, b = build_site(6, 3, options), build_site(6, 3, options)
     assert a.resources.keys() == b.resources.keys()
     assert all(a.resources[k].body == b.resources[k].body for k in a.resources)
+
+
+def test_emoji_captions_read_as_english_and_some_are_phrased(world):
+    """The figcaptions of English pages pass curation's language filter (a style credit such as "Frog
+    (openmoji design)" read as Esperanto: 22 % of them were dropped), and some put the name in a phrase
+    like the zero-shot prompts ("A picture of a frog"), as corpus_data's --caption phrased does."""
+    from curation.filters import LANGUAGE_MIN_ALLOWED_PROBABILITY, allowed_language_probability
+
+    rng = np.random.default_rng(0)
+    names = [n for n, c in world.concepts.items() if c.kind == "emoji"]
+    captions = [world.captions(n, rng)[0] for n in names for _ in range(3)]
+    english = [allowed_language_probability(c, ["en"]) >= LANGUAGE_MIN_ALLOWED_PROBABILITY for c in captions]
+    assert sum(english) >= 0.985 * len(captions), [c for c, ok in zip(captions, english) if not ok][:20]
+    phrased = [c for c in captions if re.match(r"(A picture of a|A drawing of the|An emoji of a) ", c)]
+    assert 0.15 * len(captions) < len(phrased) < 0.5 * len(captions)
+
+
+def test_a_picture_with_other_language_texts_is_not_used_up(world):
+    """A translated page shows the gallery's pictures again: only an English (clean) showing uses a
+    (concept, style) up, so every picture still reaches an English page once."""
+    rng = np.random.default_rng(0)
+    names = [n for n, pictures in world.styles.items() if len(pictures) >= 2][:20]
+    world.begin_site()
+    for cls in names:  # once every style is used up a style is drawn at random: 20 concepts rule chance out
+        styles = sorted(p.style for p in world.styles[cls])
+        world.style(cls, "", rng)
+        world.foreign_caption(cls, "de", rng)  # the picture's texts are German: it is still fresh
+        assert sorted(world.style(cls, "", rng) for _ in styles) == styles, cls
+    world.begin_site()
+    for cls in names:
+        styles = sorted(p.style for p in world.styles[cls])
+        english = world.style(cls, "", rng)  # an English showing uses it up
+        assert english not in [world.style(cls, "", rng) for _ in styles[1:]], cls
+    world.begin_site()
