@@ -30,7 +30,7 @@ PARAMS_DIR = Path(__file__).parent / "params"
 # Per world: the params file, the training preset (training/presets) and the default number of pages.
 WORLDS = {
     "shapes": {"params": PARAMS_DIR / "demo.toml", "preset": "demo", "pages": 600},
-    "corpus": {"params": PARAMS_DIR / "demo_corpus.toml", "preset": "corpus", "pages": 1600},
+    "corpus": {"params": PARAMS_DIR / "demo_corpus.toml", "preset": "corpus", "pages": 1800},  # 1800: docs/corpus.md, runs W1-W6
 }
 DEMO_PARAMS = WORLDS["shapes"]["params"]
 
@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         "--pages",
         type=int,
         default=None,
-        help="pages of the test web (~7 pictures each; default: 600 shapes, 1600 corpus)",
+        help="pages of the test web (~7 pictures each; default: 600 shapes, 1800 corpus)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the test web (default: 0)")
     parser.add_argument(
