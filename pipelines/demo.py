@@ -30,7 +30,11 @@ PARAMS_DIR = Path(__file__).parent / "params"
 # Per world: the params file, the training preset (training/presets) and the default number of pages.
 WORLDS = {
     "shapes": {"params": PARAMS_DIR / "demo.toml", "preset": "demo", "pages": 600},
-    "corpus": {"params": PARAMS_DIR / "demo_corpus.toml", "preset": "corpus", "pages": 1800},  # 1800: docs/corpus.md, runs W1-W6
+    "corpus": {
+        "params": PARAMS_DIR / "demo_corpus.toml",
+        "preset": "corpus",
+        "pages": 1800,
+    },  # 1800: docs/corpus.md, runs W1-W6
 }
 DEMO_PARAMS = WORLDS["shapes"]["params"]
 
