@@ -16,6 +16,7 @@ import pickle
 import re
 import socket
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -109,11 +110,13 @@ def create_model(
     pretrained: str | None = None,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    aug_cfg: dict[str, Any] | None = None,
 ) -> tuple[torch.nn.Module, Any, Any, Any]:
     """(model, preprocess_train, preprocess_val, tokenizer) for an open_clip name or one of our configs.
 
     `pretrained` is an open_clip tag (e.g. "openai") or a file path. Offline, a tag fails within
-    seconds with a message that says what to do instead.
+    seconds with a message that says what to do instead. `aug_cfg`: open_clip's AugmentationCfg
+    fields for preprocess_train (scale, color_jitter, color_jitter_prob, ...).
     """
     _check_name(name)
     if pretrained and not os.path.isfile(pretrained):
@@ -127,9 +130,12 @@ def create_model(
             # Offline: let huggingface_hub answer from its cache at once instead of waiting on the network.
             os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, device=device, precision=precision
-        )
+        with warnings.catch_warnings():
+            # open_clip warns that color_jitter is "unused" without timm, yet its own path applies it
+            warnings.filterwarnings("ignore", message="Unused augmentation cfg items")
+            model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, device=device, precision=precision, aug_cfg=aug_cfg
+            )
     except RuntimeError as exc:
         if pretrained and not os.path.isfile(pretrained):
             raise PretrainedUnavailableError(_fetch_hint(name, pretrained)) from exc

@@ -16,6 +16,7 @@ import open_clip
 import pytest
 import torch
 
+from common.settings import ConfigError
 from models import CheckpointError, create_model, load_clip, read_checkpoint, register_configs
 from testbed.datasets import make_shape_dataset
 from training.config import TrainConfig
@@ -356,3 +357,30 @@ def test_config_validation():
         TrainConfig(data=[Path("d")], out=Path("o"), steps=3, epochs=1.0)
     cfg = TrainConfig(data=[Path("d")], out=Path("o"))
     assert replace(cfg, steps=5).steps == 5
+
+
+def test_augmentation_settings_reach_the_training_transform(tmp_path):
+    """--crop-scale and --color-jitter change open_clip's training transform; the jitter keeps the hue."""
+    from PIL import Image
+
+    from training.train import augmentation
+
+    red = Image.new("RGB", (64, 64), (200, 30, 30))  # uniform: a crop alone cannot change it
+
+    def outputs(**kwargs) -> list[torch.Tensor]:
+        cfg = TrainConfig(data=[tmp_path], out=tmp_path / "run", **kwargs)
+        _, preprocess, _, _ = create_model("clip-tiny", aug_cfg=augmentation(cfg))
+        crops = [t for t in preprocess.transforms if isinstance(t, open_clip.transform.RandomResizedCrop)]
+        assert crops and crops[0].scale == (cfg.crop_scale, 1.0)
+        torch.manual_seed(0)
+        return [preprocess(red) for _ in range(8)]
+
+    plain = outputs()
+    assert all(torch.allclose(plain[0], x) for x in plain)
+    jittered = outputs(crop_scale=0.5, color_jitter=0.5)
+    means = [x.mean(dim=(1, 2)) for x in jittered]
+    assert len({round(float(m.sum()), 3) for m in means}) > 4  # colours vary from picture to picture
+    assert all(m[0] > m[1] and m[0] > m[2] for m in means)  # still red: the hue is left alone
+    for bad in ({"crop_scale": 0.0}, {"color_jitter": 1.5}):
+        with pytest.raises(ConfigError, match="crop_scale"):
+            TrainConfig(data=[tmp_path], out=tmp_path / "run", **bad)

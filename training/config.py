@@ -66,6 +66,17 @@ class TrainConfig:
     workers: int = field(default=2, metadata={"help": "DataLoader worker processes per training process"})
     shuffle_buffer: int = field(default=1000, metadata={"help": "rows held for shuffling inside each worker"})
     seed: int = field(default=0, metadata={"help": "seeds init, data order and augmentation"})
+    crop_scale: float = field(
+        default=0.9,
+        metadata={"help": "random resized crop keeps this fraction of the picture or more (open_clip: 0.9)"},
+    )
+    color_jitter: float = field(
+        default=0.0,
+        metadata={
+            "help": "brightness, contrast and saturation jitter (hue kept: colours name things), "
+            "applied to 4 pictures in 5; 0 = off"
+        },
+    )
     resume: bool = field(
         default=False, metadata={"help": "continue from the run directory's latest checkpoint"}
     )
@@ -94,6 +105,11 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig: epochs must be > 0, got {self.epochs}")
         if self.data_version is not None and self.data_version < 0:
             raise ConfigError(f"TrainConfig: data_version must be >= 0, got {self.data_version}")
+        if not 0 < self.crop_scale <= 1 or not 0 <= self.color_jitter <= 1:
+            raise ConfigError(
+                f"TrainConfig: crop_scale must be in (0, 1] and color_jitter in [0, 1], "
+                f"got {self.crop_scale} and {self.color_jitter}"
+            )
         if self.workers < 0 or self.warmup < 0 or self.lr <= 0:
             raise ConfigError("TrainConfig: workers and warmup must be >= 0 and lr > 0")
 

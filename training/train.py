@@ -150,6 +150,15 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def augmentation(cfg: TrainConfig) -> dict:
+    """open_clip AugmentationCfg fields for the training transform (its defaults when unchanged)."""
+    aug: dict = {"scale": (cfg.crop_scale, 1.0)}
+    if cfg.color_jitter:
+        j = cfg.color_jitter
+        aug.update(color_jitter=(j, j, j, 0.0), color_jitter_prob=0.8)
+    return aug
+
+
 def _make_loss(cfg: TrainConfig, model: torch.nn.Module, d: _Dist) -> torch.nn.Module:
     if cfg.loss == "siglip":
         if getattr(unwrap(model), "logit_bias", None) is None:
@@ -354,7 +363,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
 
     with quiet_random_init() if cfg.resume else contextlib.nullcontext():  # resumed weights come next
         model, preprocess_train, _, tokenizer = create_model(
-            cfg.model, pretrained=cfg.pretrained, device=d.device
+            cfg.model, pretrained=cfg.pretrained, device=d.device, aug_cfg=augmentation(cfg)
         )
     image_size = model_image_size(model)
     if d.main:
