@@ -7,8 +7,9 @@ return run_command("clipasso", args.threads, lambda: write_things(..., model_cho
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -65,6 +66,20 @@ def set_threads(threads: int) -> None:
     if not 1 <= threads <= 256:
         raise ThreadsError(f"--threads {threads}: must be between 1 and 256")
     torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None = 1) -> Iterator[None]:
+    """Run the block with `threads` torch threads (None: leave the count alone), then restore the count
+    from before, also when the block raises. One thread is the default: the models here are small, and on
+    2 busy cores a second intra-op thread made each step 10x slower."""
+    previous = torch.get_num_threads()
+    if threads:
+        set_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def model_choice(args: argparse.Namespace) -> ModelChoice:

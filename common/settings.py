@@ -46,6 +46,41 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_QUOTES = "\"'"
+_LIST_FORMS = 'write [] for none, or a,b or [a,b] or ["a","b"]'
+
+
+def split_list(text: str, name: str) -> list[str]:
+    """The items of a list setting given as one string (`key=VALUE`, or a string in TOML).
+
+    `[]` (and an empty string) is no items; `[a,b]`, `["a", "b"]` and `a,b` are the items a and b. A value
+    that opens a bracket or a quote it does not close, or nests lists, raises ConfigError naming `name`.
+    """
+    value = text.strip()
+    bracketed = value.startswith("[")
+    if bracketed:
+        if not value.endswith("]"):
+            raise ConfigError(f"setting `{name}`: {text!r} opens [ but does not close it; {_LIST_FORMS}")
+        try:  # a TOML array of strings: quoted items may hold commas
+            document = tomllib.loads(f"v = {value}")
+        except tomllib.TOMLDecodeError:
+            document = {}
+        parsed = document.get("v") if list(document) == ["v"] else None
+        if isinstance(parsed, list) and all(isinstance(item, str) for item in parsed):
+            return parsed
+        value = value[1:-1]
+    items = []
+    for item in (part.strip() for part in value.split(",")):
+        if len(item) >= 2 and item[0] == item[-1] and item[0] in _QUOTES:
+            item = item[1:-1]
+        unbalanced = item != "" and (item[0] in _QUOTES or item[-1] in _QUOTES)
+        if unbalanced or (bracketed and any(c in item for c in "[]\"'")):
+            raise ConfigError(f"setting `{name}`: {text!r} is not a list of plain items; {_LIST_FORMS}")
+        if item:
+            items.append(item)
+    return items
+
+
 def coerce(value: Any, tp: Any, name: str) -> Any:
     """Convert a TOML value or a command-line string to the annotated type, or raise ConfigError."""
     origin = get_origin(tp)
@@ -75,7 +110,7 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
     if origin in (list, tuple):
         (item_tp, *_) = get_args(tp) or (str,)
         if isinstance(value, str):
-            items = [v for v in (s.strip() for s in value.split(",")) if v]
+            items = split_list(value, name)
         elif isinstance(value, (list, tuple)):
             items = list(value)
         else:

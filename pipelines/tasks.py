@@ -263,8 +263,8 @@ def sketch_gallery(out_dir: Path, checkpoint: Path, strokes: int, iterations: in
     import time
 
     import numpy as np
-    import torch
 
+    from apps.cli import torch_threads
     from apps.clipasso.evaluate import corpus_pictures, evaluate, verdict_sheet
     from apps.clipasso.optimize import SketchConfig
     from common.atomic import atomic_write_json
@@ -274,12 +274,8 @@ def sketch_gallery(out_dir: Path, checkpoint: Path, strokes: int, iterations: in
     (out_dir / "inputs").mkdir(parents=True, exist_ok=True)
     pictures = corpus_pictures(out_dir / "inputs")
     config = SketchConfig(strokes=strokes, iterations=iterations, seeds=seeds)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a small CLIP: a second thread on 2 busy cores made each step 10x slower
-    try:
+    with torch_threads(1):  # a small CLIP: a second thread on 2 busy cores made each step 10x slower
         report, rows = evaluate(load_clip(checkpoint), pictures, config, sheet_strokes=(strokes,))
-    finally:
-        torch.set_num_threads(threads)
     sources = np.stack([images[0] for _, images in rows])
     sketches = np.stack([images[1] for _, images in rows])
     sheet = out_dir / "gallery.png"

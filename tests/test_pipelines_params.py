@@ -179,3 +179,20 @@ def test_help_of_every_command():
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 0
+
+
+@pytest.mark.parametrize(
+    "value, apps",
+    [("[]", []), ("[coop,search]", ["coop", "search"]), ('["coop"]', ["coop"]), ("coop", ["coop"])],
+)
+def test_chain_apps_override_takes_list_syntax(tmp_path, value, apps):
+    """`python -m pipelines.demo chain.apps=[]` runs no app demo (it used to ask for an app named '[]')."""
+    base = [f"chain.out={tmp_path}", "build.source=wit:s.tsv"]
+    assert load_flow_params("end-to-end", None, [*base, f"chain.apps={value}"])["chain"].apps == apps
+
+
+def test_a_malformed_list_override_names_the_stage_and_key(tmp_path):
+    base = [f"chain.out={tmp_path}", "build.source=wit:s.tsv"]
+    with pytest.raises(ConfigError, match=r"\[chain\]: setting `apps`: '\[coop' opens \[") as raised:
+        load_flow_params("end-to-end", None, [*base, "chain.apps=[coop"])
+    assert "\n" not in str(raised.value)

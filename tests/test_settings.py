@@ -64,3 +64,31 @@ def test_flags_match_fields_and_override_file(tmp_path):
     cfg = from_namespace(Example, ns, toml)
     assert (cfg.out, cfg.steps, cfg.allow_private, cfg.source) == (Path("from_file"), 9, True, ["a", "b"])
     assert from_namespace(Example, parser.parse_args(["--out", "o"])).checkpoint is None
+
+
+@pytest.mark.parametrize(
+    "value, items",
+    [
+        ("[]", []),
+        ("[ ]", []),
+        ("", []),
+        ("[a,b]", ["a", "b"]),
+        ("[a, b]", ["a", "b"]),
+        ('["a","b"]', ["a", "b"]),
+        ("['a', 'b']", ["a", "b"]),
+        ('["a,b", "c"]', ["a,b", "c"]),
+        ("a,b", ["a", "b"]),
+        ('"a", b', ["a", "b"]),
+        ("crawl:http://h/", ["crawl:http://h/"]),
+    ],
+)
+def test_a_list_setting_given_as_one_string(value, items):
+    """`source=[]` is no sources, not the source '[]'; brackets and quotes are syntax, not items."""
+    assert load_config(Example, None, ["out=o", f"source={value}"]).source == items
+
+
+@pytest.mark.parametrize("value", ["[a,b", "[[a]]", "[a,[b]]", '["a]', '[a"]', '"a,b', "a,b'"])
+def test_a_malformed_list_is_one_line_naming_the_key(value):
+    with pytest.raises(ConfigError, match=r"setting `source`: .* write \[\] for none") as raised:
+        load_config(Example, None, ["out=o", f"source={value}"])
+    assert "\n" not in str(raised.value)

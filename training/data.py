@@ -20,7 +20,7 @@ import itertools
 import math
 import random
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -262,6 +262,27 @@ def train_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False
         prefetch_factor=4 if num_workers else None,
         multiprocessing_context="fork" if num_workers else None,
     )
+
+
+def train_batches(
+    stream: ShardStream, num_workers: int, pin_memory: bool = False
+) -> Generator[Batch, None, None]:
+    """The batches of `train_loader(stream, ...)`, with a `close()` that stops its worker processes now.
+
+    The loader starts its workers at the first batch. A DataLoader iterator that is merely dropped stops
+    them only once nothing refers to it, and an error's traceback (kept by pytest, a Prefect state, a
+    caller's `except ... as exc`) refers to it: its workers go on prefetching until interpreter exit kills
+    them, which torch's SIGCHLD check can report as "DataLoader worker (pid N) exited unexpectedly". So
+    the training loop closes this in its `finally`; an error raised while fetching a batch closes it too.
+    """
+    batches = iter(train_loader(stream, num_workers, pin_memory))
+    try:
+        yield from batches
+    finally:
+        # torch has no public close; its own __del__ calls this (PyTorch Lightning calls it the same way)
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def iter_pairs(

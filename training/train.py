@@ -48,7 +48,7 @@ from models import (
     unwrap,
 )
 from training.config import TrainConfig
-from training.data import DatasetError, ShardStream, data_version_of, find_row_groups, train_loader
+from training.data import DatasetError, ShardStream, data_version_of, find_row_groups, train_batches
 
 LOG_FIELDS = [
     "step",
@@ -404,7 +404,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         skip_batches=start_step * cfg.accum_steps,
         image_size=image_size,
     )
-    batches = iter(train_loader(stream, cfg.workers, pin_memory=d.device.type == "cuda"))
+    batches = train_batches(stream, cfg.workers, pin_memory=d.device.type == "cuda")
 
     log_path = run_dir / "log.csv"
     latest_checkpoint = resumed_from
@@ -548,6 +548,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
                     log_file.flush()
                 latest_checkpoint = checkpoint(done)
     finally:
+        batches.close()  # stop the loader's workers now, also on error (see train_batches)
         bar.close()
         if log_file:
             log_file.close()

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from apps.actionclip.data import load_labelled_videos, read_labels_file, select_rows
 from apps.actionclip.model import FusionConfig, zero_shot_head
 from apps.actionclip.train import Evaluation, TrainConfig, evaluate, plot_confusion, train_head
+from apps.cli import torch_threads
 from apps.clip4clip.video import FrameSampling
 from common.atomic import atomic_write_bytes, atomic_write_json
 from testbed.actions import (
@@ -55,13 +55,8 @@ def run_experiment(
     out_dir: str | Path, clip, config: ActionDemoConfig = ActionDemoConfig(), progress: bool = True
 ) -> dict:
     """Run the experiment with `clip` (a LoadedCLIP); returns the figures (also in OUT/report.json)."""
-    previous = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _run(Path(out_dir), clip, config, progress)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(out: Path, clip, config: ActionDemoConfig, progress: bool) -> dict:

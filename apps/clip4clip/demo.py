@@ -17,11 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import torch
-
 if TYPE_CHECKING:
     from testbed.corpus_videos import CorpusSprites
 
+from apps.cli import torch_threads
 from apps.clip4clip.heads import HeadConfig
 from apps.clip4clip.index import IndexOptions, build_index
 from apps.clip4clip.metrics import format_table
@@ -72,13 +71,8 @@ def run_video_demo(
 
     `config.world == "corpus"`: emoji videos from the cached corpus (`sprites`, default: the default split).
     """
-    previous_threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _run(Path(out_dir), clip, config, sprites)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(out: Path, clip, config: VideoDemoConfig, sprites: CorpusSprites | None) -> dict:

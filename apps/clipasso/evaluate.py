@@ -19,7 +19,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -126,49 +126,65 @@ def random_points(count: int, size: int, seed: int) -> torch.Tensor:
     return torch.tensor(np.concatenate([start, start + np.cumsum(steps, 1)], 1)[None], dtype=torch.float32)
 
 
+@dataclass(frozen=True)
+class SheetGrid:
+    """Where a contact sheet puts things: square `cell`-pixel tiles `pad` pixels apart, under a `title` strip
+    of column headers. `contact_sheet` draws with it; `verdict_sheet` writes into its cells."""
+
+    cell: int = 160
+    pad: int = 6
+    title: int = 18
+
+    def origin(self, row: int, column: int) -> tuple[int, int]:
+        """The top-left pixel of the tile at (row, column)."""
+        step = self.cell + self.pad
+        return self.pad + column * step, self.title + row * step
+
+    def size(self, rows: int, columns: int) -> tuple[int, int]:
+        """(width, height) of a sheet of rows x columns tiles."""
+        right, bottom = self.origin(rows, columns)
+        return right, bottom + self.pad
+
+
 def contact_sheet(
     rows: list[tuple[str, list[np.ndarray]]], header: list[str], cell: int = 160
 ) -> Image.Image:
     """A grid: one row per picture, one column per image (source, then sketches)."""
-    pad, title = 6, 18
-    sheet = Image.new(
-        "RGB", (pad + len(header) * (cell + pad), title + len(rows) * (cell + pad) + pad), "white"
-    )
+    grid = SheetGrid(cell)
+    sheet = Image.new("RGB", grid.size(len(rows), len(header)), "white")
     draw = ImageDraw.Draw(sheet)
     for c, text in enumerate(header):
-        draw.text((pad + c * (cell + pad), 3), text, fill="black")
+        draw.text((grid.origin(0, c)[0], 3), text, fill="black")
     for r, (_, images) in enumerate(rows):
         for c, image in enumerate(images):
-            tile = Image.fromarray(image).resize((cell, cell), Image.Resampling.LANCZOS)
-            sheet.paste(tile, (pad + c * (cell + pad), title + r * (cell + pad)))
-            draw.rectangle(
-                [
-                    pad + c * (cell + pad) - 1,
-                    title + r * (cell + pad) - 1,
-                    pad + c * (cell + pad) + cell,
-                    title + r * (cell + pad) + cell,
-                ],
-                outline=(200, 200, 200),
-            )
+            x, y = grid.origin(r, c)
+            sheet.paste(Image.fromarray(image).resize((cell, cell), Image.Resampling.LANCZOS), (x, y))
+            draw.rectangle([x - 1, y - 1, x + cell, y + cell], outline=(200, 200, 200))
     return sheet
 
 
 def verdict_sheet(
-    sources: np.ndarray, sketches: np.ndarray, report: dict, sketch_label: str, judge_label: str = "judge"
+    sources: np.ndarray,
+    sketches: np.ndarray,
+    report: dict,
+    sketch_label: str,
+    judge_label: str = "judge",
+    cell: int = 128,
 ) -> Image.Image:
     """Source, sketch, its XDoG edge map, and which source each scorer finds the sketch closest to.
 
     `sources`/`sketches`: uint8 [N, H, W, 3] in `report["images"]` order; the drawer's verdict is
-    `nearest_source`, a judge's (when present) `judge_nearest_source`.
+    `nearest_source`, a judge's (when present) `judge_nearest_source`. The verdicts are written into the
+    fourth, blank column.
     """
     rows = []
     for i, record in enumerate(report["images"]):
         rgb = torch.tensor(sources[i]).permute(2, 0, 1).float() / 255
         edges = (edge_drawing(rgb).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         rows.append((record["image"], [sources[i], sketches[i], edges, np.full_like(edges, 255)]))
-    sheet = contact_sheet(
-        rows, ["source", sketch_label, "XDoG edges (reference)", "nearest source"], cell=128
-    )
+    header = ["source", sketch_label, "XDoG edges (reference)", "nearest source"]
+    sheet = contact_sheet(rows, header, cell=cell)
+    grid, verdict_column = SheetGrid(cell), len(header) - 1
     draw = ImageDraw.Draw(sheet)
     for r, record in enumerate(report["images"]):
         lines = [record["image"]]
@@ -176,7 +192,8 @@ def verdict_sheet(
             if key in record:
                 mark = "ok" if record[key] == record["image"] else "no:"
                 lines += [f"{label}: {mark}", f"  {record[key]}"]
-        draw.multiline_text((6 + 3 * 134 + 4, 18 + r * 134 + 30), "\n".join(lines), fill="black")
+        x, y = grid.origin(r, verdict_column)
+        draw.multiline_text((x + 4, y + 30), "\n".join(lines), fill="black")
     return sheet
 
 
