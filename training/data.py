@@ -19,6 +19,7 @@ import io
 import itertools
 import math
 import random
+import threading
 import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -250,6 +251,19 @@ def _collate(batch: Batch) -> Batch:
     return batch
 
 
+def _forget_parent_thread_exits(worker_id: int) -> None:
+    """DataLoader worker_init_fn: drop the thread-exit callbacks the forked worker inherited.
+
+    A library in the training process (Prefect's log and event services, when training runs inside a
+    flow) registers `threading._register_atexit` callbacks that drain its own threads. A forked worker
+    has none of those threads, so at its exit the callback fails (AssertionError) and the worker exits
+    with code 1: torch then reports "DataLoader worker exited unexpectedly" and fails the training
+    that had already finished. The callbacks belong to the parent; the worker has nothing to drain.
+    """
+    del worker_id
+    threading._threading_atexits.clear()  # no public API; CPython 3.9+ keeps them here
+
+
 def train_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over `stream` that keeps batch order deterministic (batch b from worker b % K)."""
     return DataLoader(
@@ -261,6 +275,7 @@ def train_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
         multiprocessing_context="fork" if num_workers else None,
+        worker_init_fn=_forget_parent_thread_exits if num_workers else None,
     )
 
 

@@ -371,8 +371,14 @@ def _train(cfg: TrainConfig) -> TrainResult:
     # NHWC convolutions are about 25 % faster on CPU (oneDNN) for ResNet towers; only 4-D weights change.
     model = model.to(memory_format=torch.channels_last)
     loss_fn = _make_loss(cfg, model, d)
+    # fused: one kernel over all parameters; on a CPU 5x faster than the per-tensor loop (10 M
+    # parameters: 16 vs 91 ms a step, a tenth of a corpus-preset step; docs/corpus.md)
     optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        fused=d.device.type in ("cpu", "cuda"),
     )
     use_scaler = cfg.precision == "amp" and d.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
