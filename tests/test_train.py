@@ -384,3 +384,14 @@ def test_augmentation_settings_reach_the_training_transform(tmp_path):
     for bad in ({"crop_scale": 0.0}, {"color_jitter": 1.5}):
         with pytest.raises(ConfigError, match="crop_scale"):
             TrainConfig(data=[tmp_path], out=tmp_path / "run", **bad)
+
+
+def test_fused_optimizer_trains_and_is_recorded(data, tmp_path):
+    """--fused-optimizer: AdamW as one kernel; the checkpoint's optimizer says so, and the loss falls."""
+    result = train(_cfg(data, tmp_path / "run", steps=6, checkpoint_every=6, fused_optimizer=True))
+    losses = [float(r["loss"]) for r in _log(tmp_path / "run")]
+    assert losses[-1] < losses[0]
+    groups = read_checkpoint(result.checkpoint)["optimizer"]["param_groups"]
+    assert groups and all(g["fused"] for g in groups)
+    plain = train(_cfg(data, tmp_path / "plain", steps=1, checkpoint_every=1))
+    assert not any(g["fused"] for g in read_checkpoint(plain.checkpoint)["optimizer"]["param_groups"])

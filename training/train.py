@@ -378,7 +378,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,
-        fused=d.device.type in ("cpu", "cuda"),
+        fused=cfg.fused_optimizer and d.device.type in ("cpu", "cuda"),
     )
     use_scaler = cfg.precision == "amp" and d.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
