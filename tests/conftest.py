@@ -23,12 +23,10 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 def one_thread():
     """One torch thread for the test: on two busy cores a second intra-op thread mostly waits on the first
     (measured 9x slower under load)."""
-    import torch
+    from apps.cli import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -101,18 +101,9 @@ def _train_and_compare(tmp_path: Path, clip, n_train: int, epochs: int, pairs: i
     return results
 
 
-@pytest.fixture
-def single_thread():
-    # 2 cores shared by many processes: torch's thread pool spinning costs ~10x on these small ops.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("head", ["seqTransf", "tightTransf", "seqLSTM"])
 def test_train_evaluate_index_search_with_a_trained_head(
-    tmp_path: Path, head: str, capsys, single_thread
+    tmp_path: Path, head: str, capsys, one_thread
 ) -> None:
     """The research commands end to end: train -> head.pt -> evaluate -> index with the head -> search."""
     torch.manual_seed(0)
@@ -180,7 +171,7 @@ def test_train_evaluate_index_search_with_a_trained_head(
 
 
 @pytest.mark.slow
-def test_seqtransf_beats_meanp_on_order_captions(tmp_path: Path, single_thread) -> None:
+def test_seqtransf_beats_meanp_on_order_captions(tmp_path: Path, one_thread) -> None:
     """Held-out order-swapped pairs: meanP sees the same frames in both videos and cannot tell them apart."""
     clip = shape_trained_clip(steps=200)
     results = _train_and_compare(tmp_path, clip, n_train=192, epochs=80, pairs=16)

@@ -287,8 +287,9 @@ def train_batches(
     The loader starts its workers at the first batch. A DataLoader iterator that is merely dropped stops
     them only once nothing refers to it, and an error's traceback (kept by pytest, a Prefect state, a
     caller's `except ... as exc`) refers to it: its workers go on prefetching until interpreter exit kills
-    them, which torch's SIGCHLD check can report as "DataLoader worker (pid N) exited unexpectedly". So
-    the training loop closes this in its `finally`; an error raised while fetching a batch closes it too.
+    them. So the training loop closes this in its `finally`; an error raised while fetching a batch closes
+    it too. (The "DataLoader worker exited unexpectedly" seen inside flows had another cause: see
+    `_forget_parent_thread_exits`.)
     """
     batches = iter(train_loader(stream, num_workers, pin_memory))
     try:
