@@ -248,13 +248,17 @@ class CorpusWorld:
         )
         return reference, alt, attribution
 
-    def foreign_caption(self, cls: str, language: str, rng: np.random.Generator) -> str:
-        # A picture shown with other-language texts (a translated gallery page) does not use the picture
-        # up: a multilingual site shows the same file again on its English page. Used up, the translated
-        # pages (one emoji page in eight) took 1,118 of the 8,994 emoji pictures of a 1600-page site.
+    def shown_as_junk(self, cls: str) -> None:
+        # A picture shown as junk (other-language texts on a translated page, broken bytes, a file name for
+        # a caption, a dead link, ...) does not use the picture up: a real site shows its good pictures
+        # besides its junk. Used up, junk took 2,534 of the 8,994 emoji pictures of a 1600-page site
+        # (1,118 of them on translated pages), and a model trained on the web fell ~20 points short of one
+        # trained on every picture (docs/corpus.md).
         if self._last is not None and self._last[0] == cls:
             self._served.discard(self._last)
             self._last = None
+
+    def foreign_caption(self, cls: str, language: str, rng: np.random.Generator) -> str:
         concept = self.concepts[cls]
         if language not in concept.localised:
             return _FOREIGN_GENERIC.get(language, _FOREIGN_GENERIC["de"])

@@ -568,6 +568,10 @@ class World(Protocol):
     def begin_site(self) -> None:
         """Called once before a site is built (a world that remembers what it served starts afresh)."""
 
+    def shown_as_junk(self, cls: str) -> None:
+        """The picture `style` chose last went out as junk a pipeline must reject (broken bytes, a wrong
+        caption, another language, ...): a world that serves each picture once may show it again."""
+
 
 @dataclass
 class PagePlan:
@@ -584,6 +588,9 @@ class ShapesWorld:
     """The generated world: 36 colour-shape classes (testbed/shapes.py), one in five drawn as an outline."""
 
     def begin_site(self) -> None:
+        pass
+
+    def shown_as_junk(self, cls: str) -> None:
         pass
 
     def __init__(self, line_drawing_fraction: float = 0.2) -> None:
@@ -701,6 +708,7 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
         entry.in_figure = rng.random() < 0.9 or not alt
         kind = junk[0] if junk else None
         size = int(options.image_size * rng.choice([0.75, 1.0, 1.25]))
+        chose_style = kind not in ("small_image", "extreme_aspect")  # these two draw a picture of their own
         if kind == "small_image":
             picture = world.render(cls, rng, int(rng.integers(16, MIN_SIDE)), None)
         elif kind == "extreme_aspect":
@@ -743,6 +751,8 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
             entry.reference, entry.alt, entry.attribution = world.captions(wrong, rng)
             entry.in_figure = True
 
+        if chose_style and EXPECTED_REJECTS.get(kind or ""):
+            world.shown_as_junk(cls)
         if kind in ("http_404", "http_500"):
             entry.status = 404 if kind == "http_404" else 500
             entry.served_path = entry.path
