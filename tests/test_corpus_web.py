@@ -189,7 +189,9 @@ def test_pictures_shown_as_junk_are_shown_clean_too(world):
     # 120 emoji concepts (240 pictures) and no icons, so 100 pages show every picture
     emoji = sorted(n for n, c in world.concepts.items() if c.kind == "emoji")[:120]
     ids = {world.concepts[n].id for n in emoji}
-    corpus = dataclasses.replace(world.corpus, pictures=[p for p in world.corpus.pictures if p.concept in ids])
+    corpus = dataclasses.replace(
+        world.corpus, pictures=[p for p in world.corpus.pictures if p.concept in ids]
+    )
     small = CorpusWorld(corpus, SPLIT, foreign_page_fraction=0.25)
     site = build_site(100, 2, SiteOptions(world=small, image_size=64))
     kept = {(i.cls, i.style) for i in site.images if not i.junk or not EXPECTED_REJECTS[i.junk[0]]}
