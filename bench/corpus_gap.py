@@ -2,8 +2,8 @@
 
 From one finished corpus demo (`make demo-corpus` or `python -m pipelines.demo --world corpus --out OUT`),
 this makes variants of its round-1 dataset (OUT/data/round1) from the site's truth file (OUT/web/truth.json)
-and trains and evaluates each the same way (the corpus preset with --model, --steps, --threads; the demo's
-held-out sets, OUT/heldout/eval):
+and trains and evaluates each the same way (the demo's training: the corpus preset with the [train] table of
+pipelines/params/demo_corpus.toml, and --steps, --threads, --model; the demo's held-out sets, OUT/heldout/eval):
 
 - web: round 1 as curation kept it;
 - pictures: each clean pair's picture replaced by the corpus's own PNG of its (concept, style)
@@ -28,19 +28,19 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import random
 import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.curation_gain import evaluate_run, figures, finished  # noqa: E402
+from bench.curation_gain import PARAMS_DIR, evaluate_run, figures, finished  # noqa: E402
 from common.errors import UserError  # noqa: E402
+from common.settings import read_toml  # noqa: E402
 from curation import shards  # noqa: E402
+from testbed.testweb import EXPECTED_REJECTS  # noqa: E402
 from training.config import preset  # noqa: E402
 from training.train import train  # noqa: E402
 
@@ -55,11 +55,10 @@ VARIANTS = (
     "captions-noicons",
     "both-noicons",
 )
-KEPT_JUNK_IS_CLEAN = ([], ["redirect_chain"], ["slow_response"])  # pairs a correct pipeline keeps
 
 
 def variant_rows(rows: list[dict], truth: dict, world, variant: str) -> list[dict]:
-    """Round 1's rows for one variant (see the module docstring)."""
+    """Round 1's rows for one variant (see the module docstring), in round 1's order."""
     from testbed.corpus_data import caption
 
     clean_pictures = variant.startswith(("pictures", "both"))
@@ -72,7 +71,8 @@ def variant_rows(rows: list[dict], truth: dict, world, variant: str) -> list[dic
             continue
         row = dict(row)
         picture = next((p for p in world.styles.get(name, ()) if p.style == style), None)
-        if picture is not None and t.get("junk") in KEPT_JUNK_IS_CLEAN:
+        junk = t.get("junk") or []
+        if picture is not None and not (junk and EXPECTED_REJECTS[junk[0]]):  # a pair to keep
             if clean_pictures:
                 buffer = io.BytesIO()
                 world.corpus.image(picture, 64).save(buffer, "PNG")
@@ -80,7 +80,6 @@ def variant_rows(rows: list[dict], truth: dict, world, variant: str) -> list[dic
             if clean_captions:
                 row["caption"] = caption(world.corpus.concepts[picture.concept], "phrased", style)
         out.append(row)
-    random.Random(0).shuffle(out)
     return out
 
 
@@ -97,13 +96,11 @@ def make_variant(demo: Path, out: Path, variant: str, world, truth: dict) -> Pat
         return path
     if shards.load_manifest(path).shards:
         return path
+    from testbed.corpus_data import write_shards
+
     files = sorted((demo / "data" / "round1" / "shards").glob("*.parquet"))
     rows = [r for f in files for r in pq.read_table(f, columns=["key", "url", "caption", "jpg"]).to_pylist()]
-    rows = variant_rows(rows, truth, world, variant)
-    for start in range(0, len(rows), 4096):
-        shards.write_shard(
-            path, f"{variant}-{start // 4096:05d}", pa.Table.from_pylist(rows[start : start + 4096])
-        )
+    write_shards(path, variant, variant_rows(rows, truth, world, variant))  # shuffled as the clean corpus is
     return path
 
 
@@ -121,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default: 0)")
     parser.add_argument("--steps", type=int, default=500, help="training steps (default: 500)")
-    parser.add_argument("--model", default="clip-corpus-ctx16", help="model (default: the demo's)")
+    parser.add_argument("--model", help="model (default: the demo's, pipelines/params/demo_corpus.toml)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training (default: 1)")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -146,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
 
     world = CorpusWorld(load_corpus())
     truth = json.loads((args.demo / "web" / "truth.json").read_text())["images"]
+    # the demo's training: the corpus preset with demo_corpus.toml's [train] (model, fused AdamW)
+    demo_train = read_toml(PARAMS_DIR / "demo_corpus.toml").get("train", {})
+    if args.model:
+        demo_train["model"] = args.model
     heldout = args.demo / "heldout" / "eval"
     sets = {
         "zeroshot": heldout / "concepts",
@@ -159,18 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             report_path = args.out / f"eval_{variant}_seed{seed}.json"
             started = time.perf_counter()
             if not finished(run_dir, args.steps):
-                train(
-                    preset(
-                        "corpus",
-                        data=[data],
-                        out=run_dir,
-                        steps=args.steps,
-                        seed=seed,
-                        model=args.model,
-                        threads=args.threads,
-                        fused_optimizer=True,
-                    )
-                )
+                settings = {**demo_train, "steps": args.steps, "seed": seed, "threads": args.threads}
+                train(preset("corpus", **settings, data=[data], out=run_dir))
             report = json.loads(report_path.read_text()) if report_path.exists() else None
             report = report or evaluate_run(run_dir, sets, report_path)
             f = figures(report, report.get("categories"))

@@ -249,7 +249,8 @@ def _rows(corpus: Corpus, pictures: Sequence[Picture], size: int, caption_of, de
     return rows
 
 
-def _write_shards(root: Path, name: str, rows: list[dict], per_shard: int = 4096) -> None:
+def write_shards(root: Path, name: str, rows: list[dict], per_shard: int = 4096) -> None:
+    """`rows` (shuffled in place, seed 0) as shards NAME-00000, ... of `per_shard` rows under `root`."""
     random.Random(0).shuffle(rows)
     for s in range(0, len(rows), per_shard):
         write_shard(root, f"{name}-{s // per_shard:05d}", pa.Table.from_pylist(rows[s : s + per_shard]))
@@ -296,7 +297,7 @@ def write_datasets(
             "train",
             progress,
         )
-        _write_shards(out / "train", "corpus", rows)
+        write_shards(out / "train", "corpus", rows)
         counts["train"] = len(rows)
     held = corpus.by_style(split.held_out_style)
     ev = out / "eval"
@@ -329,7 +330,7 @@ def write_datasets(
     retrieval = _rows(
         corpus, [held[c] for c in plan.eval_concepts], size, lambda p: name[p.concept], "retrieval", progress
     )
-    _write_shards(ev / "retrieval", "heldout", retrieval)
+    write_shards(ev / "retrieval", "heldout", retrieval)
     counts["retrieval"] = len(retrieval)
     summary = {
         "split": asdict(split),

@@ -708,13 +708,14 @@ def build_site(pages: int = 40, seed: int = 0, options: SiteOptions = SiteOption
         entry.in_figure = rng.random() < 0.9 or not alt
         kind = junk[0] if junk else None
         size = int(options.image_size * rng.choice([0.75, 1.0, 1.25]))
-        chose_style = kind not in ("small_image", "extreme_aspect")  # these two draw a picture of their own
+        chose_style = False  # small_image and extreme_aspect draw a picture of their own
         if kind == "small_image":
             picture = world.render(cls, rng, int(rng.integers(16, MIN_SIDE)), None)
         elif kind == "extreme_aspect":
             picture = _banner(world, cls, rng, int(rng.integers(40, 64)))
         else:
             entry.style = world.style(cls, entry.path, rng)
+            chose_style = True
             picture = world.render(cls, rng, size, entry.style)
         body = _encode(picture, fmt, int(rng.integers(80, 96)))
         entry.width, entry.height = picture.size
