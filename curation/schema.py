@@ -128,9 +128,8 @@ def validate(
                 hint = (
                     " (was it written by img2dataset with output_format='parquet' and encode_format='jpg'?)"
                 )
-            raise SchemaError(
-                f"{source}: missing column `{name}`; expected `{name}: {schema.field(name).type}`{hint}"
-            )
+            expected = f"`{name}: {schema.field(name).type}`" if name in schema.names else f"`{name}`"
+            raise SchemaError(f"{source}: missing column `{name}`; expected {expected}{hint}")
     for field in schema:
         if field.name in names:
             got = actual.field(field.name).type

@@ -141,3 +141,32 @@ def test_more_readers_than_rows_is_an_error_not_a_hang(tmp_path, tiny):
     )
     with pytest.raises(DatasetError, match="fewer --workers"):
         next(iter(stream))
+
+
+def test_caption_columns_draw_one_of_a_rows_texts_per_read(tmp_path, tiny):
+    """--captions A --captions B: each read of a row takes one of its non-empty texts, reproducibly;
+    a row with only one of them always takes it; a column the shards lack is a clear error."""
+    rows = shape_rows(30, seed=0, size=32)
+    for i, row in enumerate(rows):
+        row["alt"] = None if i % 3 == 0 else f"alt text {i}"
+    write_shard(tmp_path, "two_texts", rows_table(rows))
+    refs = find_row_groups([tmp_path], captions=("caption", "alt"))
+
+    def reads(seed):
+        stream = ShardStream(refs, *tiny, batch_size=5, seed=seed, captions=("caption", "alt"))
+        rows_read = stream._rows(0)
+        return [next(rows_read) for _ in range(30 * 8)]  # 8 epochs
+
+    got = reads(0)
+    by_key = collections.defaultdict(set)
+    for _, jpg, caption in got:
+        by_key[_digest(jpg)].add(caption)
+    for i, row in enumerate(rows):
+        expected = {row["caption"]} if row["alt"] is None else {row["caption"], row["alt"]}
+        assert by_key[_digest(row["jpg"])] == expected, i
+    assert got == reads(0) and [c for *_, c in got] != [c for *_, c in reads(1)]
+    # one column (the default): always the caption, as before
+    single = ShardStream(find_row_groups([tmp_path]), *tiny, batch_size=5, seed=0)._rows(0)
+    assert {next(single)[2] for _ in range(60)} <= {r["caption"] for r in rows}
+    with pytest.raises(DatasetError, match=r"two_texts\.parquet.*`nope`"):
+        find_row_groups([tmp_path], captions=("caption", "nope"))

@@ -73,6 +73,14 @@ class TrainConfig:
             "of 91 ms; rounding differs from the default loop, so runs are not bit-identical to unfused ones"
         },
     )
+    captions: list[str] = field(
+        default_factory=lambda: ["caption"],
+        metadata={
+            "help": "text column(s) of the shards a row's caption comes from; repeat for several: each time a "
+            "row is read, one of its non-empty ones at random (e.g. --captions caption --captions "
+            "caption_alt_text_description: the alt text as a second description)"
+        },
+    )
     crop_scale: float = field(
         default=0.9,
         metadata={"help": "random resized crop keeps this fraction of the picture or more (open_clip: 0.9)"},

@@ -310,6 +310,8 @@ def _resume(
         scaler.load_state_dict(ckpt["scaler"])
     loader_state = ckpt.get("loader", {})
     now = {"world_size": d.world_size, "workers": cfg.workers, "micro_batch": micro_batch, "seed": cfg.seed}
+    now["captions"] = list(cfg.captions)
+    loader_state = {"captions": ["caption"], **loader_state}  # checkpoints from before --captions
     changed = {k: (loader_state.get(k), v) for k, v in now.items() if loader_state.get(k) != v}
     if changed and d.main:
         print(
@@ -345,7 +347,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     # Data first: a bad dataset should fail before minutes of model set-up.
     # Each dataset pinned to one version now (latest by default): a build committing meanwhile changes nothing.
     data_versions = {str(p): data_version_of(p, cfg.data_version) for p in cfg.data}
-    refs = [ref for p in cfg.data for ref in find_row_groups([p], data_versions[str(p)])]
+    refs = [ref for p in cfg.data for ref in find_row_groups([p], data_versions[str(p)], cfg.captions)]
     num_rows = sum(r.num_rows for r in refs)
     if cfg.batch_size > num_rows:
         raise DatasetError(
@@ -409,6 +411,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         shuffle_buffer=cfg.shuffle_buffer,
         skip_batches=start_step * cfg.accum_steps,
         image_size=image_size,
+        captions=cfg.captions,
     )
     batches = train_batches(stream, cfg.workers, pin_memory=d.device.type == "cuda")
 
@@ -449,6 +452,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
                     "workers": cfg.workers,
                     "micro_batch": micro_batch,
                     "seed": cfg.seed,
+                    "captions": list(cfg.captions),
                     "batches_consumed": step * cfg.accum_steps,
                 },
                 data_checksums=data_checksums,
