@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
     world = CorpusWorld(load_corpus())
     truth = json.loads((args.demo / "web" / "truth.json").read_text())["images"]
-    # the demo's training: the corpus preset with demo_corpus.toml's [train] (model, fused AdamW)
+    # the demo's training: the corpus preset with demo_corpus.toml's [train] (model, fused AdamW; steps
+    # from --steps)
     demo_train = read_toml(PARAMS_DIR / "demo_corpus.toml").get("train", {})
     if args.model:
         demo_train["model"] = args.model
@@ -160,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             report_path = args.out / f"eval_{variant}_seed{seed}.json"
             started = time.perf_counter()
             if not finished(run_dir, args.steps):
-                settings = {**demo_train, "steps": args.steps, "seed": seed, "threads": args.threads}
+                # the caption column alone: a variant replaces it, not the alt text or attribution
+                settings = {**demo_train, "captions": ["caption"], "steps": args.steps, "seed": seed}
+                settings["threads"] = args.threads
                 train(preset("corpus", **settings, data=[data], out=run_dir))
             report = json.loads(report_path.read_text()) if report_path.exists() else None
             report = report or evaluate_run(run_dir, sets, report_path)

@@ -12,7 +12,9 @@ Everything is made in the run, from one loopback test web (testbed.testweb, the 
 - curated: `curation build` on the same TSV (round 1: filters and dedup, no CLIP score), the demo's
   build settings (the [build] table of pipelines/params/demo.toml, demo_corpus.toml for the corpus).
 
-Both are trained with training/presets/demo.toml for the same --steps, once per seed (--seeds, three by
+Both are trained as the demo trains (the world's training preset with the [train] table of its params file:
+for the corpus the model, fused AdamW, 1500 steps and the caption columns of demo_corpus.toml; the unfiltered
+side carries those WIT text columns too) for the same --steps, once per seed (--seeds, three by
 default; the two sides alternate which trains first), and evaluated on the same held-out pictures:
 zero-shot top-1 over the 36 classes (single prompt and ensemble) and image-text retrieval R@1 both
 ways. Printed: mean, standard deviation and min-max over the seeds per side, and the per-seed
@@ -22,14 +24,14 @@ differences. A rerun with the same --out reuses finished builds, trainings and e
     python bench/curation_gain.py --pages 40 --steps 60 --out runs/curation_gain_small  # a quick check
 
 Corpus mode (`--world corpus`, issue #13): the site is testbed.corpus_web.CorpusWorld over the cached
-corpus (`python -m testbed.corpus fetch`; 1600 pages by default, as `make demo-corpus`), the curated side
-uses demo_corpus.toml's [build] (min_words = 1), both sides train with training/presets/corpus.toml, and
+corpus (`python -m testbed.corpus fetch`; 1800 pages by default, as `make demo-corpus`), the curated side
+uses demo_corpus.toml's [build] (min_words = 1), both sides train as `make demo-corpus` does, and
 the evaluation is the demo's: the held-out twitter style (testbed.corpus_data.write_datasets, train=False),
 zero-shot over 100 concepts (eval/concepts; single prompt and 80-prompt ensemble, top-1 and top-5),
 retrieval against their names (eval/retrieval) and zero-shot over the 9 emoji groups (eval/categories).
 `--small` serves the small corpus slice the tests use (openmoji, Tabler; openmoji line art held out).
 
-    python bench/curation_gain.py --world corpus --out runs/curation_gain_corpus      # 1600 pages, 500 steps
+    python bench/curation_gain.py --world corpus --out runs/curation_gain_corpus      # 1800 pages, 1500 steps
     python bench/curation_gain.py --world corpus --pages 40 --steps 20 --seeds 0 --out /tmp/gain_check
 """
 
@@ -53,11 +55,12 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.errors import UserError  # noqa: E402
-from common.settings import load_config  # noqa: E402
+from common.settings import load_config, read_toml  # noqa: E402
 from curation import shards  # noqa: E402
 from curation.build import build_dataset, download_options  # noqa: E402
 from curation.config import BuildConfig  # noqa: E402
 from curation.wit import choose_caption, read_wit  # noqa: E402
+from pipelines.demo import WORLDS  # noqa: E402  (per world: params file, training preset, pages)
 from testbed.shapes import CLASSES, caption_for, render_shape_image, write_image_folder  # noqa: E402
 from testbed.testweb import SiteOptions  # noqa: E402
 from testbed.web import serve_testweb  # noqa: E402
@@ -66,12 +69,6 @@ from training.evaluate import evaluate  # noqa: E402
 from training.train import train  # noqa: E402
 
 SIDES = ("unfiltered", "curated")
-PARAMS_DIR = Path(__file__).resolve().parents[1] / "pipelines" / "params"
-# Per world: the demo's params file (its [build] is the curated side's), training preset, default pages.
-WORLDS = {
-    "shapes": {"params": "demo.toml", "preset": "demo", "pages": 600},
-    "corpus": {"params": "demo_corpus.toml", "preset": "corpus", "pages": 1600},
-}
 # --small: the corpus slice the tests use (testbed.corpus.SMALL: openmoji, Tabler, emojibase), with a
 # split it can give (its only emoji styles are OpenMoji's: the line art is held out, 20 concepts evaluated).
 SMALL_SPLIT = {
@@ -88,7 +85,7 @@ def build_config(wit: Path, out: Path, image_size: int, world: str = "shapes") -
     """The demo's round-1 build settings: the [build] table of the world's params file
     (pipelines/params/demo.toml: allow 127.0.0.1/32, 64 px, 2 processes x 16 threads, timeout 5;
     demo_corpus.toml adds min_words = 1)."""
-    params = PARAMS_DIR / WORLDS[world]["params"]
+    params = WORLDS[world]["params"]
     overrides = {"source": [f"wit:{wit}"], "out": out, "image_size": image_size}
     return load_config(BuildConfig, params, overrides, section="build")
 
@@ -106,8 +103,16 @@ def corpus_site(small: bool) -> tuple[SiteOptions, object, object]:
     return SiteOptions(world=CorpusWorld(corpus, split)), corpus, split
 
 
-def unfiltered_dataset(wit: Path, out: Path, cfg: BuildConfig) -> tuple[int, int]:
-    """(pairs listed, pairs downloaded): every WIT row through img2dataset, nothing filtered."""
+def demo_training(world: str) -> dict:
+    """The [train] table of the world's params file: what the demo sets over its training preset."""
+    return read_toml(WORLDS[world]["params"]).get("train", {})
+
+
+def unfiltered_dataset(
+    wit: Path, out: Path, cfg: BuildConfig, texts: tuple[str, ...] = ()
+) -> tuple[int, int]:
+    """(pairs listed, pairs downloaded): every WIT row through img2dataset, nothing filtered; `texts`:
+    WIT text columns carried as they are (those the training reads besides the caption)."""
     from curation.download import run_img2dataset
 
     if shards.has_shard(out, "unfiltered"):
@@ -118,13 +123,14 @@ def unfiltered_dataset(wit: Path, out: Path, cfg: BuildConfig) -> tuple[int, int
         if row.fields is None:  # a line that is not a WIT row names no picture at all
             continue
         caption, _ = choose_caption(row.fields, cfg.caption_policy)
-        rows.append({"url": row.fields["image_url"].strip(), "caption": caption or ""})
+        extra = {name: (row.fields.get(name) or None) for name in texts}
+        rows.append({"url": row.fields["image_url"].strip(), "caption": caption or "", **extra})
     out.mkdir(parents=True, exist_ok=True)
     candidates = out / "candidates.parquet"
     pq.write_table(pa.Table.from_pylist(rows), candidates)
     table = run_img2dataset(candidates, out / "downloads", download_options(cfg))
     table = table.filter(pc.and_(pc.equal(table["status"], "success"), pc.is_valid(table["jpg"])))
-    table = table.select(list(UNFILTERED_COLUMNS))
+    table = table.select([*UNFILTERED_COLUMNS, *texts])
     table = table.set_column(2, "caption", pc.fill_null(table["caption"], ""))
     shards.write_shard(out, "unfiltered", table)
     (out / "counts.json").write_text(json.dumps({"listed": len(rows), "downloaded": table.num_rows}))
@@ -152,6 +158,7 @@ def figures(report: dict, categories: dict | None = None) -> dict:
     out = {
         "zero-shot top-1 (single prompt)": 100 * zs["single"]["top1"],
         "zero-shot top-1 (ensemble)": 100 * zs["ensemble"]["top1"],
+        "zero-shot top-1 (class name alone)": 100 * zs["name"]["top1"],
     }
     if categories is not None:
         out["zero-shot top-5 (single prompt)"] = 100 * zs["single"]["top5"]
@@ -244,13 +251,18 @@ def main(argv: list[str] | None = None) -> int:
         "--pages",
         type=int,
         default=None,
-        help="pages of the test web (default: the demo's, 600 shapes or 1600 corpus)",
+        help="pages of the test web (default: the demo's, 600 shapes or 1800 corpus)",
     )
     parser.add_argument(
         "--site-seed", type=int, default=0, help="seed of the test web (default: 0, the demo's)"
     )
     parser.add_argument("--image-size", type=int, default=64, help="download size (default: 64, the demo's)")
-    parser.add_argument("--steps", type=int, default=500, help="training steps of each run (default: 500)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps of each run (default: the demo's: 500 shapes, 1500 corpus)",
+    )
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)"
     )
@@ -282,6 +294,9 @@ def run(args: argparse.Namespace, command: str) -> int:
     if args.small and args.world != "corpus":
         raise UserError("--small is a corpus slice: use it with --world corpus")
     pages = args.pages or world["pages"]
+    training = demo_training(args.world)
+    args.steps = args.steps or training.get("steps", 500)
+    texts = tuple(c for c in training.get("captions", ()) if c != "caption")
     args.out = args.out or Path("runs/curation_gain" + ("_corpus" if args.world == "corpus" else ""))
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -304,7 +319,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         timing.setdefault("curated build s", round(time.perf_counter() - t, 1))
         print(f"curated build: {time.perf_counter() - t:.0f} s; unfiltered download...", flush=True)
         t = time.perf_counter()
-        listed, downloaded = unfiltered_dataset(wit, args.out / "unfiltered", cfg)
+        listed, downloaded = unfiltered_dataset(wit, args.out / "unfiltered", cfg, texts)
         timing.setdefault("unfiltered download s", round(time.perf_counter() - t, 1))
     data = {"curated": cfg.out, "unfiltered": args.out / "unfiltered"}
     pairs = {name: shards.load_manifest(path).num_rows for name, path in data.items()}
@@ -320,17 +335,10 @@ def run(args: argparse.Namespace, command: str) -> int:
                 report = evaluate_run(run_dir, sets, report_path)  # trained before, not evaluated yet
             elif not report_path.exists():
                 t, load = time.perf_counter(), os.getloadavg()[0]
-                result = train(
-                    preset(
-                        world["preset"],
-                        data=[data[name]],
-                        out=run_dir,
-                        steps=args.steps,
-                        seed=seed,
-                        threads=args.threads,
-                        **({"batch_size": args.batch_size} if args.batch_size else {}),
-                    )
-                )
+                settings = {**training, "steps": args.steps, "seed": seed, "threads": args.threads}
+                if args.batch_size:
+                    settings["batch_size"] = args.batch_size
+                result = train(preset(world["preset"], **settings, data=[data[name]], out=run_dir))
                 minutes = (time.perf_counter() - t) / 60
                 timing[f"train {name} seed {seed}"] = {
                     "minutes": round(minutes, 2),

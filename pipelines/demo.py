@@ -379,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         if z:
             print(
                 f"  {label:<13} {100 * z['single']['top1']:.1f} % (single prompt), "
-                f"{100 * z['ensemble']['top1']:.1f} % (ensemble) over {z.get('classes', 36)} classes"
+                f"{100 * z['ensemble']['top1']:.1f} % (ensemble), {100 * z['name']['top1']:.1f} % (name alone) "
+                f"over {z.get('classes', 36)} classes"
             )
         via = z.get("7-prompt ensemble, via subclass names")
         if via:

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from common.settings import read_toml
 from testbed.corpus import SMALL, fetch
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO_TRAIN = read_toml(ROOT / "pipelines" / "params" / "demo_corpus.toml")["train"]
 METRICS = {
     "zero-shot top-1 (single prompt)",
     "zero-shot top-1 (ensemble)",
+    "zero-shot top-1 (class name alone)",
     "zero-shot top-5 (single prompt)",
     "zero-shot top-5 (ensemble)",
     "categories top-1 (single prompt)",
@@ -80,7 +83,9 @@ def test_both_sides_train_on_the_corpus_web_and_are_scored_on_the_held_out_style
         figures = summary["results"][side]["0"]
         assert set(figures) == METRICS
         assert all(0 <= v <= 100 for v in figures.values())
-        assert (out / f"train_{side}_seed0").is_dir()
+        # both sides train as `make demo-corpus` does: its model and the same caption columns
+        config = json.loads((out / f"train_{side}_seed0" / "config.json").read_text())
+        assert config["model"] == DEMO_TRAIN["model"] and config["captions"] == DEMO_TRAIN["captions"]
     split = json.loads((out / "heldout" / "split.json").read_text())
     assert split["split"]["held_out_style"] == "openmoji-black"
     assert split["counts"]["concepts"] == 20 and split["counts"]["categories"] > 100

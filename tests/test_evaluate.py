@@ -64,8 +64,8 @@ def test_evaluate_writes_json_and_markdown(checkpoint, folder, tmp_path):
     assert saved["model"] == "clip-tiny"
     z = saved["zeroshot"]
     assert z["images"] == 108 and z["classes"] == 36
-    assert z["single"]["templates"] == 1 and z["ensemble"]["templates"] == 80
-    for name in ("single", "ensemble"):
+    assert z["single"]["templates"] == 1 and z["ensemble"]["templates"] == 80 and z["name"]["templates"] == 1
+    for name in ("single", "ensemble", "name"):
         assert 0.0 <= z[name]["top1"] <= z[name]["top5"] <= 1.0
         assert len(z[name]["per_class_top1"]) == 36 and "red circle" in z[name]["per_class_top1"]
     r = saved["retrieval"]

@@ -32,6 +32,10 @@ from training.config import EvalConfig
 from training.data import DatasetError, data_version_of, decode_image, iter_pairs
 
 SINGLE_PROMPT = ("a photo of a {}.",)
+# The class name alone, no template: CLIP's baseline prompt. Where the training captions never say
+# "photo" (the emoji web: "An emoji of a ...", "... icon", bare names), it tells a model that knows the
+# pictures by name from one that knows the photo templates' wording (docs/corpus.md).
+NAME_PROMPT = ("{}",)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 PROBE_C = (0.01, 0.0316, 0.1, 0.316, 1.0, 3.16, 10.0, 100.0)
 
@@ -197,7 +201,8 @@ def zero_shot_scores(
     device,
     extra: Mapping[str, Classifier] | None = None,
 ) -> dict:
-    """Top-1/top-5 and per-class top-1 of the single prompt, the 80-prompt ensemble and any `extra` classifier."""
+    """Top-1/top-5 and per-class top-1 of the single prompt, the 80-prompt ensemble, the class name alone
+    and any `extra` classifier."""
     labels_t = torch.from_numpy(np.asarray(labels))
     classifiers: dict[str, tuple[Classifier, int | None]] = {
         "single": (prompt_classifier(clip, SINGLE_PROMPT, device), len(SINGLE_PROMPT)),
@@ -205,6 +210,7 @@ def zero_shot_scores(
             prompt_classifier(clip, OPENAI_IMAGENET_TEMPLATES, device),
             len(OPENAI_IMAGENET_TEMPLATES),
         ),
+        "name": (prompt_classifier(clip, NAME_PROMPT, device), len(NAME_PROMPT)),
     }
     classifiers.update({name: (clf, None) for name, clf in (extra or {}).items()})
     result: dict = {}
@@ -347,6 +353,7 @@ def markdown_table(report: dict) -> str:
             label = {
                 "single": 'single prompt "a photo of a {}."',
                 "ensemble": f"ensemble of {z[name]['templates']} prompts",
+                "name": 'the class name alone "{}"',
             }.get(name, name)
             if name.endswith(", via subclass names"):
                 label = (
