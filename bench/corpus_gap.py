@@ -36,9 +36,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.curation_gain import PARAMS_DIR, evaluate_run, figures, finished  # noqa: E402
+from bench.curation_gain import demo_training, evaluate_run, figures, finished  # noqa: E402
 from common.errors import UserError  # noqa: E402
-from common.settings import read_toml  # noqa: E402
 from curation import shards  # noqa: E402
 from testbed.testweb import EXPECTED_REJECTS  # noqa: E402
 from training.config import preset  # noqa: E402
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     truth = json.loads((args.demo / "web" / "truth.json").read_text())["images"]
     # the demo's training: the corpus preset with demo_corpus.toml's [train] (model, fused AdamW; steps
     # from --steps)
-    demo_train = read_toml(PARAMS_DIR / "demo_corpus.toml").get("train", {})
+    demo_train = demo_training("corpus")
     if args.model:
         demo_train["model"] = args.model
     heldout = args.demo / "heldout" / "eval"

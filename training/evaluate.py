@@ -249,6 +249,9 @@ def zero_shot(
             "7-prompt ensemble, via subclass names": subclass_classifier(
                 prompt_classifier(clip, SIMPLE_IMAGENET_TEMPLATES, device), subclasses, scale
             ),
+            "name alone, via subclass names": subclass_classifier(
+                prompt_classifier(clip, NAME_PROMPT, device), subclasses, scale
+            ),
         }
     result: dict = {
         "folder": str(folder),
