@@ -9,16 +9,18 @@ import pytest
 import torch
 
 from common.settings import ConfigError
-from models import create_model, save_checkpoint
+from models import create_model, load_clip, save_checkpoint
 from testbed.datasets import make_shape_dataset
 from testbed.shapes import write_image_folder
 from training.config import EvalConfig, TrainConfig
 from training.evaluate import (
+    NAME_PROMPT,
     SUBCLASSES_FILE,
     EvalError,
     _recalls,
     evaluate,
     main,
+    prompt_classifier,
     read_image_folder,
     subclass_classifier,
 )
@@ -169,7 +171,11 @@ def test_subclasses_json_adds_the_subclass_classifiers(checkpoint, tmp_path):
     out = tmp_path / "r.json"
     z = evaluate(EvalConfig(checkpoint=checkpoint, zeroshot=grouped, out=out, progress=False))["zeroshot"]
     assert z["classes"] == len(subclasses) and z["subclass_names"] == 36
-    for name in ("single, via subclass names", "7-prompt ensemble, via subclass names"):
+    for name in (
+        "single, via subclass names",
+        "7-prompt ensemble, via subclass names",
+        "name alone, via subclass names",
+    ):
         assert 0.0 <= z[name]["top1"] <= z[name]["top5"] <= 1.0
     assert "over 36 subclass names" in out.with_suffix(".md").read_text()
 
@@ -180,3 +186,13 @@ def test_subclasses_json_adds_the_subclass_classifiers(checkpoint, tmp_path):
     (grouped / SUBCLASSES_FILE).write_text("{not json")
     with pytest.raises(EvalError, match=r"subclasses.json: not readable JSON"):
         evaluate(EvalConfig(checkpoint=checkpoint, zeroshot=grouped, out=out, progress=False))
+
+
+def test_the_name_prompt_is_the_class_name_and_nothing_else(checkpoint):
+    clip = load_clip(checkpoint)
+    feats = torch.nn.functional.normalize(torch.randn(3, clip.model.text_projection.shape[1]), dim=-1)
+    classes = ["red circle", "blue star"]
+    with torch.no_grad():
+        text = clip.model.encode_text(clip.tokenizer(classes), normalize=True)
+    got = prompt_classifier(clip, NAME_PROMPT, "cpu")(feats, classes)
+    assert torch.allclose(got, feats @ text.T, atol=1e-5)
