@@ -14,7 +14,14 @@ from common.atomic import file_sha256
 from curation.shards import ShardEntry, load_manifest, save_manifest, shard_path, write_shard
 from models import create_model
 from testbed.datasets import make_shape_dataset, rows_table, shape_rows
-from training.data import DatasetError, ShardStream, decode_image, find_row_groups, train_loader
+from training.data import (
+    GENERIC_CAPTIONS,
+    DatasetError,
+    ShardStream,
+    decode_image,
+    find_row_groups,
+    train_loader,
+)
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +177,27 @@ def test_caption_columns_draw_one_of_a_rows_texts_per_read(tmp_path, tiny):
     assert {next(single)[2] for _ in range(60)} <= {r["caption"] for r in rows}
     with pytest.raises(DatasetError, match=r"two_texts\.parquet.*`nope`"):
         find_row_groups([tmp_path], captions=("caption", "nope"))
+
+
+def test_generic_captions_replace_a_fraction_of_reads(tmp_path, tiny):
+    """--generic-captions F: about F of the reads are captioned "image", "picture" or "photo", on pictures
+    of every kind, reproducibly per seed; the rest keep their own caption; 0 changes nothing."""
+    rows = shape_rows(40, seed=0, size=32)
+    write_shard(tmp_path, "generic", rows_table(rows))
+    refs = find_row_groups([tmp_path])
+    own = {_digest(r["jpg"]): r["caption"] for r in rows}
+
+    def reads(fraction, seed=0, n=40 * 50):
+        stream = ShardStream(refs, *tiny, batch_size=5, seed=seed, generic_captions=fraction)
+        rows_read = stream._rows(0)
+        return [next(rows_read) for _ in range(n)]
+
+    got = reads(0.1)
+    generic = [(jpg, c) for _, jpg, c in got if c != own[_digest(jpg)]]
+    assert {c for _, c in generic} == set(GENERIC_CAPTIONS)
+    assert 0.07 < len(generic) / len(got) < 0.13
+    assert len({_digest(jpg) for jpg, _ in generic}) > 30  # not the same few pictures every epoch
+    assert got == reads(0.1) and got != reads(0.1, seed=1)
+    assert all(c == own[_digest(jpg)] for _, jpg, c in reads(0.0, n=400))
+    with pytest.raises(DatasetError, match="generic_captions"):
+        ShardStream(refs, *tiny, batch_size=5, generic_captions=1.0)

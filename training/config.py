@@ -81,6 +81,14 @@ class TrainConfig:
             "caption_alt_text_description: the alt text as a second description)"
         },
     )
+    generic_captions: float = field(
+        default=0.0,
+        metadata={
+            "help": "fraction of reads captioned with a generic word instead ('image', 'picture' or 'photo', "
+            "the captions curation drops from a dataset): the text tower learns that these words name "
+            "nothing, so a prompt like 'a photo of a {}.' reads as the name (docs/corpus.md); 0 = off"
+        },
+    )
     crop_scale: float = field(
         default=0.9,
         metadata={"help": "random resized crop keeps this fraction of the picture or more (open_clip: 0.9)"},

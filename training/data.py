@@ -142,6 +142,13 @@ class _SeededTransform:
             generator.set_state(state)
 
 
+# Captions that name nothing: the web's pictures captioned only "photo" (curation drops them, rightly,
+# from a dataset). A text tower that reads them on pictures of every kind learns that these words carry no
+# class, so "a photo of a {}." reads as the name; without them it reads the template as noise it never
+# saw (measured on the corpus web: docs/corpus.md, "Does curation pay on the corpus web?").
+GENERIC_CAPTIONS = ("image", "picture", "photo")
+
+
 def _mix(*parts: int | str) -> int:
     """A 63-bit seed from several integers (stable across processes, unlike hash())."""
     return random.Random(":".join(map(str, parts))).getrandbits(63)
@@ -154,6 +161,8 @@ class ShardStream(IterableDataset):
     already consumed (resume): they are replayed without decoding their images. `captions`: the text
     columns a row's caption is drawn from, each time the row is read, uniformly among those not empty
     (a row's other descriptions, e.g. its alt text, as caption augmentation); one column: always it.
+    `generic_captions`: the fraction of reads (of rows with a caption) captioned with one of
+    GENERIC_CAPTIONS instead, drawn per position like the caption.
     """
 
     def __init__(
@@ -170,11 +179,15 @@ class ShardStream(IterableDataset):
         skip_batches: int = 0,
         image_size: int | None = None,
         captions: Sequence[str] = ("caption",),
+        generic_captions: float = 0.0,
     ) -> None:
         super().__init__()
         if not captions:
             raise DatasetError("give at least one caption column")
+        if not 0.0 <= generic_captions < 1.0:
+            raise DatasetError(f"generic_captions must be in [0, 1), got {generic_captions}")
         self.captions = tuple(captions)
+        self.generic_captions = generic_captions
         self.refs = list(refs)
         self.transform = _SeededTransform(transform)
         self.tokenizer = tokenizer
@@ -234,6 +247,10 @@ class ShardStream(IterableDataset):
                 found = [t.strip() for t in texts if isinstance(t, str) and t.strip()]
                 if len(found) > 1:
                     found = [random.Random(_mix(self.seed, reader, position, "caption")).choice(found)]
+                if found and self.generic_captions:
+                    draw = random.Random(_mix(self.seed, reader, position, "generic"))
+                    if draw.random() < self.generic_captions:
+                        found = [draw.choice(GENERIC_CAPTIONS)]
                 yield position, jpg, found[0] if found else ""
                 position += 1
             if position == start:

@@ -311,7 +311,9 @@ def _resume(
     loader_state = ckpt.get("loader", {})
     now = {"world_size": d.world_size, "workers": cfg.workers, "micro_batch": micro_batch, "seed": cfg.seed}
     now["captions"] = list(cfg.captions)
-    loader_state = {"captions": ["caption"], **loader_state}  # checkpoints from before --captions
+    now["generic_captions"] = cfg.generic_captions
+    # checkpoints from before --captions / --generic-captions
+    loader_state = {"captions": ["caption"], "generic_captions": 0.0, **loader_state}
     changed = {k: (loader_state.get(k), v) for k, v in now.items() if loader_state.get(k) != v}
     if changed and d.main:
         print(
@@ -412,6 +414,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         skip_batches=start_step * cfg.accum_steps,
         image_size=image_size,
         captions=cfg.captions,
+        generic_captions=cfg.generic_captions,
     )
     batches = train_batches(stream, cfg.workers, pin_memory=d.device.type == "cuda")
 
@@ -453,6 +456,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
                     "micro_batch": micro_batch,
                     "seed": cfg.seed,
                     "captions": list(cfg.captions),
+                    "generic_captions": cfg.generic_captions,
                     "batches_consumed": step * cfg.accum_steps,
                 },
                 data_checksums=data_checksums,
