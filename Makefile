@@ -10,7 +10,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-corpus test test-slow lint format venv chromium clean
+.PHONY: demo demo-corpus demo-shapes test test-slow lint format venv chromium clean
 
 venv: $(STAMP)
 
@@ -28,12 +28,16 @@ chromium:
 	@test -x /usr/bin/chromium || { echo "installing Debian's chromium for the browser tests"; \
 		$$([ "$$(id -u)" -eq 0 ] || echo sudo) sh -c 'apt-get update -qq && apt-get install -y -qq chromium chromium-driver'; }
 
+# The whole chain on the real emoji and icon corpus (fetched from the npm registry into the cache the first
+# time, ~45 s; offline after that): pipelines/params/demo_corpus.toml.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pipelines.demo --out runs/demo
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.demo --world corpus --out runs/demo
 
-# The same chain on the real emoji and icon corpus (fetched from the npm registry into the cache once).
-demo-corpus: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pipelines.demo --world corpus --out runs/demo-corpus
+demo-corpus: demo
+
+# The same chain on the generated shapes world (nothing to fetch), with the CoOp and ActionCLIP steps.
+demo-shapes: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.demo --out runs/demo-shapes
 
 # PYTEST_ARGS narrows a run (e.g. PYTEST_ARGS="tests/test_train.py"). A run that collects no test fails
 # (pytest's exit status 5): a typo in a path or marker must not pass as a green suite.

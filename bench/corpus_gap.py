@@ -1,6 +1,6 @@
 """Where do the corpus web's pairs lose to the clean corpus? The demo's round 1 with parts made clean.
 
-From one finished corpus demo (`make demo-corpus` or `python -m pipelines.demo --world corpus --out OUT`),
+From one finished corpus demo (`make demo` or `python -m pipelines.demo --world corpus --out OUT`),
 this makes variants of its round-1 dataset (OUT/data/round1) from the site's truth file (OUT/web/truth.json)
 and trains and evaluates each the same way (the demo's training: the corpus preset with the [train] table of
 pipelines/params/demo_corpus.toml, and --steps, --threads, --model; the demo's held-out sets, OUT/heldout/eval):
@@ -19,8 +19,8 @@ all training pictures, no icons, no junk), trained in the same run. Printed: one
 seed, zero-shot top-1 / top-5 (single prompt, ensemble) on the held-out twitter style, and the 9 groups.
 A rerun with the same --out reuses finished trainings.
 
-    python bench/corpus_gap.py --demo runs/demo-corpus --out runs/corpus_gap            # 9 runs, ~45 min
-    python bench/corpus_gap.py --demo runs/demo-corpus --out runs/corpus_gap --variants web,both-noicons,clean
+    python bench/corpus_gap.py --demo runs/demo --out runs/corpus_gap            # 9 runs, ~45 min
+    python bench/corpus_gap.py --demo runs/demo --out runs/corpus_gap --variants web,both-noicons,clean
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = [str(p) for p in needed if not p.exists()]
         if missing:
             raise UserError(
-                f"--demo {args.demo}: missing {', '.join(missing)}; run `make demo-corpus` (or "
+                f"--demo {args.demo}: missing {', '.join(missing)}; run `make demo` (or "
                 "`python -m pipelines.demo --world corpus --out DIR`) first"
             )
         seeds = [int(s) for s in args.seeds.split(",")]

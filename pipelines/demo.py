@@ -1,6 +1,8 @@
 """`make demo`: the whole chain offline on the loopback web, ending with runs/demo/report.md.
 
-    python -m pipelines.demo --out runs/demo [--world shapes|corpus] [--pages N] [--params FILE.toml] [STAGE.KEY=VALUE ...]
+    python -m pipelines.demo --out runs/demo [--world corpus|shapes] [--pages N] [--params FILE.toml] [STAGE.KEY=VALUE ...]
+
+`make demo` is `--world corpus` (the default), `make demo-shapes` `--world shapes --out runs/demo-shapes`.
 
 1. starts the loopback test web in this process and writes its WIT TSV and truth file: generated
    coloured shapes (`--world shapes`), or the real emoji and icons of the npm corpus (`--world corpus`:
@@ -50,9 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--world",
         choices=sorted(WORLDS),
-        default="shapes",
-        help="what the loopback web shows: generated coloured shapes (default), or the real emoji "
-        "and icon corpus (testbed.corpus; fetched from the npm registry the first time)",
+        default="corpus",
+        help="what the loopback web shows: the real emoji and icon corpus (default, `make demo`; "
+        "testbed.corpus, fetched from the npm registry the first time), or generated coloured shapes "
+        "(`make demo-shapes`: nothing to fetch, adds the coop and actionclip steps)",
     )
     parser.add_argument(
         "--pages",

@@ -71,4 +71,4 @@ def test_variants_replace_clean_pairs_only_and_drop_icons(world):
 def test_a_missing_demo_is_one_clear_error(tmp_path, capsys):
     assert _bench().main(["--demo", str(tmp_path / "none"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --demo") and "make demo-corpus" in err
+    assert err.startswith("error: --demo") and "make demo" in err

@@ -6,7 +6,7 @@ top 5 of an index of every synthetic video. Writes under OUT: the synthetic set,
 (head.pt, loss.png), the index, one result page (search.html) and report.md / report.json.
 
 `VideoDemoConfig(world="corpus")`: the videos show real emoji from the cached corpus instead of
-shapes (`testbed.corpus_videos`): run it with a CLIP trained on the corpus (`make demo-corpus`).
+shapes (`testbed.corpus_videos`): run it with a CLIP trained on the corpus (`make demo`).
 """
 
 from __future__ import annotations
