@@ -83,9 +83,10 @@ def test_both_sides_train_on_the_corpus_web_and_are_scored_on_the_held_out_style
         figures = summary["results"][side]["0"]
         assert set(figures) == METRICS
         assert all(0 <= v <= 100 for v in figures.values())
-        # both sides train as `make demo-corpus` does: its model and the same caption columns
+        # both sides train as `make demo` does: its model, the same caption columns and generic captions
         config = json.loads((out / f"train_{side}_seed0" / "config.json").read_text())
         assert config["model"] == DEMO_TRAIN["model"] and config["captions"] == DEMO_TRAIN["captions"]
+        assert config["generic_captions"] == DEMO_TRAIN["generic_captions"] > 0
     split = json.loads((out / "heldout" / "split.json").read_text())
     assert split["split"]["held_out_style"] == "openmoji-black"
     assert split["counts"]["concepts"] == 20 and split["counts"]["categories"] > 100
