@@ -37,7 +37,7 @@ demo-corpus: demo
 
 # The same chain on the generated shapes world (nothing to fetch), with the CoOp and ActionCLIP steps.
 demo-shapes: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pipelines.demo --out runs/demo-shapes
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.demo --world shapes --out runs/demo-shapes
 
 # PYTEST_ARGS narrows a run (e.g. PYTEST_ARGS="tests/test_train.py"). A run that collects no test fails
 # (pytest's exit status 5): a typo in a path or marker must not pass as a green suite.
