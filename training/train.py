@@ -281,6 +281,18 @@ def _forward_backward(model, loss_fn, micro_batches, autocast, scaler, ddp: bool
 # --- the run ------------------------------------------------------------------------------------
 
 
+def _data_settings(cfg: TrainConfig, d: _Dist, micro_batch: int) -> dict:
+    """What decides the data order and the captions read: saved with each checkpoint, compared on resume."""
+    return {
+        "world_size": d.world_size,
+        "workers": cfg.workers,
+        "micro_batch": micro_batch,
+        "seed": cfg.seed,
+        "captions": list(cfg.captions),
+        "generic_captions": cfg.generic_captions,
+    }
+
+
 def _resume(
     cfg: TrainConfig,
     run_dir: Path,
@@ -309,9 +321,7 @@ def _resume(
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     loader_state = ckpt.get("loader", {})
-    now = {"world_size": d.world_size, "workers": cfg.workers, "micro_batch": micro_batch, "seed": cfg.seed}
-    now["captions"] = list(cfg.captions)
-    now["generic_captions"] = cfg.generic_captions
+    now = _data_settings(cfg, d, micro_batch)
     # checkpoints from before --captions / --generic-captions
     loader_state = {"captions": ["caption"], "generic_captions": 0.0, **loader_state}
     changed = {k: (loader_state.get(k), v) for k, v in now.items() if loader_state.get(k) != v}
@@ -450,15 +460,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
                 scaler=scaler.state_dict() if scaler else None,
                 schedule={"peak_lr": cfg.lr, "warmup": cfg.warmup, "total_steps": total_steps},
                 rng=_rng_state(),
-                loader={
-                    "world_size": d.world_size,
-                    "workers": cfg.workers,
-                    "micro_batch": micro_batch,
-                    "seed": cfg.seed,
-                    "captions": list(cfg.captions),
-                    "generic_captions": cfg.generic_captions,
-                    "batches_consumed": step * cfg.accum_steps,
-                },
+                loader={**_data_settings(cfg, d, micro_batch), "batches_consumed": step * cfg.accum_steps},
                 data_checksums=data_checksums,
                 skipped_rows=skipped_rows,
                 train_config=to_dict(cfg),
