@@ -2,11 +2,12 @@
 
     python -m testbed.testweb --world corpus --pages 200 --wit web.tsv --truth truth.json
 
-`CorpusWorld` plugs into `testbed.testweb.build_site` (`SiteOptions(world=CorpusWorld(...))`): one page
-per emoji subgroup or icon category (cycling when there are more pages than topics), each picture with
-the texts WIT has, made from the real names and annotations: a figcaption (reference description), alt
-text, a title attribute (attribution: who drew the set, under which licence), the page title (the group)
-and the section title (the subgroup). About one page in eight is in another language (`lang="de"`, ...,
+`CorpusWorld` plugs into `testbed.testweb.build_site` (`SiteOptions(world=CorpusWorld(...))`): pages
+per emoji subgroup or icon category (the topics take turns, and one that has shown all its pictures drops
+out of the turn, so a big subgroup gets more pages), each picture with the texts WIT has, made from the
+real names and annotations: a figcaption (reference description), alt text, a title attribute
+(attribution: who drew the set, under which licence), the page title (group and subgroup, "Animals and
+nature: animal mammal") and the section title (the subgroup). About one page in eight is in another language (`lang="de"`, ...,
 the labels and group names of emojibase-data), so the language filter meets real multilingual text; its
 pictures are marked `non_english` in the truth. Every junk kind of the shapes world is injected as
 there. Only the split's training styles and concepts are served (`testbed.corpus_data.Split`): the
@@ -140,27 +141,49 @@ class CorpusWorld:
             kind: [n for n in self._names if self.concepts[n].kind == kind] for kind in ("emoji", "icon")
         }
         self._by_kind = {kind: [t for t in self.topics if t.kind == kind] for kind in ("emoji", "icon")}
+        self._by_group: dict[tuple[str, str], list[str]] = {}
+        for name in self._names:
+            concept = self.concepts[name]
+            self._by_group.setdefault((concept.kind, concept.group), []).append(name)
         self.begin_site()
 
     def begin_site(self) -> None:
         """Forget what was served: each (concept, style) is served once per site until all have been."""
         self._served: set[tuple[str, str]] = set()
         self._last: tuple[str, str] | None = None  # the (concept, style) `style` chose last
+        self._cursor = {"emoji": 0, "icon": 0}  # the next topic of each kind in the rotation
+        self._pages_of: dict[_Topic, int] = {}  # pages shown per topic ("part 2", ...)
 
     # --- pages ---------------------------------------------------------------------------------------
 
     def _topic(self, n: int) -> tuple[_Topic, int]:
-        """Page n's topic and how many times its kind's topics were all shown before it (icon pages
-        are spread evenly at `icon_page_fraction`; a corpus with one kind only cycles through it)."""
+        """Page n's topic and how many pages it had before this one.
+
+        Icon pages are spread evenly at `icon_page_fraction` (a corpus with one kind only shows that kind).
+        Each kind's topics take turns, and a topic whose pictures have all been shown drops out of the turn
+        while others still have some: a big subgroup gets more pages than a small one, as on a real site,
+        and a page shows its own topic's pictures (its title and section titles name them) until the kind
+        has shown everything.
+        """
         emoji, icons = self._by_kind["emoji"], self._by_kind["icon"]
-        if not emoji or not icons:
-            return self.topics[n % len(self.topics)], n // len(self.topics)
-        icon_pages_before = int(n * self.icon_page_fraction)
-        if int((n + 1) * self.icon_page_fraction) > icon_pages_before:
-            pool, k = icons, icon_pages_before
+        if emoji and icons:
+            icon_pages_before = int(n * self.icon_page_fraction)
+            kind = "icon" if int((n + 1) * self.icon_page_fraction) > icon_pages_before else "emoji"
         else:
-            pool, k = emoji, n - icon_pages_before
-        return pool[k % len(pool)], k // len(pool)
+            kind = "emoji" if emoji else "icon"
+        pool, start = self._by_kind[kind], self._cursor[kind]
+        turn = next(
+            (k for k in range(len(pool)) if self._has_fresh(pool[(start + k) % len(pool)])),
+            0,  # the kind has shown everything: plain rotation
+        )
+        topic = pool[(start + turn) % len(pool)]
+        self._cursor[kind] = start + turn + 1
+        before = self._pages_of.get(topic, 0)
+        self._pages_of[topic] = before + 1
+        return topic, before
+
+    def _has_fresh(self, topic: _Topic) -> bool:
+        return any(self._fresh_styles(name) for name in topic.names)
 
     def page(self, n: int, rng: np.random.Generator) -> PagePlan:
         topic, cycle = self._topic(n)
@@ -174,7 +197,7 @@ class CorpusWorld:
             gallery, intro = _FOREIGN_PAGE[lang]
             group, subgroup = section.split(": ", 1)
             return PagePlan(f"{gallery}: {section}", intro, lang, [subgroup, group], topic)
-        title = f"{topic.group.capitalize()}: {topic.subgroup}"
+        title = f"{readable_group(topic.group).capitalize()}: {topic.subgroup}"
         if cycle:
             title += f" (part {cycle + 1})"
         what = "emoji" if topic.kind == "emoji" else "icons"
@@ -192,12 +215,16 @@ class CorpusWorld:
         return [p for p in self.styles[name] if (name, p.style) not in self._served]
 
     def pick(self, plan: PagePlan | None, rng: np.random.Generator) -> str:
-        names = plan.topic.names if plan is not None and plan.topic is not None else self._names
-        # a clean picture is never a copy: when the topic has shown everything, a topic of the same kind
-        # fills in (an emoji page with other emoji: three quarters of all names are icons), then any
-        kind = plan.topic.kind if plan is not None and plan.topic is not None else None
+        topic = plan.topic if plan is not None else None
+        names = topic.names if topic is not None else self._names
+        # a clean picture is never a copy: when the topic has shown everything, another subgroup of its
+        # group fills in (so the page title still names the picture's group), then a topic of the same
+        # kind (an emoji page with other emoji: three quarters of all names are icons), then any
+        kind = topic.kind if topic is not None else None
+        group = self._by_group.get((topic.kind, topic.group), []) if topic is not None else []
         fresh = (
             [n for n in names if self._fresh_styles(n)]
+            or [n for n in group if self._fresh_styles(n)]
             or [n for n in self._by_name_kind.get(kind, ()) if self._fresh_styles(n)]
             or [n for n in self._names if self._fresh_styles(n)]
             or list(names)
