@@ -7,8 +7,9 @@ per emoji subgroup or icon category (the topics take turns, and one that has sho
 out of the turn, so a big subgroup gets more pages), each picture with the texts WIT has, made from the
 real names and annotations: a figcaption (reference description), alt text, a title attribute
 (attribution: who drew the set, under which licence), the page title (group and subgroup, "Animals and
-nature: animal mammal") and the section title (the subgroup). About one page in eight is in another language (`lang="de"`, ...,
-the labels and group names of emojibase-data), so the language filter meets real multilingual text; its
+nature: animal mammal") and the section title (the subgroup). About one page in eight is in another
+language (`lang="de"`, ..., the labels and group names of emojibase-data), so the language filter meets
+real multilingual text; its
 pictures are marked `non_english` in the truth. Every junk kind of the shapes world is injected as
 there. Only the split's training styles and concepts are served (`testbed.corpus_data.Split`): the
 held-out style and the held-out concepts never reach a crawler.

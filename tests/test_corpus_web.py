@@ -183,18 +183,13 @@ def test_page_titles_name_the_group_of_the_pictures_they_show(world):
     on a site that shows every picture, a subgroup with few pictures runs out long before a big one, and
     its later pages used to fill with other groups' pictures, so the title named the picture's own group
     for 65 % of the demo's emoji pairs. Topics that have shown everything now drop out of the turn."""
-    import dataclasses
-
     from testbed.corpus_data import readable_group
 
     # 200 emoji concepts of several groups, subgroups of 1 to ~30 concepts, no icons; 130 pages (~900
     # slots) for ~400 pictures: the site runs out of fresh pictures part way
     emoji = sorted(n for n, c in world.concepts.items() if c.kind == "emoji")[::4][:200]
     ids = {world.concepts[n].id for n in emoji}
-    corpus = dataclasses.replace(
-        world.corpus, pictures=[p for p in world.corpus.pictures if p.concept in ids]
-    )
-    small = CorpusWorld(corpus, SPLIT, foreign_page_fraction=0.0)
+    small = CorpusWorld(world.corpus.restricted(ids), SPLIT, foreign_page_fraction=0.0)
     assert len({small.concepts[n].group for n in small.concepts}) >= 6
     site = build_site(130, 3, SiteOptions(world=small, image_size=64))
     titles = {page.path: page.title for page in site.pages}
@@ -214,17 +209,12 @@ def test_pictures_shown_as_junk_are_shown_clean_too(world):
     """On a site big enough to show every picture, each (concept, style) that went out as rejectable
     junk is also on the site as a pair to keep: junk comes on top of a site's pictures, it does not replace them
     (a model trained on the web lost ~20 points of zero-shot when it did: docs/corpus.md)."""
-    import dataclasses
-
     from testbed.testweb import EXPECTED_REJECTS
 
     # 120 emoji concepts (240 pictures) and no icons, so 100 pages show every picture
     emoji = sorted(n for n, c in world.concepts.items() if c.kind == "emoji")[:120]
     ids = {world.concepts[n].id for n in emoji}
-    corpus = dataclasses.replace(
-        world.corpus, pictures=[p for p in world.corpus.pictures if p.concept in ids]
-    )
-    small = CorpusWorld(corpus, SPLIT, foreign_page_fraction=0.25)
+    small = CorpusWorld(world.corpus.restricted(ids), SPLIT, foreign_page_fraction=0.25)
     site = build_site(100, 2, SiteOptions(world=small, image_size=64))
     kept = {(i.cls, i.style) for i in site.images if not i.junk or not EXPECTED_REJECTS[i.junk[0]]}
     junk = {
