@@ -40,7 +40,7 @@ from tqdm import tqdm
 from curation import shards, versions
 from curation.build import STAGED_SCHEMA, dedup_new_pairs
 from curation.config import BuildConfig
-from curation.dedup import SAME_PICTURE_MAX_DIFFERENCE, aligned_difference, thumbnail
+from curation.dedup import same_pictures, thumbnail
 from curation.increments import PairColumns, dedup_against_dataset, index_radii, open_dataset_index
 from curation.schema import conform
 
@@ -156,10 +156,7 @@ def before(cfg: BuildConfig, staged: Path) -> dict:
             table = pq.read_table(path, columns=["key", "jpg"], filters=[("key", "in", list(wanted))])
             for key, jpg in zip(table["key"].to_pylist(), table["jpg"].to_pylist()):
                 thumbs[key] = thumbnail(jpg)
-        return [
-            aligned_difference(thumbs[keys[i]], thumbs[keys[j]]) <= SAME_PICTURE_MAX_DIFFERENCE
-            for i, j in pairs
-        ]
+        return same_pictures(thumbs, [(keys[i], keys[j]) for i, j in pairs])
 
     return dedup_against_dataset(new, old, cfg.dedup_radius, cfg.caption_policy, verify)
 

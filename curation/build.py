@@ -576,7 +576,7 @@ def _clip_scores_for_chunk(cfg: BuildConfig, index: int, table: pa.Table, embedd
 def _pixel_verifier(staged: list[Path], keys: list[str], known: dict[str, bytes]):
     """Confirm near-duplicate candidate pairs from the pictures: `known` holds the old candidates'
     pictures (read from their shards already); new rows are read from the staged files, only those involved."""
-    from curation.dedup import SAME_PICTURE_MAX_DIFFERENCE, aligned_difference, thumbnail
+    from curation.dedup import same_pictures, thumbnail
 
     def verify(pairs: list[tuple[int, int]]) -> list[bool]:
         wanted = {keys[i] for pair in pairs for i in pair}
@@ -586,10 +586,7 @@ def _pixel_verifier(staged: list[Path], keys: list[str], known: dict[str, bytes]
             table = pq.read_table(path, columns=["key", "jpg"], filters=[("key", "in", unread)])
             for key, jpg in zip(table["key"].to_pylist(), table["jpg"].to_pylist()):
                 thumbs[key] = thumbnail(jpg)
-        return [
-            aligned_difference(thumbs[keys[i]], thumbs[keys[j]]) <= SAME_PICTURE_MAX_DIFFERENCE
-            for i, j in pairs
-        ]
+        return same_pictures(thumbs, [(keys[i], keys[j]) for i, j in pairs])
 
     return verify
 

@@ -122,6 +122,35 @@ def test_pixel_check_accepts_shifted_copies_and_refuses_look_alikes():
     assert not same_picture(encode(circle), encode(render_shape_image("green circle", rng, 128)))
 
 
+def test_batched_pixel_check_matches_the_numpy_definition():
+    """The compiled kernel gives the numpy definition's difference; past `stop_above` it may stop early
+    but never reports a value at or under the bound, and `same_pictures` agrees pair by pair."""
+    from curation.dedup import MAX_SHIFT, aligned_differences, same_pictures
+
+    def numpy_definition(a: np.ndarray, b: np.ndarray) -> float:
+        side, best = a.shape[0], np.inf
+        for dy, dx in itertools.product(range(-MAX_SHIFT, MAX_SHIFT + 1), repeat=2):
+            ya, yb = slice(max(0, dy), side + min(0, dy)), slice(max(0, -dy), side + min(0, -dy))
+            xa, xb = slice(max(0, dx), side + min(0, dx)), slice(max(0, -dx), side + min(0, -dx))
+            best = min(best, float(np.abs(a[ya, xa] - b[yb, xb]).mean()))
+        return best
+
+    rng = np.random.default_rng(0)
+    thumbs = rng.uniform(0, 255, (40, 32, 32, 3)).astype(np.float32)
+    thumbs[20:30] = np.roll(thumbs[:10], (1, -2), axis=(1, 2)) + rng.normal(0, 2, (10, 32, 32, 3))
+    thumbs[30:] = thumbs[:10] + rng.normal(0, 6, (10, 32, 32, 3))  # near the bound
+    pairs = np.array([(i, 20 + i) for i in range(10)] + [(i, 30 + i) for i in range(10)] + [(0, 1), (2, 3)])
+    expected = np.array([numpy_definition(thumbs[i], thumbs[j]) for i, j in pairs])
+    np.testing.assert_allclose(aligned_differences(thumbs, pairs), expected, rtol=1e-5)
+    bound = float(np.median(expected))
+    early = aligned_differences(thumbs, pairs, stop_above=bound)
+    assert np.array_equal(early <= bound, expected <= bound)
+    np.testing.assert_allclose(early[expected <= bound], expected[expected <= bound], rtol=1e-5)
+    keyed = {f"k{i}": t for i, t in enumerate(thumbs)}
+    verdicts = same_pictures(keyed, [(f"k{i}", f"k{j}") for i, j in pairs], max_difference=bound)
+    assert verdicts == (expected <= bound).tolist()
+
+
 def test_verifier_splits_hash_candidates():
     h = "c3c3c3c3c3c3c3c3"
     groups = duplicate_groups(

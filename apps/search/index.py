@@ -33,7 +33,7 @@ from apps.clip4clip.index import check_same_clip, clip_record
 from apps.search.embed import PART_SCHEMA, Part, embed_shard
 from common.atomic import atomic_path, atomic_write_json
 from common.errors import UserError
-from curation.dedup import duplicate_groups, same_picture
+from curation.dedup import duplicate_groups, same_pictures, thumbnail
 from curation.shards import load_manifest, trusted_shards, write_parquet_atomic
 
 INDEX_FORMAT = "clip-search-index/1"
@@ -386,7 +386,8 @@ def near_duplicate_group_ids(rows: pa.Table, jpgs: list[bytes] | None, radius: i
     if jpgs is not None:
 
         def verify(pairs: list[tuple[int, int]]) -> list[bool]:
-            return [same_picture(jpgs[i], jpgs[j]) for i, j in pairs]
+            thumbs = {i: thumbnail(jpgs[i]) for pair in pairs for i in pair}
+            return same_pictures(thumbs, pairs)
 
     colours = rows["colour"].to_pylist() if "colour" in rows.column_names else None
     for members in duplicate_groups(
