@@ -224,71 +224,73 @@ def end_to_end_flow(
             )
             result["evaluate_categories"] = evaluate_flow(categories, options)
     result["round2"] = build_dataset_flow(round2_config(chain, build, train), options)
-    apps_dir = chain.out / "apps"
-    if chain.clipasso:
-        missing = tasks.library_missing("apps.clipasso.run")
-        if missing:
-            log.warning("clipasso: skipped, %s", missing)
-            result["skipped"]["clipasso"] = missing
-        else:
-            if chain.clipasso_image:
-                picture = chain.clipasso_image
-            elif chain.world == "corpus":
-                picture = Path(tasks.write_photo(apps_dir / "clipasso_input" / "chelsea.png", "chelsea"))
-            else:
-                picture = Path(
-                    tasks.write_shape_picture(
-                        apps_dir / "clipasso_input" / "red_star.png", "red star", chain.heldout_seed
-                    )
-                )
-            result["clipasso"] = tasks.sketch_picture(
-                picture,
-                apps_dir / "clipasso",
-                train.out,
-                chain.clipasso_strokes,
-                chain.clipasso_iterations,
-                chain.clipasso_seeds,
-            )
-            sketch_png = next((p for p in result["clipasso"].values() if str(p).endswith(".png")), None)
-            if sketch_png:
-                artifacts.publish_picture(
-                    "clipasso-sketch", sketch_png, "CLIPasso sketch by the trained model"
-                )
-            if chain.world == "corpus" and chain.clipasso_gallery:
-                result["clipasso_gallery"] = tasks.sketch_gallery(
-                    apps_dir / "clipasso_gallery",
-                    train.out,
-                    chain.clipasso_strokes,
-                    chain.clipasso_iterations,
-                    chain.clipasso_seeds,
-                )
-    if chain.clip4clip:
-        missing = tasks.library_missing("apps.clip4clip.demo")
-        if missing:
-            log.warning("clip4clip: skipped, %s", missing)
-            result["skipped"]["clip4clip"] = missing
-        else:
-            result["clip4clip"] = tasks.video_search(
-                apps_dir / "clip4clip",
-                train.out,
-                chain.clip4clip_train_videos,
-                chain.clip4clip_epochs,
-                world=chain.world,  # corpus: real emoji moving (held-out style in the test videos)
-            )
-            top5 = result["clip4clip"].get("search_top5", {})
-            artifacts.publish_table(
-                "clip4clip-search",
-                "clip4clip: held-out captions found in the top 5 (%)",
-                [top5] if top5 else [],
-            )
-    for app in chain.apps:
-        missing = tasks.library_missing(f"apps.{app}.demo")
+    apps, skipped = run_apps(chain, train, chain.out / "apps", dataset=result["round1"]["summary"]["out"])
+    result.update(apps)
+    result["skipped"].update(skipped)
+    return result
+
+
+def run_apps(
+    chain: ChainConfig, train: TrainConfig, apps_dir: Path, dataset: Path
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The apps on the trained model, side by side on the flow's task runner (each task one torch thread:
+    on 2 cores CLIPasso's 11 pictures and clip4clip take 1.5 instead of 2.7 minutes, docs/corpus.md).
+
+    Returns the results by app, and the apps skipped because their modules do not import (app: why)."""
+    log = _logger()
+    skipped: dict[str, str] = {}
+    wanted = (
+        (["clipasso"] if chain.clipasso else [])
+        + (["clip4clip"] if chain.clip4clip else [])
+        + list(chain.apps)
+    )
+    modules = {"clipasso": "apps.clipasso.run", "clip4clip": "apps.clip4clip.demo"}
+    for app in wanted:
+        missing = tasks.library_missing(modules.get(app, f"apps.{app}.demo"))
         if missing:
             log.warning("%s: skipped, %s", app, missing)
-            result["skipped"][app] = missing
-            continue
-        result[app] = tasks.app_demo(app, apps_dir / app, train.out, result["round1"]["summary"]["out"])
-    return result
+            skipped[app] = missing
+    futures: dict[str, Any] = {}
+    if "clipasso" in wanted and "clipasso" not in skipped:
+        if chain.clipasso_image:
+            picture = chain.clipasso_image
+        elif chain.world == "corpus":
+            picture = Path(tasks.write_photo(apps_dir / "clipasso_input" / "chelsea.png", "chelsea"))
+        else:
+            picture = Path(
+                tasks.write_shape_picture(
+                    apps_dir / "clipasso_input" / "red_star.png", "red star", chain.heldout_seed
+                )
+            )
+        settings = (chain.clipasso_strokes, chain.clipasso_iterations, chain.clipasso_seeds)
+        futures["clipasso"] = tasks.sketch_picture.submit(
+            picture, apps_dir / "clipasso", train.out, *settings
+        )
+        if chain.world == "corpus" and chain.clipasso_gallery:
+            futures["clipasso_gallery"] = tasks.sketch_gallery.submit(
+                apps_dir / "clipasso_gallery", train.out, *settings
+            )
+    if "clip4clip" in wanted and "clip4clip" not in skipped:
+        futures["clip4clip"] = tasks.video_search.submit(
+            apps_dir / "clip4clip",
+            train.out,
+            chain.clip4clip_train_videos,
+            chain.clip4clip_epochs,
+            world=chain.world,  # corpus: real emoji moving (held-out style in the test videos)
+        )
+    for app in chain.apps:
+        if app not in skipped:
+            futures[app] = tasks.app_demo.submit(app, apps_dir / app, train.out, dataset)
+    result: dict[str, Any] = {name: future.result() for name, future in futures.items()}
+    sketch_png = next((p for p in (result.get("clipasso") or {}).values() if str(p).endswith(".png")), None)
+    if sketch_png:
+        artifacts.publish_picture("clipasso-sketch", sketch_png, "CLIPasso sketch by the trained model")
+    if "clip4clip" in result:
+        top5 = result["clip4clip"].get("search_top5", {})
+        artifacts.publish_table(
+            "clip4clip-search", "clip4clip: held-out captions found in the top 5 (%)", [top5] if top5 else []
+        )
+    return result, skipped
 
 
 # --- nightly ---------------------------------------------------------------------------------------

@@ -204,9 +204,12 @@ def app_demo(app: str, out_dir: Path, checkpoint: Path, dataset: Path | None = N
     import importlib
     import inspect
 
+    from apps.cli import torch_threads
+
     run_demo = importlib.import_module(f"apps.{app}.demo").run_demo
     extra = {"dataset": dataset} if "dataset" in inspect.signature(run_demo).parameters else {}
-    return plain(run_demo(out_dir, checkpoint, **extra))
+    with torch_threads(1):  # the apps run side by side (pipelines.flows.run_apps)
+        return plain(run_demo(out_dir, checkpoint, **extra))
 
 
 @task(name="write-heldout-images")
@@ -244,12 +247,13 @@ def sketch_picture(
     image: Path, out_dir: Path, checkpoint: Path, strokes: int, iterations: int, seeds: int
 ) -> dict:
     """apps.clipasso on one picture with the trained model."""
-    from apps.cli import ModelChoice
+    from apps.cli import ModelChoice, torch_threads
     from apps.clipasso.optimize import SketchConfig
     from apps.clipasso.run import sketch_file
 
     config = SketchConfig(strokes=strokes, iterations=iterations, seeds=seeds)
-    files = sketch_file(image, out_dir, config, ModelChoice(checkpoint=checkpoint), progress=True)
+    with torch_threads(1):  # the apps run side by side (pipelines.flows.run_apps)
+        files = sketch_file(image, out_dir, config, ModelChoice(checkpoint=checkpoint), progress=True)
     return plain(files)
 
 
@@ -274,7 +278,9 @@ def sketch_gallery(out_dir: Path, checkpoint: Path, strokes: int, iterations: in
     (out_dir / "inputs").mkdir(parents=True, exist_ok=True)
     pictures = corpus_pictures(out_dir / "inputs")
     config = SketchConfig(strokes=strokes, iterations=iterations, seeds=seeds)
-    with torch_threads(1):  # a small CLIP: a second thread on 2 busy cores made each step 10x slower
+    # one thread: the apps run side by side (pipelines.flows.run_apps), and for a CLIP this small a second
+    # thread on 2 busy cores made each step 10x slower
+    with torch_threads(1):
         report, rows = evaluate(load_clip(checkpoint), pictures, config, sheet_strokes=(strokes,))
     sources = np.stack([images[0] for _, images in rows])
     sketches = np.stack([images[1] for _, images in rows])
@@ -299,12 +305,13 @@ def video_search(
 
     `world`: the demo's world; "corpus" makes the videos of real emoji moving (testbed.corpus_videos).
     """
+    from apps.cli import torch_threads
     from apps.clip4clip.demo import VideoDemoConfig, run_video_demo
     from models import load_clip
 
-    clip = load_clip(checkpoint)
     config = VideoDemoConfig(n_train=train_videos, epochs=epochs, world=world)
-    summary = run_video_demo(out_dir, clip, config)
+    with torch_threads(1):  # the apps run side by side (pipelines.flows.run_apps)
+        summary = run_video_demo(out_dir, load_clip(checkpoint), config)
     return plain(summary)
 
 

@@ -179,6 +179,25 @@ def test_caption_columns_draw_one_of_a_rows_texts_per_read(tmp_path, tiny):
         find_row_groups([tmp_path], captions=("caption", "nope"))
 
 
+def test_joined_caption_choice_reads_both_texts_as_sentences(tmp_path, tiny):
+    """--captions caption+alt: one choice whose text is the caption and the alt text as two sentences;
+    a row without its alt text reads the caption alone; both columns must be in the shards."""
+    rows = shape_rows(12, seed=0, size=32)
+    for i, row in enumerate(rows):
+        row["alt"] = None if i % 3 == 0 else f"Alt text {i}."
+    write_shard(tmp_path, "joined", rows_table(rows))
+    choices = ("caption+alt",)
+    stream = ShardStream(find_row_groups([tmp_path], captions=choices), *tiny, batch_size=4, captions=choices)
+    read = stream._rows(0)
+    got = {_digest(jpg): caption for _, jpg, caption in (next(read) for _ in range(12))}
+    for row in rows:
+        own = row["caption"].strip()
+        expected = own if row["alt"] is None else f"{own.rstrip('. ')}. {row['alt']}"
+        assert got[_digest(row["jpg"])] == expected
+    with pytest.raises(DatasetError, match=r"joined\.parquet.*`nope`"):
+        find_row_groups([tmp_path], captions=("caption+nope",))
+
+
 def test_generic_captions_replace_a_fraction_of_reads(tmp_path, tiny):
     """--generic-captions F: about F of the reads are captioned "image", "picture" or "photo", on pictures
     of every kind, reproducibly per seed; the rest keep their own caption; 0 changes nothing."""

@@ -78,7 +78,8 @@ class TrainConfig:
         metadata={
             "help": "text column(s) of the shards a row's caption comes from; repeat for several: each time a "
             "row is read, one of its non-empty ones at random (e.g. --captions caption --captions "
-            "caption_alt_text_description: the alt text as a second description)"
+            "caption_alt_text_description: the alt text as a second description); COL+COL joins two "
+            "columns' texts as sentences (caption+page_title)"
         },
     )
     generic_captions: float = field(

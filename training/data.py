@@ -67,11 +67,22 @@ def data_version_of(source: Path | str, version: int | None = None) -> int | Non
         raise DatasetError(str(exc)) from exc
 
 
+def caption_columns(captions: Sequence[str]) -> tuple[str, ...]:
+    """The shard columns that caption choices read: "caption+page_title" joins two of them."""
+    return tuple(dict.fromkeys(column for choice in captions for column in choice.split("+")))
+
+
+def join_texts(parts: Sequence[object]) -> str:
+    """The non-empty texts of a caption choice, joined as sentences ("" when none; one text: as it is)."""
+    texts = [p.strip() for p in parts if isinstance(p, str) and p.strip()]
+    return ". ".join([t.rstrip(". ") or t for t in texts[:-1]] + texts[-1:])
+
+
 def find_row_groups(
     sources: Sequence[Path | str], version: int | None = None, captions: Sequence[str] = ("caption",)
 ) -> list[RowGroupRef]:
     """All row groups of the trusted shards of `sources` (of dataset `version`, default the latest) that
-    have the picture and every column of `captions`, with clear errors for unusable input."""
+    have the picture and every column `captions` read, with clear errors for unusable input."""
     refs: list[RowGroupRef] = []
     for source in sources:
         path = Path(source)
@@ -80,7 +91,7 @@ def find_row_groups(
                 f"{path}: no such dataset directory; build one with `python -m curation build`"
             )
         try:
-            found = row_groups(path, required=("jpg", *captions), version=version)
+            found = row_groups(path, required=("jpg", *caption_columns(captions)), version=version)
         except (ShardError, SchemaError, versions.VersionError) as exc:
             raise DatasetError(str(exc)) from exc
         if sum(r.num_rows for r in found) == 0:
@@ -161,6 +172,7 @@ class ShardStream(IterableDataset):
     already consumed (resume): they are replayed without decoding their images. `captions`: the text
     columns a row's caption is drawn from, each time the row is read, uniformly among those not empty
     (a row's other descriptions, e.g. its alt text, as caption augmentation); one column: always it.
+    "caption+page_title" is one choice that joins the columns' texts as sentences.
     `generic_captions`: the fraction of reads (of rows with a caption) captioned with one of
     GENERIC_CAPTIONS instead, drawn per position like the caption.
     """
@@ -187,6 +199,8 @@ class ShardStream(IterableDataset):
         if not 0.0 <= generic_captions < 1.0:
             raise DatasetError(f"generic_captions must be in [0, 1), got {generic_captions}")
         self.captions = tuple(captions)
+        self.columns = caption_columns(self.captions)
+        self._choices = [[self.columns.index(c) for c in choice.split("+")] for choice in self.captions]
         self.generic_captions = generic_captions
         self.refs = list(refs)
         self.transform = _SeededTransform(transform)
@@ -223,10 +237,8 @@ class ShardStream(IterableDataset):
         rng = random.Random(_mix(self.seed, epoch, reader))
         buffer: list[tuple[bytes | None, tuple]] = []
         for unit in mine:
-            table = read_row_group(unit.ref, ("jpg", *self.captions)).slice(
-                unit.start, unit.stop - unit.start
-            )
-            texts = zip(*(table.column(c).to_pylist() for c in self.captions))
+            table = read_row_group(unit.ref, ("jpg", *self.columns)).slice(unit.start, unit.stop - unit.start)
+            texts = zip(*(table.column(c).to_pylist() for c in self.columns))
             for row in zip(table.column("jpg").to_pylist(), texts):
                 if len(buffer) < self.shuffle_buffer:
                     buffer.append(row)
@@ -244,7 +256,8 @@ class ShardStream(IterableDataset):
         for epoch in itertools.count():
             start = position
             for jpg, texts in self.epoch_rows(reader, epoch):
-                found = [t.strip() for t in texts if isinstance(t, str) and t.strip()]
+                joined = (join_texts([texts[i] for i in choice]) for choice in self._choices)
+                found = [t for t in joined if t]
                 if len(found) > 1:
                     found = [random.Random(_mix(self.seed, reader, position, "caption")).choice(found)]
                 if found and self.generic_captions:

@@ -200,17 +200,13 @@ def plot_confusion(
     panels: list[tuple[Evaluation, str]] | Evaluation, path: str | Path, title: str = ""
 ) -> Path:
     """Confusion matrices (true label per row, counts, shaded by row share) side by side in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the demo's apps plot from several threads at once
 
     if isinstance(panels, Evaluation):
         panels = [(panels, title)]
     n = len(panels[0][0].labels)
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(len(panels) * (1.6 + 0.42 * n), 1.4 + 0.42 * n), squeeze=False
-    )
+    fig = Figure(figsize=(len(panels) * (1.6 + 0.42 * n), 1.4 + 0.42 * n))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (evaluation, panel_title) in zip(axes[0], panels):
         counts = evaluation.confusion
         share = counts / np.maximum(1, counts.sum(axis=1, keepdims=True))
@@ -225,5 +221,4 @@ def plot_confusion(
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
-    plt.close(fig)
     return path

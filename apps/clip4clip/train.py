@@ -283,18 +283,15 @@ def train_head(
 
 
 def plot_losses(losses: list[float], path: Path, title: str) -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the demo's apps plot from several threads at once
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(losses, lw=1)
     ax.set(xlabel="step", ylabel="symmetric CE", title=title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

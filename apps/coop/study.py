@@ -121,13 +121,11 @@ def base_to_new(
 
 def plot(curve: dict, b2n: dict | None, path, title: str = "") -> None:
     """Accuracy vs shots (mean, band = min..max over seeds) beside base/new/H bars, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the demo's apps plot from several threads at once
 
     panels = 2 if b2n else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels, 4.8), squeeze=False)
+    fig = Figure(figsize=(6.4 * panels, 4.8))
+    axes = fig.subplots(1, panels, squeeze=False)
     ax = axes[0, 0]
     shots = sorted(curve["shots"], key=int)
     x = [int(k) for k in shots]
@@ -190,4 +188,3 @@ def plot(curve: dict, b2n: dict | None, path, title: str = "") -> None:
         )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
