@@ -234,7 +234,7 @@ def run_apps(
     chain: ChainConfig, train: TrainConfig, apps_dir: Path, dataset: Path
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The apps on the trained model, side by side on the flow's task runner (each task one torch thread:
-    on 2 cores CLIPasso's 11 pictures and clip4clip take 1.5 instead of 2.7 minutes, docs/corpus.md).
+    on 2 cores the corpus demo's apps take 107 instead of 159 s, docs/corpus.md).
 
     Returns the results by app, and the apps skipped because their modules do not import (app: why)."""
     log = _logger()

@@ -305,14 +305,13 @@ def video_search(
 
     `world`: the demo's world; "corpus" makes the videos of real emoji moving (testbed.corpus_videos).
     """
-    from apps.cli import torch_threads
     from apps.clip4clip.demo import VideoDemoConfig, run_video_demo
     from models import load_clip
 
+    # VideoDemoConfig.threads (1) is applied inside run_video_demo, in this task's thread: the apps run
+    # side by side (pipelines.flows.run_apps)
     config = VideoDemoConfig(n_train=train_videos, epochs=epochs, world=world)
-    with torch_threads(1):  # the apps run side by side (pipelines.flows.run_apps)
-        summary = run_video_demo(out_dir, load_clip(checkpoint), config)
-    return plain(summary)
+    return plain(run_video_demo(out_dir, load_clip(checkpoint), config))
 
 
 @task(name="write-shape-picture")
