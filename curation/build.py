@@ -37,11 +37,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common.atomic import atomic_write_json, output_lock
+from common.atomic import atomic_path, atomic_write_json, output_lock
 from common.errors import UserError
 from common.settings import ConfigError
 from curation import shards, versions
-from curation.config import BuildConfig, fingerprint, output_settings
+from curation.config import DOWNLOAD_SETTINGS, BuildConfig, fingerprint, output_settings
 from curation.dedup import DEDUP_STAGE, DedupDecision, image_signature
 from curation.filters import IMAGE_FILTERS, TEXT_FILTERS, first_reject, reason_name
 from curation.increments import (
@@ -142,6 +142,7 @@ class ChunkResult:
     rejected: int
     skipped: bool
     counts: dict[str, int] = field(default_factory=dict)
+    reused_from: str | None = None  # the earlier build whose download of these rows was copied
 
 
 @dataclass(frozen=True)
@@ -506,18 +507,74 @@ def download_options(cfg: BuildConfig):
     )
 
 
+def _plain_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def reused_chunk(cfg: BuildConfig, chunk: ChunkSpec) -> Path | None:
+    """The finished chunk of an earlier build (`--reuse-downloads DIR`) that downloading `chunk` would give
+    again: the same DOWNLOAD_SETTINGS and the same candidate rows (keys, URLs, captions). Its staged files
+    are DIR/work/staged/chunk-N.*; None when no earlier build has such a chunk."""
+    if not cfg.reuse_downloads:
+        return None
+    wanted = _plain_json({k: output_settings(cfg)[k] for k in DOWNLOAD_SETTINGS})
+    rows = None
+    for earlier in cfg.reuse_downloads:
+        work = Path(earlier) / WORK
+        staged = work / "staged" / chunk.name
+        theirs = work / "candidates" / chunk.path.name
+        if not Path(f"{staged}.json").is_file() or not theirs.is_file():
+            continue  # not built, not finished, or its work folder moved on to a later increment
+        recorded = (_read_json(work / "build.json") or {}).get("settings", {})
+        if _plain_json({k: recorded.get(k) for k in DOWNLOAD_SETTINGS}) != wanted:
+            continue
+        rows = pq.read_table(chunk.path) if rows is None else rows
+        if pq.read_table(theirs).equals(rows):
+            return staged
+    return None
+
+
+def _copy_chunk(cfg: BuildConfig, chunk: ChunkSpec, staged: Path) -> ChunkResult:
+    """Copy an earlier build's finished chunk (see `reused_chunk`); the .json marker is written last."""
+    done = _read_json(Path(f"{staged}.json"))
+    if done is None:
+        raise BuildError(
+            f"{staged}.json: not readable; rebuild {staged.parents[2]} or drop it from --reuse-downloads"
+        )
+    for suffix in (".parquet", ".rejects.parquet"):
+        with atomic_path(_staged(cfg, chunk.index, suffix)) as tmp:
+            shutil.copyfile(f"{staged}{suffix}", tmp)
+    source = str(staged.parents[2])
+    atomic_write_json(_staged(cfg, chunk.index, ".json"), {**done, "reused_from": source})
+    return ChunkResult(
+        chunk.index, done["rows"], done["kept"], done["rejected"], False, done["counts"], source
+    )
+
+
 def download_chunk(cfg: BuildConfig, chunk: ChunkSpec) -> ChunkResult:
     """One img2dataset call for the chunk, then image filters and pHash; idempotent.
 
     Writes DIR/work/staged/chunk-N.parquet (kept) and .rejects.parquet, then chunk-N.json last:
-    a chunk with its .json is done and returns at once.
+    a chunk with its .json is done and returns at once. An earlier build's identical chunk
+    (`--reuse-downloads`) is copied instead of downloaded.
     """
     from curation.download import run_img2dataset  # img2dataset imports cv2/albumentations: only here
 
     marker = _staged(cfg, chunk.index, ".json")
     done = _read_json(marker)
     if done is not None:
-        return ChunkResult(chunk.index, done["rows"], done["kept"], done["rejected"], True, done["counts"])
+        return ChunkResult(
+            chunk.index,
+            done["rows"],
+            done["kept"],
+            done["rejected"],
+            True,
+            done["counts"],
+            done.get("reused_from"),
+        )
+    earlier = reused_chunk(cfg, chunk)
+    if earlier is not None:
+        return _copy_chunk(cfg, chunk, earlier)
     raw_folder = _work(cfg) / "downloads" / chunk.name
     table = run_img2dataset(chunk.path, raw_folder, download_options(cfg))
     kept, rejects = [], []

@@ -64,6 +64,14 @@ class BuildConfig:
         default=10, metadata={"help": "seconds per image download, all of it (redirects and body included)"}
     )
     retries: int = field(default=0, metadata={"help": "img2dataset retries per image"})
+    reuse_downloads: list[Path] = field(
+        default_factory=list,
+        metadata={
+            "help": "an earlier build's DIR to take downloaded chunks from (repeatable): a chunk whose "
+            "candidate rows and download settings match one of its finished chunks is copied, not fetched "
+            "again (to filter the same sources with another CLIP without a second crawl)"
+        },
+    )
     distributor: Literal["multiprocessing", "pyspark", "ray"] = field(
         default="multiprocessing", metadata={"help": "img2dataset distributor"}
     )
@@ -172,7 +180,24 @@ _RUNTIME_ONLY = {
     "timeout",
     "retries",
     "user_agent",
+    "reuse_downloads",  # a reused chunk holds what the same settings fetched from the same rows
 }
+
+# The output settings that decide what downloading a chunk of candidates gives (fetch bounds, resize,
+# image filters): a finished chunk of another build is reused only when these match (build.reused_chunk).
+DOWNLOAD_SETTINGS = (
+    "allow_networks",
+    "image_size",
+    "resize_mode",
+    "disallowed_header_directives",
+    "max_image_bytes",
+    "max_redirects",
+    "respect_robots",
+    "user_agent_token",
+    "max_image_pixels",
+    "min_side",
+    "max_aspect",
+)
 
 
 def output_settings(cfg: BuildConfig) -> dict:

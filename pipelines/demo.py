@@ -266,7 +266,7 @@ def write_report(out: Path, web: dict, result: dict, truth: Path, seconds: float
             ]
     _build_section(
         lines,
-        "5. Round 2: the same sources, filtered by the trained model's CLIP score",
+        "5. Round 2: the same sources, filtered by the trained model's CLIP score (round 1's downloads reused)",
         result.get("round2"),
         out,
         truth,

@@ -173,10 +173,12 @@ def evaluate_flow(config: EvalConfig, options: FlowOptions = FlowOptions()) -> d
 
 
 def round2_config(chain: ChainConfig, build: BuildConfig, train: TrainConfig) -> BuildConfig:
-    """Round 2: the same sources, scored by the model trained on round 1, keeping the best pairs."""
+    """Round 2: the same sources, scored by the model trained on round 1, keeping the best pairs; round 1's
+    downloads are reused (the same rows, the same download settings: nothing is fetched twice)."""
     return replace(
         build,
         out=chain.out / "data" / "round2",
+        reuse_downloads=[*build.reuse_downloads, build.out],
         clip_checkpoint=train.out,
         clip_model=None,
         min_clip_score=chain.rescore_min_score,

@@ -76,7 +76,7 @@ def download_chunk(cfg: Any, chunk: Any) -> dict:
 
     context = TaskRunContext.get()
     last_attempt = context is None or context.task_run.run_count > context.task.retries
-    if not last_attempt and not build.chunk_done(cfg, chunk):
+    if not last_attempt and not build.chunk_done(cfg, chunk) and build.reused_chunk(cfg, chunk) is None:
         down = probe.unavailable_hosts(Path(chunk.path), build.fetch_policy(cfg))
         if down:
             raise probe.HostUnavailableError(f"chunk {chunk.index}: {', '.join(down)}; retrying later")

@@ -151,6 +151,8 @@ class CorpusWorld:
     def begin_site(self) -> None:
         """Forget what was served: each (concept, style) is served once per site until all have been."""
         self._served: set[tuple[str, str]] = set()
+        # styles not yet served, by name: `pick` asks this for every name of a topic, group or kind
+        self._unserved = {name: len({p.style for p in pictures}) for name, pictures in self.styles.items()}
         self._last: tuple[str, str] | None = None  # the (concept, style) `style` chose last
         self._cursor = {"emoji": 0, "icon": 0}  # the next topic of each kind in the rotation
         self._pages_of: dict[_Topic, int] = {}  # pages shown per topic ("part 2", ...)
@@ -184,7 +186,7 @@ class CorpusWorld:
         return topic, before
 
     def _has_fresh(self, topic: _Topic) -> bool:
-        return any(self._fresh_styles(name) for name in topic.names)
+        return any(self._unserved[name] for name in topic.names)
 
     def page(self, n: int, rng: np.random.Generator) -> PagePlan:
         topic, cycle = self._topic(n)
@@ -224,10 +226,10 @@ class CorpusWorld:
         kind = topic.kind if topic is not None else None
         group = self._by_group.get((topic.kind, topic.group), []) if topic is not None else []
         fresh = (
-            [n for n in names if self._fresh_styles(n)]
-            or [n for n in group if self._fresh_styles(n)]
-            or [n for n in self._by_name_kind.get(kind, ()) if self._fresh_styles(n)]
-            or [n for n in self._names if self._fresh_styles(n)]
+            [n for n in names if self._unserved[n]]
+            or [n for n in group if self._unserved[n]]
+            or [n for n in self._by_name_kind.get(kind, ()) if self._unserved[n]]
+            or [n for n in self._names if self._unserved[n]]
             or list(names)
         )
         return str(fresh[int(rng.integers(len(fresh)))])
@@ -241,7 +243,9 @@ class CorpusWorld:
     def style(self, cls: str, path: str, rng: np.random.Generator) -> str:
         pictures = self._fresh_styles(cls) or self.styles[cls]
         style = pictures[int(rng.integers(len(pictures)))].style
-        self._served.add((cls, style))
+        if (cls, style) not in self._served:
+            self._served.add((cls, style))
+            self._unserved[cls] -= 1
         self._last = (cls, style)
         return style
 
@@ -285,7 +289,9 @@ class CorpusWorld:
         # (1,118 of them on translated pages), and a model trained on the web fell ~20 points short of one
         # trained on every picture (docs/corpus.md).
         if self._last is not None and self._last[0] == cls:
-            self._served.discard(self._last)
+            if self._last in self._served:
+                self._served.discard(self._last)
+                self._unserved[cls] += 1
             self._last = None
 
     def foreign_caption(self, cls: str, language: str, rng: np.random.Generator) -> str:

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from curation import shards
-from curation.build import build_dataset, collect_candidates
+from curation.build import build_dataset, collect_candidates, reused_chunk
 from curation.clipscore import as_embedder
 from curation.config import BuildConfig
 from curation.wit import WIT_COLUMNS
@@ -233,6 +233,33 @@ def test_rerun_resumes_without_downloading_again(built):
     assert again.skipped and again.kept == built["summary"].kept
     assert len(web.requests) == built["requests"]  # nothing fetched twice
     assert shards.read_table(cfg.out, columns=["key"])["key"].to_pylist() == before
+
+
+def test_reuse_downloads_filters_again_without_fetching(built, tmp_path):
+    """Round 2 of the demo: the same sources filtered by CLIP score, the chunks copied from round 1."""
+    cfg, web = built["cfg"], built["web"]
+    again = BuildConfig(
+        **{
+            **cfg.__dict__,
+            "out": tmp_path / "refiltered",
+            "reuse_downloads": [cfg.out],
+            "clip_top_fraction": 0.5,
+        }
+    )
+    summary = build_dataset(again, built["embedder"])
+    assert len(web.requests) == built["requests"]  # nothing fetched again
+    markers = sorted((again.out / "work" / "staged").glob("chunk-*.json"))
+    assert markers and all(json.loads(m.read_text())["reused_from"] == str(cfg.out) for m in markers)
+    first = set(shards.read_table(cfg.out, columns=["key"])["key"].to_pylist())
+    kept = set(shards.read_table(again.out, columns=["key"])["key"].to_pylist())
+    assert kept < first and summary.counts["clip"]["low_clip_score"] == len(first) - len(kept)
+
+    # a chunk is reused only when its candidate rows and its download settings are the same
+    for changes in ({"image_size": 48}, {"caption_policy": ["caption_alt_text_description"]}):
+        other = BuildConfig(**{**again.__dict__, "out": tmp_path / next(iter(changes)), **changes})
+        chunks = collect_candidates(other).chunks
+        assert chunks and all(reused_chunk(other, c) is None for c in chunks), changes
+    assert all(reused_chunk(again, c) is not None for c in collect_candidates(again).chunks)
 
 
 def test_changed_settings_are_refused_on_resume(built):
