@@ -350,6 +350,12 @@ def collect_candidates(cfg: BuildConfig) -> CandidateSet:
         kind, _, target = spec.partition(":")
         if kind == "wit" and not Path(target).is_file():
             raise BuildError(f"--source {spec}: no such WIT file (give wit:PATH.tsv or wit:PATH.tsv.gz)")
+    for earlier in cfg.reuse_downloads:
+        if not (Path(earlier) / WORK / "build.json").is_file():
+            raise BuildError(
+                f"--reuse-downloads {earlier}: not a build directory (no {WORK}/build.json in it); "
+                "give the --out of an earlier `python -m curation build`"
+            )
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     _check_fingerprint(cfg)
     increment = current_increment(cfg)
@@ -523,7 +529,7 @@ def reused_chunk(cfg: BuildConfig, chunk: ChunkSpec) -> Path | None:
         work = Path(earlier) / WORK
         staged = work / "staged" / chunk.name
         theirs = work / "candidates" / chunk.path.name
-        if not Path(f"{staged}.json").is_file() or not theirs.is_file():
+        if _read_json(Path(f"{staged}.json")) is None or not theirs.is_file():
             continue  # not built, not finished, or its work folder moved on to a later increment
         recorded = (_read_json(work / "build.json") or {}).get("settings", {})
         if _plain_json({k: recorded.get(k) for k in DOWNLOAD_SETTINGS}) != wanted:

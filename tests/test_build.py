@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from curation import shards
-from curation.build import build_dataset, collect_candidates, reused_chunk
+from curation.build import BuildError, build_dataset, collect_candidates, reused_chunk
 from curation.clipscore import as_embedder
 from curation.config import BuildConfig
 from curation.wit import WIT_COLUMNS
@@ -260,6 +260,9 @@ def test_reuse_downloads_filters_again_without_fetching(built, tmp_path):
         chunks = collect_candidates(other).chunks
         assert chunks and all(reused_chunk(other, c) is None for c in chunks), changes
     assert all(reused_chunk(again, c) is not None for c in collect_candidates(again).chunks)
+    typo = BuildConfig(**{**again.__dict__, "out": tmp_path / "typo", "reuse_downloads": [tmp_path / "nope"]})
+    with pytest.raises(BuildError, match="--reuse-downloads .*nope: not a build directory"):
+        build_dataset(typo)
 
 
 def test_changed_settings_are_refused_on_resume(built):
