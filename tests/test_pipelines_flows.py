@@ -242,6 +242,11 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, world, sketch):
         assert f". {heading}" in text, heading
     assert "skipped" not in text
     assert (tmp_path / "demo" / "apps" / "clipasso" / sketch).exists()
+    # round 2 filters the same sources again: every chunk is round 1's, copied, none fetched twice
+    built = json.loads((tmp_path / "demo" / "result.json").read_text())
+    round1 = built["round1"]["out"]
+    assert len(built["round2"]["chunks"]) == len(built["round1"]["chunks"]) >= 1
+    assert all(chunk["reused_from"] == round1 for chunk in built["round2"]["chunks"])
     if world == "corpus":  # held-out style: 100 concepts, then the same pictures by their 9 emoji groups
         result = json.loads((tmp_path / "demo" / "result.json").read_text())
         assert result["evaluate"]["zeroshot"]["classes"] == 100
