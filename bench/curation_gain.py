@@ -65,6 +65,7 @@ from testbed.shapes import CLASSES, caption_for, render_shape_image, write_image
 from testbed.testweb import SiteOptions  # noqa: E402
 from testbed.web import serve_testweb  # noqa: E402
 from training.config import EvalConfig, preset  # noqa: E402
+from training.data import caption_columns  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.train import train  # noqa: E402
 
@@ -296,7 +297,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     pages = args.pages or world["pages"]
     training = demo_training(args.world)
     args.steps = args.steps or training.get("steps", 500)
-    texts = tuple(c for c in training.get("captions", ()) if c != "caption")
+    texts = tuple(c for c in caption_columns(training.get("captions", ())) if c != "caption")
     args.out = args.out or Path("runs/curation_gain" + ("_corpus" if args.world == "corpus" else ""))
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)

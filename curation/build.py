@@ -540,16 +540,18 @@ def reused_chunk(cfg: BuildConfig, chunk: ChunkSpec) -> Path | None:
     return None
 
 
-def _copy_chunk(cfg: BuildConfig, chunk: ChunkSpec, staged: Path) -> ChunkResult:
-    """Copy an earlier build's finished chunk (see `reused_chunk`); the .json marker is written last."""
+def _copy_chunk(cfg: BuildConfig, chunk: ChunkSpec, staged: Path) -> ChunkResult | None:
+    """Copy an earlier build's finished chunk (see `reused_chunk`); the .json marker is written last.
+    None when the earlier chunk went away meanwhile (that build started a new increment): download it."""
     done = _read_json(Path(f"{staged}.json"))
     if done is None:
-        raise BuildError(
-            f"{staged}.json: not readable; rebuild {staged.parents[2]} or drop it from --reuse-downloads"
-        )
-    for suffix in (".parquet", ".rejects.parquet"):
-        with atomic_path(_staged(cfg, chunk.index, suffix)) as tmp:
-            shutil.copyfile(f"{staged}{suffix}", tmp)
+        return None
+    try:
+        for suffix in (".parquet", ".rejects.parquet"):
+            with atomic_path(_staged(cfg, chunk.index, suffix)) as tmp:
+                shutil.copyfile(f"{staged}{suffix}", tmp)
+    except OSError:
+        return None
     source = str(staged.parents[2])
     atomic_write_json(_staged(cfg, chunk.index, ".json"), {**done, "reused_from": source})
     return ChunkResult(
@@ -579,8 +581,9 @@ def download_chunk(cfg: BuildConfig, chunk: ChunkSpec) -> ChunkResult:
             done.get("reused_from"),
         )
     earlier = reused_chunk(cfg, chunk)
-    if earlier is not None:
-        return _copy_chunk(cfg, chunk, earlier)
+    copied = None if earlier is None else _copy_chunk(cfg, chunk, earlier)
+    if copied is not None:
+        return copied
     raw_folder = _work(cfg) / "downloads" / chunk.name
     table = run_img2dataset(chunk.path, raw_folder, download_options(cfg))
     kept, rejects = [], []

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from curation import shards
-from curation.build import BuildError, build_dataset, collect_candidates, reused_chunk
+from curation.build import BuildError, build_dataset, collect_candidates, download_chunk, reused_chunk
 from curation.clipscore import as_embedder
 from curation.config import BuildConfig
 from curation.wit import WIT_COLUMNS
@@ -268,6 +268,15 @@ def test_reuse_downloads_filters_again_without_fetching(built, tmp_path):
     typo = BuildConfig(**{**again.__dict__, "out": tmp_path / "typo", "reuse_downloads": [tmp_path / "nope"]})
     with pytest.raises(BuildError, match="--reuse-downloads .*nope: not a build directory"):
         build_dataset(typo)
+
+    # an earlier chunk that goes away between the check and the copy (that build started a new
+    # increment) is downloaded instead
+    gone = BuildConfig(**{**again.__dict__, "out": tmp_path / "gone"})
+    chunk = collect_candidates(gone).chunks[0]
+    staged = reused_chunk(gone, chunk)
+    Path(f"{staged}.rejects.parquet").unlink()
+    result = download_chunk(gone, chunk)
+    assert result.reused_from is None and result.rows == chunk.rows and len(web.requests) > fetched
 
 
 def test_changed_settings_are_refused_on_resume(built):
