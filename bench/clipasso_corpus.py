@@ -30,11 +30,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apps.clipasso.evaluate import CORPUS_ICONS  # noqa: E402
+from common.errors import UserError  # noqa: E402
 
 
 def ensure_trained(run: Path, data: Path | None, seed: int, preset_name: str) -> Path:
     """`run` if it holds a checkpoint, else train the preset there with `seed` (needs --data)."""
-    from common.errors import UserError
     from training.config import preset
     from training.train import train
 
@@ -45,6 +45,14 @@ def ensure_trained(run: Path, data: Path | None, seed: int, preset_name: str) ->
     print(f"training {run} (preset {preset_name}, seed {seed})", flush=True)
     train(preset(preset_name, data=[data], out=run, seed=seed))
     return run
+
+
+def run_seed(run: Path) -> int | None:
+    """The training seed of a run directory (its config.json), None when it does not say."""
+    try:
+        return json.loads((run / "config.json").read_text()).get("seed")
+    except (OSError, ValueError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         return sketch_nearest, edge_nearest
 
     def body() -> None:
+        if run_seed(args.drawer) is not None and run_seed(args.drawer) == run_seed(args.judge):
+            raise UserError(
+                f"{args.judge} was trained with seed {run_seed(args.judge)}, as the drawer {args.drawer}: "
+                "the judge must be a CLIP trained with another seed"
+            )
         config = SketchConfig(strokes=args.strokes, iterations=args.iterations, seeds=args.seeds)
         config.validate()
         args.out.mkdir(parents=True, exist_ok=True)
@@ -119,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             np.savez_compressed(saved, names=np.array(names), sources=source_u8, sketches=sketch_u8)
             (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         judge = load_clip(ensure_trained(args.judge, args.data, 1, args.preset))
+        drawer_seed, judge_seed = run_seed(args.drawer), run_seed(args.judge)
+        judge_name = f"judge (seed {'?' if judge_seed is None else judge_seed})"
+        drawer_name = f"drawer (seed {'?' if drawer_seed is None else drawer_seed})"
 
         def tensor(u8: np.ndarray) -> torch.Tensor:
             return torch.tensor(u8).permute(0, 3, 1, 2).float() / 255
@@ -137,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
         sheet = verdict_sheet(
-            source_u8, sketch_u8, report, f"{args.strokes} strokes, seed-0 CLIP", judge_label="judge (seed 1)"
+            source_u8, sketch_u8, report, f"{args.strokes} strokes, {drawer_name}", judge_label=judge_name
         )
         args.sheet.parent.mkdir(parents=True, exist_ok=True)
         sheet.save(args.sheet)
@@ -147,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['judge_nearest_source']:>14}  ({r['steps']} steps, {r['seconds']} s)"
             )
         print(
-            f"own source closest: judge (seed 1) {report['judge_own_source_closest_fraction']:.0%}, "
-            f"drawer (seed 0) {report['own_source_closest_fraction']:.0%} (goal: judge >= 80 %); "
+            f"own source closest: {judge_name} {report['judge_own_source_closest_fraction']:.0%}, "
+            f"{drawer_name} {report['own_source_closest_fraction']:.0%} (goal: judge >= 80 %); "
             f"edge maps: judge {report['judge_edge_map_own_source_fraction']:.0%}, drawer "
             f"{report['edge_map_own_source_fraction']:.0%}; beats random strokes "
             f"{report['beats_random_fraction']:.0%}; sketching {report['seconds']} s; sheet {args.sheet}; "

@@ -74,3 +74,21 @@ def test_sketches_are_closest_to_their_own_source_and_beat_random_strokes(tmp_pa
     # the README's 9 of 10 is the drawing CLIP's figure. The judge must at least clearly beat chance.
     assert report["judge_own_source_closest_fraction"] >= 0.3, report["images"]
     assert report["beats_random_fraction"] == 1.0, report["images"]
+
+
+def test_the_corpus_bench_refuses_a_judge_trained_with_the_drawers_seed(tmp_path):
+    """bench/clipasso_corpus.py: a judge with the drawer's seed is no second opinion; refused before drawing."""
+    import subprocess
+    import sys
+
+    for name in ("drawer", "judge"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"seed": 3}))
+    bench = Path(__file__).resolve().parents[1] / "bench" / "clipasso_corpus.py"
+    args = ["--drawer", tmp_path / "drawer", "--judge", tmp_path / "judge", "--out", tmp_path / "out"]
+    done = subprocess.run(
+        [sys.executable, bench, *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr
+    assert "trained with seed 3, as the drawer" in done.stderr and "another seed" in done.stderr
+    assert not (tmp_path / "out").exists()
