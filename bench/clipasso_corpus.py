@@ -104,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return sketch_nearest, edge_nearest
 
     def body() -> None:
-        if run_seed(args.drawer) is not None and run_seed(args.drawer) == run_seed(args.judge):
+        drawer_seed, judge_seed = run_seed(args.drawer), run_seed(args.judge)
+        if drawer_seed is not None and drawer_seed == judge_seed:
             raise UserError(
-                f"{args.judge} was trained with seed {run_seed(args.judge)}, as the drawer {args.drawer}: "
+                f"{args.judge} was trained with seed {judge_seed}, as the drawer {args.drawer}: "
                 "the judge must be a CLIP trained with another seed"
             )
         config = SketchConfig(strokes=args.strokes, iterations=args.iterations, seeds=args.seeds)
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             np.savez_compressed(saved, names=np.array(names), sources=source_u8, sketches=sketch_u8)
             (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         judge = load_clip(ensure_trained(args.judge, args.data, 1, args.preset))
+        # read again: a run trained just now (--data) has its config.json only from here on
         drawer_seed, judge_seed = run_seed(args.drawer), run_seed(args.judge)
         judge_name = f"judge (seed {'?' if judge_seed is None else judge_seed})"
         drawer_name = f"drawer (seed {'?' if drawer_seed is None else drawer_seed})"
