@@ -385,10 +385,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * z['ensemble']['top1']:.1f} % (ensemble), {100 * z['name']['top1']:.1f} % (name alone) "
                 f"over {z.get('classes', 36)} classes"
             )
-        via = z.get("7-prompt ensemble, via subclass names")
-        if via:
+        via = [z.get(f"{kind}, via subclass names") for kind in ("single", "7-prompt ensemble", "name alone")]
+        if all(via):
+            figures = " / ".join(f"{100 * v['top1']:.1f}" for v in via)
             print(
-                f"  {'':<13} {100 * via['top1']:.1f} % through the {z['subclass_names']} concept names they hold"
+                f"  {'':<13} {figures} % (single / 7 prompts / name alone) through the "
+                f"{z['subclass_names']} concept names they hold"
             )
     for path in (result.get("clipasso") or {}).values():
         if str(path).endswith(".svg"):
