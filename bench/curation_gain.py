@@ -66,7 +66,7 @@ from testbed.testweb import SiteOptions  # noqa: E402
 from testbed.web import serve_testweb  # noqa: E402
 from training.config import EvalConfig, preset  # noqa: E402
 from training.data import caption_columns  # noqa: E402
-from training.evaluate import evaluate  # noqa: E402
+from training.evaluate import evaluate, via_subclasses  # noqa: E402
 from training.train import train  # noqa: E402
 
 SIDES = ("unfiltered", "curated")
@@ -170,10 +170,8 @@ def figures(report: dict, categories: dict | None = None) -> dict:
         # with eval/categories/subclasses.json, training.evaluate also scores a group through the names
         # of the concepts it holds (summed probability, docs/corpus.md)
         for name, label in (("single", "single prompt"), ("7-prompt ensemble", "7 prompts")):
-            if f"{name}, via subclass names" in cz:
-                out[f"categories top-1 via concept names ({label})"] = (
-                    100 * cz[f"{name}, via subclass names"]["top1"]
-                )
+            if via_subclasses(name) in cz:
+                out[f"categories top-1 via concept names ({label})"] = 100 * cz[via_subclasses(name)]["top1"]
     out["image->text R@1"] = 100 * rt["image_to_text"]["R@1"]
     out["text->image R@1"] = 100 * rt["text_to_image"]["R@1"]
     return out

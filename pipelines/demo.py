@@ -368,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    from training.evaluate import SUBCLASS_PROMPTS, via_subclasses  # torch is loaded by now: the demo ran
+
     result = json.loads((args.out / "result.json").read_text())
     print("\ndemo finished:")
     print(f"  report        {report}")
@@ -385,9 +387,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * z['ensemble']['top1']:.1f} % (ensemble), {100 * z['name']['top1']:.1f} % (name alone) "
                 f"over {z.get('classes', 36)} classes"
             )
-        via = [z.get(f"{kind}, via subclass names") for kind in ("single", "7-prompt ensemble", "name alone")]
-        if all(via):
-            figures = " / ".join(f"{100 * v['top1']:.1f}" for v in via)
+        via = {kind: z.get(via_subclasses(kind)) for kind in SUBCLASS_PROMPTS}
+        if all(via.values()):
+            figures = " / ".join(f"{100 * v['top1']:.1f}" for v in via.values())
             print(
                 f"  {'':<13} {figures} % (single / 7 prompts / name alone) through the "
                 f"{z['subclass_names']} concept names they hold"

@@ -143,6 +143,19 @@ def prompt_classifier(clip: LoadedCLIP, templates: Sequence[str], device) -> Cla
 # model's own logit scale): the marginal. On the emoji groups it beat CHiLS's best-subclass rule (46 -> 50 %,
 # docs/corpus.md).
 SUBCLASSES_FILE = "subclasses.json"
+# the prompts a class is scored with through its subclass names (open_clip's 7 selected prompts rather than
+# the 80: the 80 over ~1,800 names cost minutes on a CPU), each reported as via_subclasses(kind)
+SUBCLASS_PROMPTS = {
+    "single": SINGLE_PROMPT,
+    "7-prompt ensemble": SIMPLE_IMAGENET_TEMPLATES,
+    "name alone": NAME_PROMPT,
+}
+VIA_SUBCLASSES = ", via subclass names"
+
+
+def via_subclasses(kind: str) -> str:
+    """The zero-shot report's key for a SUBCLASS_PROMPTS kind scored through the subclass names."""
+    return kind + VIA_SUBCLASSES
 
 
 def read_subclasses(folder: Path, classes: Sequence[str]) -> dict[str, list[str]] | None:
@@ -242,16 +255,12 @@ def zero_shot(
         scale = float(clip.model.logit_scale.exp())
         extra = {
             **(extra or {}),
-            "single, via subclass names": subclass_classifier(
-                prompt_classifier(clip, SINGLE_PROMPT, device), subclasses, scale
-            ),
-            # open_clip's 7 selected prompts: the 80 over ~1,800 names cost minutes on a CPU
-            "7-prompt ensemble, via subclass names": subclass_classifier(
-                prompt_classifier(clip, SIMPLE_IMAGENET_TEMPLATES, device), subclasses, scale
-            ),
-            "name alone, via subclass names": subclass_classifier(
-                prompt_classifier(clip, NAME_PROMPT, device), subclasses, scale
-            ),
+            **{
+                via_subclasses(kind): subclass_classifier(
+                    prompt_classifier(clip, templates, device), subclasses, scale
+                )
+                for kind, templates in SUBCLASS_PROMPTS.items()
+            },
         }
     result: dict = {
         "folder": str(folder),
@@ -358,9 +367,9 @@ def markdown_table(report: dict) -> str:
                 "ensemble": f"ensemble of {z[name]['templates']} prompts",
                 "name": 'the class name alone "{}"',
             }.get(name, name)
-            if name.endswith(", via subclass names"):
+            if name.endswith(VIA_SUBCLASSES):
                 label = (
-                    f"{name.split(',')[0]} over {z['subclass_names']} subclass names "
+                    f"{name.removesuffix(VIA_SUBCLASSES)} over {z['subclass_names']} subclass names "
                     "(a class: its subclasses' summed probability)"
                 )
             rows.append((f"zero-shot top-1, {label}", f"{100 * z[name]['top1']:.1f} %"))
