@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,9 +12,11 @@ import pytest
 import torch
 
 from common.atomic import file_sha256
+from common.settings import ConfigError
 from curation.shards import ShardEntry, load_manifest, save_manifest, shard_path, write_shard
 from models import create_model
 from testbed.datasets import make_shape_dataset, rows_table, shape_rows
+from training.config import TrainConfig
 from training.data import (
     GENERIC_CAPTIONS,
     DatasetError,
@@ -81,6 +84,30 @@ def test_batches_through_dataloader_workers(dataset, tiny):
         assert batch.images.shape == (8, 3, 32, 32) and torch.isfinite(batch.images).all()
         assert batch.texts.shape == (8, tiny[1].context_length) and batch.texts.dtype == torch.long
         assert batch.skipped == 0
+
+
+def test_workers_run_at_the_niceness_asked_and_give_the_same_batches(dataset, tiny):
+    """worker_nice lowers the workers' priority (they read os.nice in their process) and changes no batch."""
+    preprocess, tokenizer = tiny
+    refs = find_row_groups([dataset])
+
+    def first_batches(nice):
+        def transform(image):  # runs in the worker: the picture and the worker's niceness, both kept
+            seen_nice = torch.full((1, 32, 32), float(os.nice(0)))
+            return torch.cat([preprocess(image), seen_nice])
+
+        stream = ShardStream(refs, transform, tokenizer, batch_size=8, seed=0, num_workers=1, image_size=32)
+        it = iter(train_loader(stream, num_workers=1, worker_nice=nice))
+        return [next(it) for _ in range(3)]
+
+    base = os.nice(0)
+    plain, lowered = first_batches(0), first_batches(19 - base)
+    assert all((b.images[:, 3] == base).all() for b in plain)
+    assert all((b.images[:, 3] == 19).all() for b in lowered)
+    for a, b in zip(plain, lowered):
+        assert torch.equal(a.images[:, :3], b.images[:, :3]) and torch.equal(a.texts, b.texts)
+    with pytest.raises(ConfigError, match="worker_nice must be in 0-19"):
+        TrainConfig(data=[dataset], out=dataset / "unused", worker_nice=20)
 
 
 def test_resume_skips_consumed_batches_exactly(dataset, tiny):

@@ -15,9 +15,11 @@ carries the number of rows skipped while it was assembled, and the trainer logs 
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import math
+import os
 import random
 import threading
 import warnings
@@ -311,8 +313,21 @@ def _forget_parent_thread_exits(worker_id: int) -> None:
     threading._threading_atexits.clear()  # no public API; CPython 3.9+ keeps them here
 
 
-def train_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over `stream` that keeps batch order deterministic (batch b from worker b % K)."""
+def _init_worker(worker_id: int, nice: int = 0) -> None:
+    """DataLoader worker_init_fn: forget the parent's thread-exit callbacks, then lower the worker's
+    priority by `nice` (os.nice). On a machine with fewer cores than the training's threads plus the
+    workers, a worker at the training's priority takes a core from its threads in the middle of a
+    parallel op, which then waits for the descheduled thread; at 19 it runs when a core is free."""
+    _forget_parent_thread_exits(worker_id)
+    if nice:
+        os.nice(nice)
+
+
+def train_loader(
+    stream: ShardStream, num_workers: int, pin_memory: bool = False, worker_nice: int = 0
+) -> DataLoader:
+    """A DataLoader over `stream` that keeps batch order deterministic (batch b from worker b % K);
+    its workers run `worker_nice` lower in priority than the training (_init_worker)."""
     return DataLoader(
         stream,
         batch_size=None,
@@ -322,12 +337,12 @@ def train_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
         multiprocessing_context="fork" if num_workers else None,
-        worker_init_fn=_forget_parent_thread_exits if num_workers else None,
+        worker_init_fn=functools.partial(_init_worker, nice=worker_nice) if num_workers else None,
     )
 
 
 def train_batches(
-    stream: ShardStream, num_workers: int, pin_memory: bool = False
+    stream: ShardStream, num_workers: int, pin_memory: bool = False, worker_nice: int = 0
 ) -> Generator[Batch, None, None]:
     """The batches of `train_loader(stream, ...)`, with a `close()` that stops its worker processes now.
 
@@ -338,7 +353,7 @@ def train_batches(
     it too. (The "DataLoader worker exited unexpectedly" seen inside flows had another cause: see
     `_forget_parent_thread_exits`.)
     """
-    batches = iter(train_loader(stream, num_workers, pin_memory))
+    batches = iter(train_loader(stream, num_workers, pin_memory, worker_nice))
     try:
         yield from batches
     finally:
