@@ -426,7 +426,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
         captions=cfg.captions,
         generic_captions=cfg.generic_captions,
     )
-    batches = train_batches(stream, cfg.workers, d.device.type == "cuda", cfg.worker_nice)
+    batches = train_batches(
+        stream, cfg.workers, pin_memory=d.device.type == "cuda", worker_nice=cfg.worker_nice
+    )
 
     log_path = run_dir / "log.csv"
     latest_checkpoint = resumed_from
