@@ -11,6 +11,8 @@ held out of training (`testbed.corpus_data.Split`), rendered from the cached cor
     python bench/clipasso_corpus.py --drawer runs/corpus-s0 --judge runs/corpus-s1
     python bench/clipasso_corpus.py --data data/corpus/train --drawer runs/corpus-s0 --judge runs/corpus-s1
         # trains a run directory first when it has no checkpoint (preset `corpus`, seeds 0 and 1)
+    python bench/clipasso_corpus.py --drawer runs/demo/train --judge runs/x/demo_s1 --judge-like-drawer
+        # trains the judge with the drawer's own recipe (its config.json) and --judge-seed (1)
 
 Sketching needs only the drawer; the sketches are kept in OUT/sketches.npz, so `--reuse-sketches` scores them
 again with another judge without drawing. Writes OUT/report.json (per picture: nearest source by the drawer and by the judge, losses, seconds) and the
@@ -33,17 +35,58 @@ from apps.clipasso.evaluate import CORPUS_ICONS  # noqa: E402
 from common.errors import UserError  # noqa: E402
 
 
-def ensure_trained(run: Path, data: Path | None, seed: int, preset_name: str) -> Path:
-    """`run` if it holds a checkpoint, else train the preset there with `seed` (needs --data)."""
+def drawers_recipe(drawer: Path, judge: Path, seed: int):
+    """The drawer's own training, read back from its config.json, with `seed` and `judge` as the run
+    directory: a second CLIP that differs from the drawer in the seed alone. Refused when the drawer's data
+    is gone or changed since it trained (its recorded checksums): that would be another recipe."""
+    from dataclasses import fields
+
+    from common.settings import build
+    from curation.shards import manifest_checksum
+    from training.config import TrainConfig
+
+    path = drawer / "config.json"
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{path}: cannot read the drawer's training settings ({exc}); train the judge with --data and --preset"
+        ) from exc
+    for data, checksum in recorded.get("data_checksums", {}).items():
+        if manifest_checksum(data, recorded.get("data_versions", {}).get(data)) != checksum:
+            raise UserError(
+                f"{data}: the drawer {drawer} trained on other data (its shards are gone or changed since); "
+                "rebuild them, or train the judge with --data and --preset"
+            )
+    names = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in recorded.items() if k in names}
+    return build(TrainConfig, {**values, "out": str(judge), "seed": seed, "resume": False}, str(path))
+
+
+def has_checkpoint(run: Path) -> bool:
+    return (run / "latest").exists() or any(run.glob("checkpoints/*.pt"))
+
+
+def ensure_trained(
+    run: Path, data: Path | None, seed: int, preset_name: str, like: Path | None = None
+) -> Path:
+    """`run` if it holds a checkpoint, else train it with `seed`: the recipe of the run `like`, or the
+    preset on `data` (--data)."""
     from training.config import preset
     from training.train import train
 
-    if (run / "latest").exists() or any(run.glob("checkpoints/*.pt")):
+    if has_checkpoint(run):
         return run
-    if data is None:
-        raise UserError(f"{run} has no checkpoint; pass --data TRAIN_SHARDS to train it (seed {seed})")
-    print(f"training {run} (preset {preset_name}, seed {seed})", flush=True)
-    train(preset(preset_name, data=[data], out=run, seed=seed))
+    if like is not None:
+        config, recipe = drawers_recipe(like, run, seed), f"the recipe of {like}"
+    elif data is None:
+        raise UserError(
+            f"{run} has no checkpoint; pass --data TRAIN_SHARDS (or --judge-like-drawer) to train it (seed {seed})"
+        )
+    else:
+        config, recipe = preset(preset_name, data=[data], out=run, seed=seed), f"preset {preset_name}"
+    print(f"training {run} ({recipe}, seed {seed})", flush=True)
+    train(config)
     return run
 
 
@@ -65,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--preset", default="corpus-grouped", help="training preset for --data (default: corpus-grouped)"
     )
+    parser.add_argument(
+        "--judge-like-drawer",
+        action="store_true",
+        help="train a judge that has no checkpoint with the drawer's own recipe (its config.json) and --judge-seed",
+    )
+    parser.add_argument("--judge-seed", type=int, default=1, help="seed of a judge trained here (default 1)")
     parser.add_argument("--strokes", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=250, help="max optimisation steps per seed")
     parser.add_argument("--seeds", type=int, default=1, help="random starts per picture")
@@ -105,11 +154,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         drawer_seed, judge_seed = run_seed(args.drawer), run_seed(args.judge)
+        if judge_seed is None and not has_checkpoint(args.judge):
+            judge_seed = args.judge_seed  # the judge is trained here
         if drawer_seed is not None and drawer_seed == judge_seed:
             raise UserError(
                 f"{args.judge} was trained with seed {judge_seed}, as the drawer {args.drawer}: "
                 "the judge must be a CLIP trained with another seed"
             )
+        if args.judge_like_drawer and not has_checkpoint(args.judge):
+            drawers_recipe(args.drawer, args.judge, args.judge_seed)  # before drawing: can it be followed?
         config = SketchConfig(strokes=args.strokes, iterations=args.iterations, seeds=args.seeds)
         config.validate()
         args.out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             sketch_u8 = np.stack([images[1] for _, images in rows])
             np.savez_compressed(saved, names=np.array(names), sources=source_u8, sketches=sketch_u8)
             (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        judge = load_clip(ensure_trained(args.judge, args.data, 1, args.preset))
+        like = args.drawer if args.judge_like_drawer else None
+        judge = load_clip(ensure_trained(args.judge, args.data, args.judge_seed, args.preset, like))
         # read again: a run trained just now (--data) has its config.json only from here on
         drawer_seed, judge_seed = run_seed(args.drawer), run_seed(args.judge)
         judge_name = f"judge (seed {'?' if judge_seed is None else judge_seed})"

@@ -92,3 +92,54 @@ def test_the_corpus_bench_refuses_a_judge_trained_with_the_drawers_seed(tmp_path
     assert done.returncode == 2, done.stderr
     assert "trained with seed 3, as the drawer" in done.stderr and "another seed" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _bench_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "clipasso_corpus.py"
+    spec = importlib.util.spec_from_file_location("clipasso_corpus_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_corpus_bench_trains_a_judge_with_the_drawers_recipe_and_another_seed(tmp_path, one_thread):
+    """--judge-like-drawer: the judge's training is the drawer's own (read back from its config.json) but for
+    the seed and the run directory; refused, before any drawing, when the drawer's data changed since."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from common.errors import UserError
+    from common.settings import to_dict
+    from training.config import TrainConfig
+
+    data = make_shape_dataset(tmp_path / "data", n=48, seed=0, size=32, shards=2, row_group_size=24)
+    drawer_cfg = TrainConfig(
+        data=[data], out=tmp_path / "drawer", model="clip-tiny", steps=2, batch_size=8, workers=0, warmup=1,
+        lr=1e-3, threads=1, progress=False, captions=("caption",), generic_captions=0.1, seed=0,
+    )  # fmt: skip
+    train(drawer_cfg)
+    bench = _bench_module()
+
+    judge_cfg = bench.drawers_recipe(tmp_path / "drawer", tmp_path / "judge", 5)
+    expected = dataclasses.replace(drawer_cfg, out=tmp_path / "judge", seed=5)
+    assert to_dict(judge_cfg) == to_dict(expected)
+
+    # the drawer's data changes: the judge would be another recipe
+    shard = sorted((data / "shards").glob("*.parquet"))[0]
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["shards"][shard.name]["sha256"] = "0" * 64
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="trained on other data"):
+        bench.drawers_recipe(tmp_path / "drawer", tmp_path / "judge", 5)
+    args = ["--drawer", tmp_path / "drawer", "--judge", tmp_path / "judge", "--judge-like-drawer"]
+    done = subprocess.run(
+        [sys.executable, bench.__file__, *map(str, args), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "trained on other data" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "judge").exists()
