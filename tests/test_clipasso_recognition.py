@@ -19,6 +19,7 @@ from apps.clipasso.evaluate import evaluate, evaluation_pictures
 from apps.clipasso.optimize import SketchConfig
 from models import load_clip
 from testbed.datasets import make_shape_dataset
+from tests.benchscripts import load_bench
 from training.config import preset
 from training.train import train
 
@@ -94,16 +95,6 @@ def test_the_corpus_bench_refuses_a_judge_trained_with_the_drawers_seed(tmp_path
     assert not (tmp_path / "out").exists()
 
 
-def _bench_module():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "clipasso_corpus.py"
-    spec = importlib.util.spec_from_file_location("clipasso_corpus_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_corpus_bench_trains_a_judge_with_the_drawers_recipe_and_another_seed(tmp_path, one_thread):
     """--judge-like-drawer: the judge's training is the drawer's own (read back from its config.json) but for
     the seed and the run directory; refused, before any drawing, when the drawer's data changed since."""
@@ -121,7 +112,7 @@ def test_the_corpus_bench_trains_a_judge_with_the_drawers_recipe_and_another_see
         lr=1e-3, threads=1, progress=False, captions=("caption",), generic_captions=0.1, seed=0,
     )  # fmt: skip
     train(drawer_cfg)
-    bench = _bench_module()
+    bench = load_bench("clipasso_corpus")
 
     judge_cfg = bench.drawers_recipe(tmp_path / "drawer", tmp_path / "judge", 5)
     expected = dataclasses.replace(drawer_cfg, out=tmp_path / "judge", seed=5)

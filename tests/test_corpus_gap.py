@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -12,6 +10,7 @@ from PIL import Image
 from testbed.corpus import SMALL, fetch, load_corpus
 from testbed.corpus_data import Split, caption
 from testbed.corpus_web import CorpusWorld
+from tests.benchscripts import load_bench
 
 SPLIT = Split(
     held_out_style="tabler-filled", train_styles=("openmoji-color", "openmoji-black", "tabler-outline")
@@ -19,11 +18,7 @@ SPLIT = Split(
 
 
 def _bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "corpus_gap.py"
-    spec = importlib.util.spec_from_file_location("corpus_gap", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("corpus_gap")
 
 
 @pytest.fixture(scope="module")
