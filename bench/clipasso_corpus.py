@@ -67,25 +67,23 @@ def has_checkpoint(run: Path) -> bool:
     return (run / "latest").exists() or any(run.glob("checkpoints/*.pt"))
 
 
-def ensure_trained(
-    run: Path, data: Path | None, seed: int, preset_name: str, like: Path | None = None
-) -> Path:
-    """`run` if it holds a checkpoint, else train it with `seed`: the recipe of the run `like`, or the
-    preset on `data` (--data)."""
+def ensure_trained(run: Path, data: Path | None, seed: int, preset_name: str, recipe=None) -> Path:
+    """`run` if it holds a checkpoint, else train it: with `recipe` (a TrainConfig, `drawers_recipe`) when
+    given, else the preset on `data` (--data) with `seed`."""
     from training.config import preset
     from training.train import train
 
     if has_checkpoint(run):
         return run
-    if like is not None:
-        config, recipe = drawers_recipe(like, run, seed), f"the recipe of {like}"
+    if recipe is not None:
+        config, label = recipe, "the drawer's recipe"
     elif data is None:
         raise UserError(
             f"{run} has no checkpoint; pass --data TRAIN_SHARDS (or --judge-like-drawer) to train it (seed {seed})"
         )
     else:
-        config, recipe = preset(preset_name, data=[data], out=run, seed=seed), f"preset {preset_name}"
-    print(f"training {run} ({recipe}, seed {seed})", flush=True)
+        config, label = preset(preset_name, data=[data], out=run, seed=seed), f"preset {preset_name}"
+    print(f"training {run} ({label}, seed {seed})", flush=True)
     train(config)
     return run
 
@@ -161,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.judge} was trained with seed {judge_seed}, as the drawer {args.drawer}: "
                 "the judge must be a CLIP trained with another seed"
             )
+        judge_recipe = None
         if args.judge_like_drawer and not has_checkpoint(args.judge):
-            drawers_recipe(args.drawer, args.judge, args.judge_seed)  # before drawing: can it be followed?
+            # read before drawing (can it be followed?); the drawer trains first when it has no checkpoint
+            ensure_trained(args.drawer, args.data, 0, args.preset)
+            judge_recipe = drawers_recipe(args.drawer, args.judge, args.judge_seed)
         config = SketchConfig(strokes=args.strokes, iterations=args.iterations, seeds=args.seeds)
         config.validate()
         args.out.mkdir(parents=True, exist_ok=True)
@@ -185,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             sketch_u8 = np.stack([images[1] for _, images in rows])
             np.savez_compressed(saved, names=np.array(names), sources=source_u8, sketches=sketch_u8)
             (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        like = args.drawer if args.judge_like_drawer else None
-        judge = load_clip(ensure_trained(args.judge, args.data, args.judge_seed, args.preset, like))
+        judge = load_clip(ensure_trained(args.judge, args.data, args.judge_seed, args.preset, judge_recipe))
         # read again: a run trained just now (--data) has its config.json only from here on
         drawer_seed, judge_seed = run_seed(args.drawer), run_seed(args.judge)
         judge_name = f"judge (seed {'?' if judge_seed is None else judge_seed})"
