@@ -81,6 +81,14 @@ class TrainConfig:
             "of 91 ms; rounding differs from the default loop, so runs are not bit-identical to unfused ones"
         },
     )
+    keep_freed_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "keep memory the steps free in the process for the next step (glibc mallopt) instead of "
+            "returning it to the kernel, which zero-fills it again page by page: the corpus model's CPU step "
+            "0.34 instead of 0.40 s; the same numbers either way (--no-keep-freed-memory: the C library's defaults)"
+        },
+    )
     captions: list[str] = field(
         default_factory=lambda: ["caption"],
         metadata={

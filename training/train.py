@@ -47,6 +47,7 @@ from models import (
     save_checkpoint,
     unwrap,
 )
+from models.memory import keep_freed_memory
 from training.config import TrainConfig
 from training.data import DatasetError, ShardStream, data_version_of, find_row_groups, train_batches
 
@@ -352,6 +353,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 def _train(cfg: TrainConfig) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     d = _init_distributed(cfg.device)
     run_dir = Path(cfg.out)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and on every rerun
