@@ -38,7 +38,17 @@ class Run:
 
 def run_once(train_args: list[str], keep: bool, steps: int, skip: int, out: Path) -> Run:
     flag = "--keep-freed-memory" if keep else "--no-keep-freed-memory"
-    cmd = [sys.executable, "-m", "training.train", *train_args, "--steps", str(steps), flag, "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.train",
+        *train_args,
+        "--steps",
+        str(steps),
+        flag,
+        "--out",
+        str(out),
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -55,10 +65,16 @@ def run_once(train_args: list[str], keep: bool, steps: int, skip: int, out: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=2, help="pairs of runs, alternating which side goes first")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=2, help="pairs of runs, alternating which side goes first"
+    )
     parser.add_argument("--steps", type=int, default=300, help="steps a run")
-    parser.add_argument("--skip", type=int, default=20, help="first steps left out of the step time (start-up)")
+    parser.add_argument(
+        "--skip", type=int, default=20, help="first steps left out of the step time (start-up)"
+    )
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then training.train's options")
     ns = parser.parse_args(argv)
     train_args = [a for a in ns.train_args if a != "--"]
@@ -81,12 +97,18 @@ def main(argv: list[str] | None = None) -> int:
             same = runs[True].losses == runs[False].losses
             ratio = runs[True].step_s / runs[False].step_s
             ratios.append(ratio)
-            print(f"pair {pair}: ratio kept / returned {ratio:.3f}; losses {'identical' if same else 'DIFFER'}")
+            print(
+                f"pair {pair}: ratio kept / returned {ratio:.3f}; losses {'identical' if same else 'DIFFER'}"
+            )
             if not same:
-                print("  the two sides trained to different losses: the setting changed the numbers", flush=True)
+                print(
+                    "  the two sides trained to different losses: the setting changed the numbers", flush=True
+                )
                 return 1
     spread = f"{min(ratios):.3f}-{max(ratios):.3f}"
-    print(f"median ratio kept / returned {statistics.median(ratios):.3f} (range {spread}, {len(ratios)} pairs)")
+    print(
+        f"median ratio kept / returned {statistics.median(ratios):.3f} (range {spread}, {len(ratios)} pairs)"
+    )
     return 0
 
 
