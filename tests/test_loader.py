@@ -6,6 +6,7 @@ import collections
 import hashlib
 import os
 
+import open_clip
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -247,3 +248,44 @@ def test_generic_captions_replace_a_fraction_of_reads(tmp_path, tiny):
     assert all(c == own[_digest(jpg)] for _, jpg, c in reads(0.0, n=400))
     with pytest.raises(DatasetError, match="generic_captions"):
         ShardStream(refs, *tiny, batch_size=5, generic_captions=1.0)
+
+
+def test_low_res_batches_come_first_with_the_same_rows_and_captions(dataset, tiny):
+    """--low-res-steps: the process's first N batches at the small size (from either worker, and after a
+    resume), then the model's size; the rows, captions and crop boxes are those of a plain stream."""
+    preprocess, tokenizer = tiny
+    refs = find_row_groups([dataset])
+    small = open_clip.image_transform(16, is_train=True)
+
+    def batches(low_res_batches, skip=0, workers=2):
+        stream = ShardStream(
+            refs,
+            preprocess,
+            tokenizer,
+            batch_size=6,
+            seed=1,
+            num_workers=workers,
+            skip_batches=skip,
+            low_res_transform=small,
+            low_res_batches=low_res_batches,
+        )
+        it = iter(train_loader(stream, num_workers=workers))
+        return [next(it) for _ in range(6 - skip)]
+
+    for workers in (0, 2):
+        plain = batches(0, workers=workers)
+        assert all(b.images.shape[-1] == 32 for b in plain)
+        mixed = batches(3, workers=workers)
+        assert [b.images.shape[-1] for b in mixed] == [16, 16, 16, 32, 32, 32]
+        resumed = batches(3, skip=2, workers=workers)  # batches 2..5 of the same run
+        assert [b.images.shape[-1] for b in resumed] == [16, 32, 32, 32]
+        for a, b in zip(mixed[2:], resumed):
+            assert torch.equal(a.images, b.images) and torch.equal(a.texts, b.texts)
+        for a, b in zip(plain, mixed):
+            assert torch.equal(a.texts, b.texts)
+        for a, b in zip(plain[3:], mixed[3:]):
+            assert torch.equal(a.images, b.images)
+        # the small pictures are the plain ones' crops at another size: close after downscaling
+        for a, b in zip(plain[:3], mixed[:3]):
+            down = torch.nn.functional.interpolate(a.images, size=16, mode="area")
+            assert (down - b.images).abs().mean() < 0.15

@@ -395,3 +395,34 @@ def test_fused_optimizer_trains_and_is_recorded(data, tmp_path):
     assert groups and all(g["fused"] for g in groups)
     plain = train(_cfg(data, tmp_path / "plain", steps=1, checkpoint_every=1))
     assert not any(g["fused"] for g in read_checkpoint(plain.checkpoint)["optimizer"]["param_groups"])
+
+
+def test_low_res_steps_train_the_first_steps_on_smaller_pictures(data, tmp_path, monkeypatch):
+    """--low-res-steps: a ResNet tower (48 px) trains its first steps on 32 px pictures, then at 48 px;
+    a tower that cannot take the small size is refused before any step, naming the fix."""
+    kw = dict(model="clip-corpus-ctx16", steps=4, checkpoint_every=4, batch_size=8)
+    seen: list[int] = []
+    tower = type(create_model("clip-corpus-ctx16")[0].visual)  # open_clip's ModifiedResNet
+    forward = tower.forward
+
+    def watched(self, x):
+        if self.training:  # the training steps, not the size check
+            seen.append(x.shape[-1])
+        return forward(self, x)
+
+    monkeypatch.setattr(tower, "forward", watched)
+    result = train(_cfg(data, tmp_path / "low", low_res_steps=2, **kw))
+    assert seen == [32, 32, 48, 48]
+    seen.clear()
+    train(_cfg(data, tmp_path / "plain", **kw))
+    assert seen == [48, 48, 48, 48]
+    config = json.loads((tmp_path / "low" / "config.json").read_text())
+    assert (config["low_res_steps"], config["low_res_size"]) == (2, 32)
+    assert read_checkpoint(result.checkpoint)["loader"]["low_res_steps"] == 2
+    # a ViT's position table is for its own size; a ResNet at 64 px pools a 2 x 2 grid, at 32 px 1 x 1
+    for model_name, size in (("clip-tiny", 16), ("clip-corpus-64-ctx16", 32)):
+        with pytest.raises(ConfigError, match=f"does not take {size} px pictures"):
+            train(_cfg(data, tmp_path / model_name, model=model_name, low_res_steps=2, low_res_size=size))
+        assert not (tmp_path / model_name / "log.csv").exists()
+    with pytest.raises(ConfigError, match="low_res_steps must be >= 0"):
+        _cfg(data, tmp_path / "bad", low_res_steps=-1)

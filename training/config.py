@@ -117,6 +117,17 @@ class TrainConfig:
             "applied to 4 pictures in 5; 0 = off"
         },
     )
+    low_res_steps: int = field(
+        default=0,
+        metadata={
+            "help": "train the first N steps on smaller pictures (--low-res-size), then at the model's own "
+            "size: a cheaper start, as in CLIPA (Li et al. 2023); the same rows, captions and crops. "
+            "The image tower must take both sizes (a ResNet tower whose size // 32 is the same); 0 = off"
+        },
+    )
+    low_res_size: int = field(
+        default=32, metadata={"help": "picture size in px of the first --low-res-steps steps"}
+    )
     resume: bool = field(
         default=False, metadata={"help": "continue from the run directory's latest checkpoint"}
     )
@@ -152,6 +163,11 @@ class TrainConfig:
             )
         if not 0 <= self.worker_nice <= 19:
             raise ConfigError(f"TrainConfig: worker_nice must be in 0-19 (os.nice), got {self.worker_nice}")
+        if self.low_res_steps < 0 or self.low_res_size < 1:
+            raise ConfigError(
+                f"TrainConfig: low_res_steps must be >= 0 and low_res_size >= 1, "
+                f"got {self.low_res_steps} and {self.low_res_size}"
+            )
         if self.workers < 0 or self.warmup < 0 or self.lr <= 0:
             raise ConfigError("TrainConfig: workers and warmup must be >= 0 and lr > 0")
 

@@ -177,6 +177,9 @@ class ShardStream(IterableDataset):
     "caption+page_title" is one choice that joins the columns' texts as sentences.
     `generic_captions`: the fraction of reads (of rows with a caption) captioned with one of
     GENERIC_CAPTIONS instead, drawn per position like the caption.
+    `low_res_transform`, `low_res_batches`: this process's first `low_res_batches` batches go through
+    `low_res_transform` (smaller pictures, for a low-resolution start), the rest through `transform`;
+    the rows, captions and crops drawn are the same either way.
     """
 
     def __init__(
@@ -194,6 +197,8 @@ class ShardStream(IterableDataset):
         image_size: int | None = None,
         captions: Sequence[str] = ("caption",),
         generic_captions: float = 0.0,
+        low_res_transform: Callable | None = None,
+        low_res_batches: int = 0,
     ) -> None:
         super().__init__()
         if not captions:
@@ -206,6 +211,8 @@ class ShardStream(IterableDataset):
         self.generic_captions = generic_captions
         self.refs = list(refs)
         self.transform = _SeededTransform(transform)
+        self.low_res_transform = _SeededTransform(low_res_transform) if low_res_transform else None
+        self.low_res_batches = low_res_batches if low_res_transform else 0
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.seed = seed
@@ -218,8 +225,8 @@ class ShardStream(IterableDataset):
         self.units = make_units(self.refs, world_size * self.num_workers)
         self.num_rows = sum(u.stop - u.start for u in self.units)
 
-    def _reader(self) -> tuple[int, int]:
-        """(global reader index, batches to skip) of the calling process/worker.
+    def _reader(self) -> tuple[int, int, int]:
+        """(global reader index, batches to skip, worker role) of the calling process/worker.
 
         Batch b of this process comes from worker b % K (the DataLoader keeps that order). A resumed
         loader starts again at worker 0 with batch `skip_batches`, so real worker w plays the part of
@@ -228,7 +235,8 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker = (info.id if info is not None else 0) + self.skip_batches
         worker %= self.num_workers
-        return self.rank * self.num_workers + worker, len(range(worker, self.skip_batches, self.num_workers))
+        skip = len(range(worker, self.skip_batches, self.num_workers))
+        return self.rank * self.num_workers + worker, skip, worker
 
     def epoch_rows(self, reader: int, epoch: int) -> Iterator[tuple[bytes | None, tuple]]:
         """(jpg, texts of the caption columns) of reader `reader`'s share of epoch `epoch`, shuffled."""
@@ -276,9 +284,12 @@ class ShardStream(IterableDataset):
                 )
 
     def __iter__(self) -> Iterator[Batch]:
-        reader, skip = self._reader()
+        reader, skip, worker = self._reader()
         rows = self._rows(reader)
-        while True:
+        for n in itertools.count():
+            # this process's batch number: worker w makes batches w, w + K, w + 2K, ... (K workers)
+            low_res = worker + n * self.num_workers < self.low_res_batches
+            transform = self.low_res_transform if low_res and self.low_res_transform else self.transform
             images, captions, skipped = [], [], 0
             replaying = skip > 0
             while len(captions) < self.batch_size:
@@ -289,7 +300,7 @@ class ShardStream(IterableDataset):
                     continue
                 captions.append(caption)
                 if not replaying:
-                    images.append(self.transform(image, _mix(self.seed, reader, position)))
+                    images.append(transform(image, _mix(self.seed, reader, position)))
             if replaying:
                 skip -= 1
                 continue

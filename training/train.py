@@ -19,11 +19,12 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 import torch.distributed as dist
 from open_clip.loss import ClipLoss, SigLipLoss
@@ -190,6 +191,37 @@ def model_image_size(model: torch.nn.Module) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
+def low_res_transform(cfg: TrainConfig, model: torch.nn.Module) -> Callable | None:
+    """The training transform at --low-res-size (None without --low-res-steps), after checking that the
+    image tower takes pictures of that size and gives features of the shape it gives at its own size."""
+    if not cfg.low_res_steps:
+        return None
+    size, full, visual = cfg.low_res_size, model_image_size(model), unwrap(model).visual
+    device = next(visual.parameters()).device
+    was_training = visual.training
+    visual.eval()
+    try:
+        with torch.no_grad():
+            shapes = [tuple(visual(torch.zeros(1, 3, s, s, device=device)).shape) for s in (full, size)]
+    except Exception as exc:  # a ViT's position table, a ResNet's attention pool on another grid
+        shapes = [f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"]
+    finally:
+        visual.train(was_training)
+    if len(shapes) != 2 or shapes[0] != shapes[1]:
+        raise ConfigError(
+            f"--low-res-steps: the image tower of {cfg.model!r} ({full} px) does not take {size} px pictures "
+            f"({shapes[-1]}); choose a --low-res-size it takes (a ResNet tower: one whose size // 32 is "
+            f"{full // 32}), or --low-res-steps 0"
+        )
+    return open_clip.image_transform(
+        size,
+        is_train=True,
+        mean=getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN,
+        std=getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD,
+        aug_cfg=augmentation(cfg),
+    )
+
+
 def warn_small_images(data: Sequence[Path], model_size: int) -> None:
     """Say so when a dataset was built at a smaller image size than the model reads (upscaled blur)."""
     for root in data:
@@ -291,6 +323,8 @@ def _data_settings(cfg: TrainConfig, d: _Dist, micro_batch: int) -> dict:
         "seed": cfg.seed,
         "captions": list(cfg.captions),
         "generic_captions": cfg.generic_captions,
+        "low_res_steps": cfg.low_res_steps,
+        "low_res_size": cfg.low_res_size,
     }
 
 
@@ -323,8 +357,14 @@ def _resume(
         scaler.load_state_dict(ckpt["scaler"])
     loader_state = ckpt.get("loader", {})
     now = _data_settings(cfg, d, micro_batch)
-    # checkpoints from before --captions / --generic-captions
-    loader_state = {"captions": ["caption"], "generic_captions": 0.0, **loader_state}
+    # checkpoints from before --captions / --generic-captions / --low-res-steps
+    loader_state = {
+        "captions": ["caption"],
+        "generic_captions": 0.0,
+        "low_res_steps": 0,
+        "low_res_size": 32,
+        **loader_state,
+    }
     changed = {k: (loader_state.get(k), v) for k, v in now.items() if loader_state.get(k) != v}
     if changed and d.main:
         print(
@@ -428,6 +468,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
         image_size=image_size,
         captions=cfg.captions,
         generic_captions=cfg.generic_captions,
+        low_res_transform=low_res_transform(cfg, model),
+        low_res_batches=cfg.low_res_steps * cfg.accum_steps,
     )
     batches = train_batches(
         stream, cfg.workers, pin_memory=d.device.type == "cuda", worker_nice=cfg.worker_nice
