@@ -15,6 +15,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from open_clip.modified_resnet import ModifiedResNet
 
 from common.settings import ConfigError
 from models import CheckpointError, create_model, load_clip, read_checkpoint, register_configs
@@ -402,15 +403,14 @@ def test_low_res_steps_train_the_first_steps_on_smaller_pictures(data, tmp_path,
     a tower that cannot take the small size is refused before any step, naming the fix."""
     kw = dict(model="clip-corpus-ctx16", steps=4, checkpoint_every=4, batch_size=8)
     seen: list[int] = []
-    tower = type(create_model("clip-corpus-ctx16")[0].visual)  # open_clip's ModifiedResNet
-    forward = tower.forward
+    forward = ModifiedResNet.forward
 
     def watched(self, x):
         if self.training:  # the training steps, not the size check
             seen.append(x.shape[-1])
         return forward(self, x)
 
-    monkeypatch.setattr(tower, "forward", watched)
+    monkeypatch.setattr(ModifiedResNet, "forward", watched)
     result = train(_cfg(data, tmp_path / "low", low_res_steps=2, **kw))
     assert seen == [32, 32, 48, 48]
     seen.clear()

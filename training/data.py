@@ -211,8 +211,8 @@ class ShardStream(IterableDataset):
         self.generic_captions = generic_captions
         self.refs = list(refs)
         self.transform = _SeededTransform(transform)
-        self.low_res_transform = _SeededTransform(low_res_transform) if low_res_transform else None
-        self.low_res_batches = low_res_batches if low_res_transform else 0
+        self.low_res_transform = _SeededTransform(low_res_transform) if low_res_transform else self.transform
+        self.low_res_batches = low_res_batches
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.seed = seed
@@ -225,8 +225,8 @@ class ShardStream(IterableDataset):
         self.units = make_units(self.refs, world_size * self.num_workers)
         self.num_rows = sum(u.stop - u.start for u in self.units)
 
-    def _reader(self) -> tuple[int, int, int]:
-        """(global reader index, batches to skip, worker role) of the calling process/worker.
+    def _reader(self) -> tuple[int, int]:
+        """(global reader index, batches to skip) of the calling process/worker.
 
         Batch b of this process comes from worker b % K (the DataLoader keeps that order). A resumed
         loader starts again at worker 0 with batch `skip_batches`, so real worker w plays the part of
@@ -235,8 +235,7 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker = (info.id if info is not None else 0) + self.skip_batches
         worker %= self.num_workers
-        skip = len(range(worker, self.skip_batches, self.num_workers))
-        return self.rank * self.num_workers + worker, skip, worker
+        return self.rank * self.num_workers + worker, len(range(worker, self.skip_batches, self.num_workers))
 
     def epoch_rows(self, reader: int, epoch: int) -> Iterator[tuple[bytes | None, tuple]]:
         """(jpg, texts of the caption columns) of reader `reader`'s share of epoch `epoch`, shuffled."""
@@ -284,12 +283,12 @@ class ShardStream(IterableDataset):
                 )
 
     def __iter__(self) -> Iterator[Batch]:
-        reader, skip, worker = self._reader()
+        reader, skip = self._reader()
+        worker = reader % self.num_workers  # the worker's part: it makes batches w, w + K, w + 2K, ...
         rows = self._rows(reader)
         for n in itertools.count():
-            # this process's batch number: worker w makes batches w, w + K, w + 2K, ... (K workers)
-            low_res = worker + n * self.num_workers < self.low_res_batches
-            transform = self.low_res_transform if low_res and self.low_res_transform else self.transform
+            low_res = worker + n * self.num_workers < self.low_res_batches  # this process's batch number
+            transform = self.low_res_transform if low_res else self.transform
             images, captions, skipped = [], [], 0
             replaying = skip > 0
             while len(captions) < self.batch_size:

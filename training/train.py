@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 import torch.distributed as dist
 from open_clip.loss import ClipLoss, SigLipLoss
+from open_clip.transform import PreprocessCfg, image_transform_v2
 from tqdm import tqdm
 
 from common.atomic import atomic_write_bytes, output_lock
@@ -213,12 +213,9 @@ def low_res_transform(cfg: TrainConfig, model: torch.nn.Module) -> Callable | No
             f"({shapes[-1]}); choose a --low-res-size it takes (a ResNet tower: one whose size // 32 is "
             f"{full // 32}), or --low-res-steps 0"
         )
-    return open_clip.image_transform(
-        size,
-        is_train=True,
-        mean=getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN,
-        std=getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD,
-        aug_cfg=augmentation(cfg),
+    # open_clip's own training transform (create_model_and_transforms), at the small size
+    return image_transform_v2(
+        PreprocessCfg(**{**visual.preprocess_cfg, "size": size}), is_train=True, aug_cfg=augmentation(cfg)
     )
 
 
