@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import training.data
 from common.atomic import file_sha256
 from common.settings import ConfigError
 from curation.shards import ShardEntry, load_manifest, save_manifest, shard_path, write_shard
@@ -22,6 +23,7 @@ from training.data import (
     GENERIC_CAPTIONS,
     DatasetError,
     ShardStream,
+    _Kept,
     decode_image,
     find_row_groups,
     train_loader,
@@ -289,3 +291,44 @@ def test_low_res_batches_come_first_with_the_same_rows_and_captions(dataset, tin
         for a, b in zip(plain[:3], mixed[:3]):
             down = torch.nn.functional.interpolate(a.images, size=16, mode="area")
             assert (down - b.images).abs().mean() < 0.15
+
+
+def test_kept_pictures_and_tokens_give_the_same_batches(dataset, tiny, monkeypatch):
+    """keep_mb: over 3 epochs a reader decodes each picture and tokenises each caption once, and its
+    batches equal those of a stream that keeps nothing and runs the transform whole on each picture
+    (not batch-wise); a reader keeps no more than its budget."""
+    preprocess, tokenizer = tiny
+    refs = find_row_groups([dataset])
+    decoded, tokenised = collections.Counter(), collections.Counter()
+    decode = training.data.decode_image
+
+    def counting_decode(data, draft_size=None):
+        decoded[_digest(data)] += 1
+        return decode(data, draft_size)
+
+    def counting_tokenizer(texts):
+        tokenised.update(texts)
+        return tokenizer(texts)
+
+    monkeypatch.setattr(training.data, "decode_image", counting_decode)
+
+    def batches(keep_mb, transform):
+        decoded.clear()
+        tokenised.clear()
+        stream = ShardStream(refs, transform, counting_tokenizer, batch_size=15, seed=2, keep_mb=keep_mb)
+        it = iter(stream)
+        return [next(it) for _ in range(30)]  # 450 rows: 3 epochs of 150
+
+    kept = batches(64, preprocess)
+    assert set(decoded.values()) == {1} and set(tokenised.values()) == {1}
+    plain = batches(0, lambda image: preprocess(image))  # not a Compose: no batch stage either
+    assert sum(decoded.values()) == 450 and sum(tokenised.values()) == 450
+    for a, b in zip(kept, plain):
+        assert torch.equal(a.images, b.images) and torch.equal(a.texts, b.texts)
+
+    budget = _Kept(budget=20_000)  # room for ~6 of the 32 px pictures (3 KB each with their keys)
+    rows = find_row_groups([dataset])
+    jpgs = [jpg for jpg, _ in ShardStream(rows, *tiny, batch_size=4).epoch_rows(0, 0)][:20]
+    for jpg in jpgs * 2:
+        budget.decode(jpg, None)
+    assert 3 <= len(budget.pictures) <= 7 and budget.used <= 20_000

@@ -16,6 +16,7 @@ carries the number of rows skipped while it was assembled, and the trainer logs 
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import itertools
 import math
@@ -28,9 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision.transforms import Compose, Normalize, ToTensor
 
 from common.errors import UserError
 from curation import versions
@@ -155,6 +158,89 @@ class _SeededTransform:
             generator.set_state(state)
 
 
+def split_batch_stage(transform: Callable) -> tuple[Callable, Callable[[list], torch.Tensor]]:
+    """(per-picture stages, batch stage) of a training transform.
+
+    A torchvision Compose that ends in ToTensor and Normalize (open_clip's transforms do) keeps its
+    picture stages (crop, resize, mode) per picture and converts and normalises the whole batch at once:
+    the same numbers as picture by picture, in a sixth of the time (the corpus demo's batch of 128:
+    5 instead of 31 ms of a worker's core). Any other transform runs whole on each picture.
+    """
+    stages = getattr(transform, "transforms", None)
+    if (
+        isinstance(transform, Compose)
+        and len(stages) >= 2
+        and isinstance(stages[-2], ToTensor)
+        and isinstance(stages[-1], Normalize)
+    ):
+        return Compose(stages[:-2]), functools.partial(_to_normalised_batch, normalize=stages[-1])
+    return transform, torch.stack
+
+
+class _Stages:
+    """A transform as `picture(image, seed)` (its per-picture stages, seeded) and `batch(pictures)`."""
+
+    def __init__(self, transform: Callable) -> None:
+        per_picture, self.batch = split_batch_stage(transform)
+        self.picture = _SeededTransform(per_picture)
+
+
+def _to_normalised_batch(pictures: list, normalize: Normalize) -> torch.Tensor:
+    """ToTensor then `normalize` of every picture, stacked: as one uint8 array when all are RGB pictures
+    of one size, else picture by picture."""
+    if (
+        all(isinstance(p, Image.Image) and p.mode == "RGB" for p in pictures)
+        and len({p.size for p in pictures}) == 1
+    ):
+        batch = torch.from_numpy(np.stack([np.asarray(p) for p in pictures])).permute(0, 3, 1, 2)
+        return normalize(batch.float().div_(255))
+    return normalize(torch.stack([ToTensor()(p) for p in pictures]))
+
+
+class _Kept:
+    """A reader's decoded pictures (by a digest of their bytes) and tokenised captions (by their text),
+    kept up to `budget` bytes: training reads the same rows every epoch, and the corpus demo's 24 epochs
+    decode and tokenise each row 24 times without it. The first ones read stay until the reader ends:
+    each epoch reads every row once in a new order, so evicting the least recently used would keep only
+    rows that will not come again for most of an epoch. Exact: a kept picture or token row is the one
+    decoding or tokenising would give again."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self.pictures: dict[bytes, Image.Image | None] = {}
+        self.tokens: dict[str, torch.Tensor] = {}
+
+    def _fits(self, size: int) -> bool:
+        if self.used + size > self.budget:
+            return False
+        self.used += size
+        return True
+
+    def decode(self, data: bytes | None, draft_size: int | None) -> Image.Image | None:
+        if not self.budget or not data:
+            return decode_image(data, draft_size)
+        key = hashlib.blake2b(data, digest_size=16).digest()
+        if key in self.pictures:
+            return self.pictures[key]
+        picture = decode_image(data, draft_size)
+        size = 200 + (picture.width * picture.height * len(picture.getbands()) if picture else 0)
+        if self._fits(size):
+            self.pictures[key] = picture
+        return picture
+
+    def tokenize(self, tokenizer: Callable, captions: list[str]) -> torch.Tensor:
+        if not self.budget:
+            return tokenizer(captions)
+        missing = list(dict.fromkeys(c for c in captions if c not in self.tokens))
+        fresh = dict(zip(missing, tokenizer(missing))) if missing else {}
+        for caption, row in fresh.items():
+            row = row.clone()  # not a view that holds the whole batch's tensor
+            if self._fits(100 + len(caption) + row.numel() * row.element_size()):
+                self.tokens[caption] = row
+        return torch.stack([self.tokens[c] if c in self.tokens else fresh[c] for c in captions])
+
+
 # Captions that name nothing: the web's pictures captioned only "photo" (curation drops them, rightly,
 # from a dataset). A text tower that reads them on pictures of every kind learns that these words carry no
 # class, so "a photo of a {}." reads as the name; without them it reads the template as noise it never
@@ -180,6 +266,8 @@ class ShardStream(IterableDataset):
     `low_res_transform`, `low_res_batches`: this process's first `low_res_batches` batches go through
     `low_res_transform` (smaller pictures, for a low-resolution start), the rest through `transform`;
     the rows, captions and crops drawn are the same either way.
+    `keep_mb`: each reader keeps up to this many MB of decoded pictures and token rows for the next
+    epochs (`_Kept`; 0: decode and tokenise every read). The batches are the same either way.
     """
 
     def __init__(
@@ -199,6 +287,7 @@ class ShardStream(IterableDataset):
         generic_captions: float = 0.0,
         low_res_transform: Callable | None = None,
         low_res_batches: int = 0,
+        keep_mb: int = 0,
     ) -> None:
         super().__init__()
         if not captions:
@@ -210,8 +299,9 @@ class ShardStream(IterableDataset):
         self._choices = [[self.columns.index(c) for c in choice.split("+")] for choice in self.captions]
         self.generic_captions = generic_captions
         self.refs = list(refs)
-        self.transform = _SeededTransform(transform)
-        self.low_res_transform = _SeededTransform(low_res_transform) if low_res_transform else self.transform
+        self.transform = _Stages(transform)
+        self.low_res_transform = _Stages(low_res_transform) if low_res_transform else self.transform
+        self.keep_mb = keep_mb
         self.low_res_batches = low_res_batches
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -286,6 +376,7 @@ class ShardStream(IterableDataset):
         reader, skip = self._reader()
         worker = reader % self.num_workers  # the worker's part: it makes batches w, w + K, w + 2K, ...
         rows = self._rows(reader)
+        kept = _Kept(self.keep_mb * 2**20)
         for n in itertools.count():
             low_res = worker + n * self.num_workers < self.low_res_batches  # this process's batch number
             transform = self.low_res_transform if low_res else self.transform
@@ -293,17 +384,17 @@ class ShardStream(IterableDataset):
             replaying = skip > 0
             while len(captions) < self.batch_size:
                 position, jpg, caption = next(rows)
-                image = decode_image(jpg, self.draft_size) if caption else None
+                image = kept.decode(jpg, self.draft_size) if caption else None
                 if image is None:
                     skipped += 1
                     continue
                 captions.append(caption)
                 if not replaying:
-                    images.append(transform(image, _mix(self.seed, reader, position)))
+                    images.append(transform.picture(image, _mix(self.seed, reader, position)))
             if replaying:
                 skip -= 1
                 continue
-            yield Batch(torch.stack(images), self.tokenizer(captions), skipped)
+            yield Batch(transform.batch(images), kept.tokenize(self.tokenizer, captions), skipped)
 
 
 def _collate(batch: Batch) -> Batch:

@@ -467,6 +467,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         generic_captions=cfg.generic_captions,
         low_res_transform=low_res_transform(cfg, model),
         low_res_batches=cfg.low_res_steps * cfg.accum_steps,
+        keep_mb=cfg.keep_data_mb,
     )
     batches = train_batches(
         stream, cfg.workers, pin_memory=d.device.type == "cuda", worker_nice=cfg.worker_nice
