@@ -39,10 +39,11 @@ from training.train import augmentation, model_image_size  # noqa: E402
 SIDES = ("default", "keep nothing", "before")
 
 
-def read(cfg: TrainConfig, side: str, warm: int, batches: int) -> tuple[float, list]:
-    """(seconds a batch over the timed ones, those batches) of one side."""
-    refs = [ref for p in cfg.data for ref in find_row_groups([p], None, cfg.captions)]
-    model, transform, _, tokenizer = create_model(cfg.model, aug_cfg=augmentation(cfg))
+def read(
+    cfg: TrainConfig, refs: list, model_parts: tuple, side: str, warm: int, batches: int
+) -> tuple[float, list]:
+    """(seconds a batch over the timed ones, those batches) of one side; `model_parts`: create_model's."""
+    model, transform, _, tokenizer = model_parts
     if side == "before":
         whole = transform
         transform = lambda image: whole(image)  # noqa: E731 - not a Compose: no batch stage
@@ -82,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # nothing written
     cfg = from_namespace(TrainConfig, targs, toml_path=targs.config)
     torch.set_num_threads(1)  # a DataLoader worker's
-    rows = sum(r.num_rows for p in cfg.data for r in find_row_groups([p], None, cfg.captions))
+    refs = [ref for p in cfg.data for ref in find_row_groups([p], None, cfg.captions)]
+    model_parts = create_model(cfg.model, aug_cfg=augmentation(cfg))
+    rows = sum(r.num_rows for r in refs)
     warm = ns.warm if ns.warm is not None else 2 * math.ceil(rows / cfg.batch_size)
     print(f"{rows} rows, batch {cfg.batch_size}: {warm} batches read first, {ns.batches} timed a side")
     times: dict[str, list[float]] = {side: [] for side in SIDES}
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         order = SIDES if r % 2 == 0 else SIDES[::-1]
         seen = {}
         for side in order:
-            seconds, seen[side] = read(cfg, side, warm, ns.batches)
+            seconds, seen[side] = read(cfg, refs, model_parts, side, warm, ns.batches)
             times[side].append(seconds)
             print(f"round {r} {side}: {1000 * seconds:.1f} ms a batch", flush=True)
         for side in SIDES[:-1]:

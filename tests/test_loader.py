@@ -327,8 +327,7 @@ def test_kept_pictures_and_tokens_give_the_same_batches(dataset, tiny, monkeypat
         assert torch.equal(a.images, b.images) and torch.equal(a.texts, b.texts)
 
     budget = _Kept(budget=20_000)  # room for ~6 of the 32 px pictures (3 KB each with their keys)
-    rows = find_row_groups([dataset])
-    jpgs = [jpg for jpg, _ in ShardStream(rows, *tiny, batch_size=4).epoch_rows(0, 0)][:20]
+    jpgs = [jpg for jpg, _ in ShardStream(refs, *tiny, batch_size=4).epoch_rows(0, 0)][:20]
     for jpg in jpgs * 2:
         budget.decode(jpg, None)
     assert 3 <= len(budget.pictures) <= 7 and budget.used <= 20_000

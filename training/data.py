@@ -168,7 +168,8 @@ def split_batch_stage(transform: Callable) -> tuple[Callable, Callable[[list], t
     """
     stages = transform.transforms if isinstance(transform, Compose) else []
     if len(stages) >= 2 and isinstance(stages[-2], ToTensor) and isinstance(stages[-1], Normalize):
-        return Compose(stages[:-2]), functools.partial(_to_normalised_batch, normalize=stages[-1])
+        batch = functools.partial(_to_normalised_batch, to_tensor=stages[-2], normalize=stages[-1])
+        return Compose(stages[:-2]), batch
     return transform, torch.stack
 
 
@@ -180,16 +181,16 @@ class _Stages:
         self.picture = _SeededTransform(per_picture)
 
 
-def _to_normalised_batch(pictures: list, normalize: Normalize) -> torch.Tensor:
-    """ToTensor then `normalize` of every picture, stacked: as one uint8 array when all are RGB pictures
-    of one size, else picture by picture."""
+def _to_normalised_batch(pictures: list, to_tensor: ToTensor, normalize: Normalize) -> torch.Tensor:
+    """`to_tensor` then `normalize` of every picture, stacked: as one uint8 array when all are RGB
+    pictures of one size (what ToTensor does to each), else picture by picture through the stage itself."""
     if (
         all(isinstance(p, Image.Image) and p.mode == "RGB" for p in pictures)
         and len({p.size for p in pictures}) == 1
     ):
         batch = torch.from_numpy(np.stack([np.asarray(p) for p in pictures])).permute(0, 3, 1, 2)
         return normalize(batch.float().div_(255))
-    return normalize(torch.stack([ToTensor()(p) for p in pictures]))
+    return normalize(torch.stack([to_tensor(p) for p in pictures]))
 
 
 class _Kept:
