@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         sketch_nearest = (embed(encoder, sketches) @ source_emb.T).argmax(1).tolist()
         edges = torch.stack([edge_drawing(rgb) for rgb in sources])
         edge_nearest = (embed(encoder, edges) @ source_emb.T).argmax(1).tolist()
+        encoder.close()
         return sketch_nearest, edge_nearest
 
     def body() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import UserError, one_line
-from pipelines.runtime import apply_env_defaults
+from pipelines.runtime import apply_env_defaults, start_temporary_api
 
 apply_env_defaults()  # before Prefect reads its settings
 
@@ -343,8 +343,10 @@ def run_demo(
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     choice = WORLDS[world]
+    api_started = start_temporary_api()  # on the core the test web's build leaves free
     server, wit, truth, web = start_web(out, pages or choice["pages"], seed, world)
     try:
+        api_started()
         params = load_flow_params(
             "end-to-end",
             params_file or choice["params"],

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from common.errors import UserError
@@ -99,6 +101,28 @@ def check_prefect_api(url: str | None = None, timeout: float = 3.0) -> str | Non
             f"Prefect API {redact_url(url)} answered HTTP {response.status_code} to {redact_url(health)}; {hint}"
         )
     return url
+
+
+def start_temporary_api() -> Callable[[], None]:
+    """Start Prefect's temporary local API now, in the background, when no Prefect API is configured (the
+    first flow run would otherwise start it and wait ~10 s for its health check); returns the wait for it.
+
+    Call it before slow work that leaves a core free (the demo builds its test web meanwhile). A start that
+    fails is left to the first flow run, which starts the server again and says why it cannot.
+    """
+    if configured_api_url():
+        return lambda: None
+    from prefect.server.api.server import SubprocessASGIServer  # the one temporary server of this process
+
+    def start() -> None:
+        try:
+            SubprocessASGIServer().start()
+        except Exception:  # noqa: BLE001 - the flow run starts it again and reports the error
+            pass
+
+    thread = threading.Thread(target=start, name="prefect-temporary-api", daemon=True)
+    thread.start()
+    return thread.join
 
 
 def make_task_runner(dask_address: str | None = None, max_workers: int | None = None) -> Any:

@@ -201,6 +201,8 @@ def test_sketch_improves_on_its_start_with_every_seed(tiny_checkpoint, picture_f
         assert [step for step, _ in seed.evaluations] == [0, 4, 8, 11]
     assert result.best_seed == min(result.seeds, key=lambda s: s.best_loss).seed
     assert len(result.frames) == 4 and result.frames[0].shape == (64, 64, 3)
+    # its encoder took its hooks off the model: a later forward feeds no stale encoder's activations
+    assert not any(module._forward_hooks for module in loaded.model.modules())
 
 
 @pytest.mark.parametrize(

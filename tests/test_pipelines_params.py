@@ -196,3 +196,34 @@ def test_a_malformed_list_override_names_the_stage_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"\[chain\]: setting `apps`: '\[coop' opens \[") as raised:
         load_flow_params("end-to-end", None, [*base, "chain.apps=[coop"])
     assert "\n" not in str(raised.value)
+
+
+_EARLY_API = """
+import threading
+import httpx
+from pipelines.runtime import apply_env_defaults, start_temporary_api
+apply_env_defaults()
+wait = start_temporary_api()
+starting = [t.name for t in threading.enumerate() if t.name == "prefect-temporary-api"]
+wait()
+from prefect.server.api.server import SubprocessASGIServer
+server = SubprocessASGIServer()  # the one the first flow run would start: this one, already up
+print(starting, server.running and httpx.get(server.api_url + "/health").status_code)
+server.stop()
+"""
+
+
+def test_the_temporary_api_starts_in_the_background_unless_one_is_configured():
+    """`pipelines.demo` starts Prefect's temporary API while it builds the test web (bench/demo_startup.py)."""
+    run = subprocess.run(
+        [sys.executable, "-c", _EARLY_API], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0 and run.stdout.split("\n")[0] == "['prefect-temporary-api'] 200", run.stderr[
+        -2000:
+    ]
+    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{_closed_port()}/api"}
+    run = subprocess.run(
+        [sys.executable, "-c", _EARLY_API.replace("server.stop()", "")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0 and run.stdout.startswith("[] False"), run.stderr[-2000:]

@@ -283,6 +283,8 @@ def evaluate(
         report["judge_edge_map_own_source_fraction"] = float(
             ((judge_edges @ judge_sources.T).argmax(1) == torch.arange(len(sources))).float().mean()
         )
+        judge_encoder.close()
+    encoder.close()  # its hooks off the model: the caller's later forwards feed no stale list
     return report, rows
 
 

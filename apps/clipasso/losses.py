@@ -115,6 +115,13 @@ class ClipImageEncoder:
     def _keep(self, module, args, output) -> None:
         self._activations.append(output)
 
+    def close(self) -> None:
+        """Take the hooks off the model: an encoder left hooked keeps every later forward's activations
+        (and their graphs), whoever runs it."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks, self._activations = [], []
+
     @property
     def is_vit(self) -> bool:
         return hasattr(self.visual, "transformer") and hasattr(self.visual.transformer, "resblocks")
