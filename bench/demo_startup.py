@@ -39,7 +39,7 @@ def one_side(side: str, out: Path, pages: int, started: float) -> None:
         demo.start_temporary_api = lambda: lambda: None
 
     @flow(name="end-to-end")
-    def empty(**_: object) -> dict:
+    def empty(**parameters: object) -> dict:
         return {}
 
     flows.end_to_end_flow = empty
