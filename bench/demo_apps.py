@@ -17,13 +17,16 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.demo_startup import run_child  # noqa: E402 - one way to run a side in a fresh process
+
 SIDES = ("default", "hooks left")
 
 
@@ -101,15 +104,10 @@ def main(argv: list[str] | None = None) -> int:
                     "--run",
                     str(args.run.resolve()),
                 ]
-                done = subprocess.run([*child, "--out", tmp], cwd=REPO, capture_output=True, text=True)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-            if done.returncode or not lines:
-                print(
-                    f"error: the {side} run failed (exit {done.returncode}):\n{done.stderr[-2000:]}",
-                    file=sys.stderr,
-                )
+                values = run_child([*child, "--out", tmp], "RESULT", side)
+            if values is None:
                 return 1
-            seconds, gallery, peak = (float(v) for v in lines[-1].split()[1:])
+            seconds, gallery, peak = (float(v) for v in values)
             results[side].append((seconds, gallery, peak))
             print(
                 f"round {i + 1}, {side}: apps {seconds:.1f} s (gallery {gallery:.1f} s), peak {peak:.0f} MB",

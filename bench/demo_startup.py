@@ -27,6 +27,19 @@ REPO = Path(__file__).resolve().parents[1]
 SIDES = ("default", "after web")
 
 
+def run_child(command: list[str], marker: str, side: str) -> list[str] | None:
+    """Run one side of a bench in a fresh process (from the repository root): the values after `marker`
+    on the last line it starts, or None when it failed (its exit code and stderr's tail printed)."""
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(marker + " ")]
+    if done.returncode or not lines:
+        print(
+            f"error: the {side} run failed (exit {done.returncode}):\n{done.stderr[-2000:]}", file=sys.stderr
+        )
+        return None
+    return lines[-1].split()[1:]
+
+
 def one_side(side: str, out: Path, pages: int, started: float) -> None:
     """Run in the child process: the demo's start with an empty flow; prints the seconds."""
     sys.path.insert(0, str(REPO))
@@ -70,15 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="demo_startup_") as tmp:
                 child = [sys.executable, "-m", "bench.demo_startup", "--side", side, "--out", tmp]
                 child += ["--pages", str(args.pages), "--started", str(time.time())]
-                done = subprocess.run(child, cwd=REPO, capture_output=True, text=True)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("SECONDS ")]
-            if done.returncode or not lines:
-                print(
-                    f"error: the {side} run failed (exit {done.returncode}):\n{done.stderr[-2000:]}",
-                    file=sys.stderr,
-                )
+                values = run_child(child, "SECONDS", side)
+            if values is None:
                 return 1
-            results[side].append(float(lines[-1].split()[1]))
+            results[side].append(float(values[0]))
             print(f"round {i + 1}, {side}: {results[side][-1]:.1f} s", flush=True)
     print(f"\ncommand: {command.strip()}")
     for side, runs in results.items():
