@@ -163,71 +163,82 @@ def sketch_picture(
 ) -> SketchResult:
     """Optimise `config.seeds` sketches of `picture` with CLIPasso's losses; return the best one."""
     config.validate()
-    rasterize = get_rasterizer(config.backend)
     started = time.perf_counter()
     encoder = ClipImageEncoder(loaded, config.loss)
-    try:  # the encoder hooks the model: closed, so that a later forward does not feed it
-        device = encoder.mean.device
-        model_size = encoder.image_size
-        target = to_model_input(picture.rgb[None].to(device), model_size)
-
-        points = (initial if initial is not None else initial_points(picture, encoder, config)).to(device)
-        points = points.clone().requires_grad_(True)
-        widths, colors = black_strokes(points.detach(), canvas_width(config, model_size))
-        strokes = Strokes(points, widths, colors)
-        optimizer = torch.optim.Adam([points], lr=config.lr * config.size / PAPER_CANVAS)
-        generator = torch.Generator().manual_seed(config.seed)
-        views = config.augment.views + 1
-        render_size = optimisation_canvas(config.size, model_size)
-        scale = render_size / config.size
-
-        def step_loss(step: int) -> torch.Tensor:
-            grids = sample_views(config.augment, model_size, generator)
-            with torch.no_grad():
-                target_features = encoder(apply_views(target, grids).flatten(0, 1))
-            canvas = rasterize(points * scale, widths * scale, colors, render_size, config.raster)
-            sketch_features = encoder(apply_views(to_model_input(canvas, model_size), grids).flatten(0, 1))
-            geometric, semantic = sketch_losses(sketch_features, target_features, views, encoder.config)
-            return total_loss(geometric, semantic, encoder.config)  # (seeds, views)
-
-        def render_frames() -> torch.Tensor:
-            return rasterize(points.detach(), widths, colors, config.size, config.raster)
-
-        loop = optimise_strokes(
-            strokes, step_loss, optimizer, render_frames, config.schedule, desc="clipasso", first_seed=config.seed,
-            progress=progress,
-        )  # fmt: skip
-        winner = loop.winner
-        seeds = [
-            SeedResult(
-                config.seed + s,
-                loop.evaluations[s],
-                loop.best_step[s],
-                loop.best_loss[s],
-                loop.best[s].points.cpu(),
-            )
-            for s in range(points.shape[0])
-        ]
-        sketch = Sketch(
-            points=loop.best[winner].points.cpu(),
-            widths=widths[winner].cpu(),
-            colors=colors[winner].cpu(),
-            width=config.size,
-            height=config.size,
-        )
-        return SketchResult(
-            sketch=sketch,
-            best_seed=config.seed + winner,
-            seeds=seeds,
-            frames=loop.frames[winner],
-            steps=loop.steps,
-            seconds=time.perf_counter() - started,
-            encoder=encoder.description,
-            stroke_width=canvas_width(config, model_size),
-            loss=encoder.config,
-        )
-    finally:
+    try:
+        return _sketch(picture, encoder, config, progress, initial, started)
+    finally:  # the encoder hooks the model: unhooked, a later forward of the model feeds no stale list
         encoder.close()
+
+
+def _sketch(
+    picture: Picture,
+    encoder: ClipImageEncoder,
+    config: SketchConfig,
+    progress: bool,
+    initial: torch.Tensor | None,
+    started: float,
+) -> SketchResult:
+    rasterize = get_rasterizer(config.backend)
+    device = encoder.mean.device
+    model_size = encoder.image_size
+    target = to_model_input(picture.rgb[None].to(device), model_size)
+
+    points = (initial if initial is not None else initial_points(picture, encoder, config)).to(device)
+    points = points.clone().requires_grad_(True)
+    widths, colors = black_strokes(points.detach(), canvas_width(config, model_size))
+    strokes = Strokes(points, widths, colors)
+    optimizer = torch.optim.Adam([points], lr=config.lr * config.size / PAPER_CANVAS)
+    generator = torch.Generator().manual_seed(config.seed)
+    views = config.augment.views + 1
+    render_size = optimisation_canvas(config.size, model_size)
+    scale = render_size / config.size
+
+    def step_loss(step: int) -> torch.Tensor:
+        grids = sample_views(config.augment, model_size, generator)
+        with torch.no_grad():
+            target_features = encoder(apply_views(target, grids).flatten(0, 1))
+        canvas = rasterize(points * scale, widths * scale, colors, render_size, config.raster)
+        sketch_features = encoder(apply_views(to_model_input(canvas, model_size), grids).flatten(0, 1))
+        geometric, semantic = sketch_losses(sketch_features, target_features, views, encoder.config)
+        return total_loss(geometric, semantic, encoder.config)  # (seeds, views)
+
+    def render_frames() -> torch.Tensor:
+        return rasterize(points.detach(), widths, colors, config.size, config.raster)
+
+    loop = optimise_strokes(
+        strokes, step_loss, optimizer, render_frames, config.schedule, desc="clipasso", first_seed=config.seed,
+        progress=progress,
+    )  # fmt: skip
+    winner = loop.winner
+    seeds = [
+        SeedResult(
+            config.seed + s,
+            loop.evaluations[s],
+            loop.best_step[s],
+            loop.best_loss[s],
+            loop.best[s].points.cpu(),
+        )
+        for s in range(points.shape[0])
+    ]
+    sketch = Sketch(
+        points=loop.best[winner].points.cpu(),
+        widths=widths[winner].cpu(),
+        colors=colors[winner].cpu(),
+        width=config.size,
+        height=config.size,
+    )
+    return SketchResult(
+        sketch=sketch,
+        best_seed=config.seed + winner,
+        seeds=seeds,
+        frames=loop.frames[winner],
+        steps=loop.steps,
+        seconds=time.perf_counter() - started,
+        encoder=encoder.description,
+        stroke_width=canvas_width(config, model_size),
+        loss=encoder.config,
+    )
 
 
 def fit_pixels(
