@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -25,14 +24,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.demo_startup import run_child  # noqa: E402 - one way to run a side in a fresh process
+from bench.sides import ratios_line, run_child  # noqa: E402
 
 SIDES = ("default", "hooks left")
 
 
 def one_side(side: str, run: Path, out: Path) -> None:
     """Run in the child process: the demo's apps; prints seconds, gallery seconds and peak RSS (MB)."""
-    sys.path.insert(0, str(REPO))
     from pipelines.runtime import apply_env_defaults
 
     apply_env_defaults()
@@ -119,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         sides = "; ".join(
             f"{side} " + ", ".join(f"{r[k]:.1f}" for r in runs) for side, runs in results.items()
         )
-        print(
-            f"{name}: {sides}; ratio default / hooks left {', '.join(f'{r:.2f}' for r in ratios)}, median "
-            f"{statistics.median(ratios):.2f} (min-max {min(ratios):.2f}-{max(ratios):.2f})"
-        )
+        print(f"{name}: {sides}; ratio default / hooks left {ratios_line(ratios)}")
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.sides import ratios_line  # noqa: E402
 from pipelines.runtime import apply_env_defaults  # noqa: E402
 
 apply_env_defaults()
@@ -106,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     for side, runs in results.items():
         print(f"{side:>10}: " + ", ".join(f"{s:.1f}" for s, _ in runs) + " s")
     ratios = [d[0] / p[0] for d, p in zip(results["default"], results["pool only"])]
-    print(
-        f"ratio default / pool only per round: {', '.join(f'{r:.2f}' for r in ratios)}; median "
-        f"{statistics.median(ratios):.2f} (min-max {min(ratios):.2f}-{max(ratios):.2f})"
-    )
+    print(f"ratio default / pool only per round: {ratios_line(ratios)}")
     if len(kept) != 1:
         print("error: the two sides kept different numbers of pairs", file=sys.stderr)
         return 1

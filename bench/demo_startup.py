@@ -16,33 +16,21 @@ default / after web with its range. The corpus must be cached.
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.sides import ratios_line, run_child  # noqa: E402
+
 SIDES = ("default", "after web")
-
-
-def run_child(command: list[str], marker: str, side: str) -> list[str] | None:
-    """Run one side of a bench in a fresh process (from the repository root): the values after `marker`
-    on the last line it starts, or None when it failed (its exit code and stderr's tail printed)."""
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(marker + " ")]
-    if done.returncode or not lines:
-        print(
-            f"error: the {side} run failed (exit {done.returncode}):\n{done.stderr[-2000:]}", file=sys.stderr
-        )
-        return None
-    return lines[-1].split()[1:]
 
 
 def one_side(side: str, out: Path, pages: int, started: float) -> None:
     """Run in the child process: the demo's start with an empty flow; prints the seconds."""
-    sys.path.insert(0, str(REPO))
     from prefect import flow
 
     import pipelines.demo as demo
@@ -92,10 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     for side, runs in results.items():
         print(f"{side:>10}: " + ", ".join(f"{s:.1f}" for s in runs) + " s")
     ratios = [d / a for d, a in zip(results["default"], results["after web"])]
-    print(
-        f"ratio default / after web per round: {', '.join(f'{r:.2f}' for r in ratios)}; median "
-        f"{statistics.median(ratios):.2f} (min-max {min(ratios):.2f}-{max(ratios):.2f})"
-    )
+    print(f"ratio default / after web per round: {ratios_line(ratios)}")
     return 0
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.sides import ratios_line  # noqa: E402
 from pipelines.runtime import apply_env_defaults  # noqa: E402
 
 apply_env_defaults()
@@ -94,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [t[0] / n[0] for n, t in zip(results["no tag"], results["tag limit 1"])]
     extra = [(t[0] - n[0]) / (args.tasks - 1) for n, t in zip(results["no tag"], results["tag limit 1"])]
     print(
-        f"\nratio tag limit / no tag per repeat: {', '.join(f'{r:.2f}' for r in ratios)}; median "
-        f"{statistics.median(ratios):.2f} (min-max {min(ratios):.2f}-{max(ratios):.2f}); extra seconds per task "
+        f"\nratio tag limit / no tag per repeat: {ratios_line(ratios)}; extra seconds per task "
         f"transition: median {statistics.median(extra):.2f} (min-max {min(extra):.2f}-{max(extra):.2f})"
     )
     return 0
