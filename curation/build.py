@@ -64,6 +64,7 @@ from curation.wit import (
     WitFormatError,
     check_url,
     choose_caption,
+    page_fields,
     read_wit,
     wit_candidate,
 )
@@ -295,7 +296,7 @@ def _iter_crawl(cfg: BuildConfig, url: str, index: int) -> Iterator[tuple[dict, 
     )
     for batch in pq.ParquetFile(result.out).iter_batches(batch_size=1024):
         for row in batch.to_pylist():
-            fields = {k: (v if isinstance(v, str) else None) for k, v in row.items()}
+            fields = page_fields({k: (v if isinstance(v, str) else None) for k, v in row.items()})
             caption, text_source = choose_caption(fields, cfg.caption_policy)
             record = {name: fields.get(name) for name in KEPT_COLUMNS}
             record.update(url=fields.get("url") or "", caption=caption, text_source=text_source)

@@ -27,6 +27,17 @@ MAX_URL_CHARS = 2048
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HOST = re.compile(r"^[A-Za-z0-9.\-_~%]+$|^\[[0-9A-Fa-f:.]+\]$")
+# The page number of a listing spread over pages, at the end of its title: "Birds (part 3)", "Gallery -
+# Page 2 of 9", "Fotos | Seite 4", "Mammals, p. 12". It names no picture on the page; left in, the pictures
+# of one topic carry as many titles as the topic has pages, and a CLIP trained on the titles is asked to
+# tell page 2's birds from page 3's (docs/corpus.md "Page numbers in page titles").
+_PAGINATION = re.compile(
+    r"\s*[-–—|:,·]?\s*[(\[]?\s*"
+    r"\b(?:part|page|seite|teil|página|pagina|parte|partie|deel|pg\.?|p\.)\s*\d+"
+    r"(?:\s*(?:of|/|von|de|di|sur|van)\s*\d+)?\s*[)\]]?\s*$",
+    re.IGNORECASE,
+)
+_PAGINATION_TAIL = 64
 
 
 class WitFormatError(UserError, ValueError):
@@ -142,6 +153,22 @@ def _parse_line(number: int, raw: bytes, too_long: bool, max_line_bytes: int) ->
     return WitRow(number, fields)
 
 
+def without_pagination(title: str | None) -> str | None:
+    """The page title without a page number at its end ("Birds (part 3)" -> "Birds"); a title that is
+    nothing but a page number ("Page 2") stays as it is."""
+    if not title:
+        return title
+    # Only the end is searched: a page number is short, and the pattern's leading spaces would make a
+    # search over a long run of spaces (a hostile title of a megabyte) quadratic.
+    head, tail = title[:-_PAGINATION_TAIL], title[-_PAGINATION_TAIL:]
+    return (head + _PAGINATION.sub("", tail)).strip() or title
+
+
+def page_fields(fields: dict[str, str | None]) -> dict[str, str | None]:
+    """A page's text fields as the dataset keeps them: the page title without its page number."""
+    return {**fields, "page_title": without_pagination(fields.get("page_title"))}
+
+
 def choose_caption(fields: dict[str, str], policy: Sequence[str]) -> tuple[str | None, str | None]:
     """(caption, field it came from): the first non-empty field of the policy."""
     for name in policy:
@@ -154,6 +181,7 @@ def choose_caption(fields: dict[str, str], policy: Sequence[str]) -> tuple[str |
 def wit_candidate(fields: dict[str, str], policy: Sequence[str]) -> tuple[dict, str | None]:
     """A candidate record for one parsed row, and the reason it is rejected (None if kept)."""
     url = fields["image_url"].strip()
+    fields = page_fields(fields)
     caption, text_source = choose_caption(fields, policy)
     record = {name: (fields.get(name) or None) for name in KEPT_COLUMNS}
     record.update(url=url, caption=caption, text_source=text_source)

@@ -448,6 +448,52 @@ def test_crawl_source_end_to_end(tmp_path):
     assert sources == {f"crawl:{web.base_url}/"}
 
 
+def test_page_numbers_leave_the_page_titles(tmp_path):
+    """A listing's page number is not kept in the page title, from a crawl or a WIT TSV (curation.wit.page_fields);
+    the candidate rows carry the titles into the shards."""
+    rng = np.random.default_rng(2)
+    page = (
+        "<html lang='en'><head><title>Red circles - Page 2 of 3</title></head><body><figure>"
+        "<img src='/circle.png' alt='a red circle'><figcaption>A red circle drawn on white paper</figcaption>"
+        "</figure></body></html>"
+    )
+
+    class Site(_Handler):
+        files = {
+            "/": ("text/html; charset=utf-8", page.encode()),
+            "/circle.png": ("image/png", _png(render_shape_image("red circle", rng, 96))),
+            "/star.png": ("image/png", _png(render_shape_image("blue star", rng, 96))),
+        }
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Site)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    row = dict.fromkeys(WIT_COLUMNS, "")
+    row.update(
+        language="en",
+        page_url=base + "/stars.html",
+        page_title="Blue stars (part 4)",
+        image_url=base + "/star.png",
+        caption_reference_description="A blue star drawn on white paper",
+    )
+    wit = tmp_path / "stars.tsv"
+    wit.write_text("\t".join(WIT_COLUMNS) + "\n" + "\t".join(row[c] for c in WIT_COLUMNS) + "\n")
+    try:
+        cfg = BuildConfig(
+            out=tmp_path / "titled",
+            source=[f"crawl:{base}/", f"wit:{wit}"],
+            allow_networks=["127.0.0.1/32"],
+            **FAST,
+        )
+        chunks = collect_candidates(cfg).chunks  # the rows img2dataset would be given
+    finally:
+        server.shutdown()
+    titles = [
+        t for c in chunks for t in pq.read_table(c.path, columns=["page_title"])["page_title"].to_pylist()
+    ]
+    assert sorted(titles) == ["Blue stars", "Red circles"]
+
+
 def test_toml_config_gives_the_same_settings_as_flags(tmp_path):
     from common.settings import ConfigError, load_config
 

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import gzip
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from curation.config import DEFAULT_CAPTION_POLICY
-from curation.wit import MAX_LINE_BYTES, WIT_COLUMNS, WitFormatError, check_url, read_wit, wit_candidate
+from curation.wit import (
+    MAX_LINE_BYTES,
+    WIT_COLUMNS,
+    WitFormatError,
+    check_url,
+    read_wit,
+    wit_candidate,
+    without_pagination,
+)
 
 
 def wit_line(**values: str) -> str:
@@ -59,6 +68,40 @@ def test_good_rows_plain_and_gzip_with_caption_policy(tmp_path):
     rows = parse(tmp_path / "site.tsv")
     record, reason = wit_candidate(rows[0].fields, ["caption_alt_text_description", "page_title"])
     assert (record["caption"], record["text_source"], reason) == ("Circle", "page_title", None)
+
+
+@pytest.mark.parametrize(
+    ("title", "kept"),
+    [
+        ("Animals and nature: animal mammal (part 30)", "Animals and nature: animal mammal"),
+        ("Gallery - Page 2 of 9", "Gallery"),
+        ("Fotos | Seite 4", "Fotos"),
+        ("Mammals, p. 12", "Mammals"),
+        ("Birds [page 3]", "Birds"),
+        ("Aves \u2013 p\u00e1gina 2", "Aves"),
+        # numbers that are not page numbers, and a title that is nothing but one
+        ("Apollo 11", "Apollo 11"),
+        ("Top 10 birds", "Top 10 birds"),
+        ("Part 2: The Return", "Part 2: The Return"),
+        ("Chapter 3", "Chapter 3"),
+        ("Page 2", "Page 2"),
+        ("", ""),
+        (None, None),
+    ],
+)
+def test_page_numbers_leave_page_titles(title, kept):
+    assert without_pagination(title) == kept
+
+
+def test_page_title_without_its_number_in_the_record_and_the_caption():
+    fields = dict.fromkeys(WIT_COLUMNS, "")
+    fields.update(image_url="https://example.org/a.png", page_title="Circles (part 3)")
+    record, reason = wit_candidate(fields, ["page_title"])
+    assert (record["page_title"], record["caption"], reason) == ("Circles", "Circles", None)
+    # a megabyte of spaces before a page number: the search looks at the end only
+    started = time.perf_counter()
+    assert without_pagination("Circles" + " " * 1_000_000 + "(part 3)") == "Circles"
+    assert time.perf_counter() - started < 1.0
 
 
 def test_hostile_lines_are_rejected_with_reasons(tmp_path):
