@@ -33,6 +33,7 @@ from models import load_clip
 from testbed.shapes import render_shape_image
 from testbed.truth import REASONS, score
 from testbed.web import serve_testweb
+from tests.test_wit import wit_line, write_lines
 
 FAST = {"processes": 1, "threads": 8, "image_size": 64, "timeout": 5}
 
@@ -468,16 +469,13 @@ def test_page_numbers_leave_the_page_titles(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Site)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    row = dict.fromkeys(WIT_COLUMNS, "")
-    row.update(
-        language="en",
+    row = wit_line(
         page_url=base + "/stars.html",
         page_title="Blue stars (part 4)",
         image_url=base + "/star.png",
         caption_reference_description="A blue star drawn on white paper",
     )
-    wit = tmp_path / "stars.tsv"
-    wit.write_text("\t".join(WIT_COLUMNS) + "\n" + "\t".join(row[c] for c in WIT_COLUMNS) + "\n")
+    wit = write_lines(tmp_path / "stars.tsv", [row.encode()])
     try:
         cfg = BuildConfig(
             out=tmp_path / "titled",
