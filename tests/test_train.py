@@ -80,6 +80,7 @@ def test_train_writes_run_dir_and_open_clip_loads_the_checkpoint(data, tmp_path)
     losses = [float(r["loss"]) for r in rows]
     assert all(l == l for l in losses) and losses[-1] < losses[0]  # noqa: E741 (finite, and it learns)
     assert float(rows[-1]["logit_scale"]) <= 100.0 and float(rows[-1]["samples_per_s"]) > 0
+    assert all(float(r["grad_norm"]) > 0 for r in rows)  # the norm before clipping, every step
 
     # Plain open_clip loads it once our configs are registered.
     register_configs()

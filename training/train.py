@@ -58,6 +58,7 @@ LOG_FIELDS = [
     "loss",
     "lr",
     "logit_scale",
+    "grad_norm",
     "samples_per_s",
     "data_wait_s",
     "step_s",
@@ -593,6 +594,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
                         "loss": f"{loss_value:.5f}",
                         "lr": f"{lr:.3e}",
                         "logit_scale": f"{unwrap(model).logit_scale.exp().item():.3f}",
+                        "grad_norm": f"{float(grad_norm):.4g}",  # before clipping to --grad-clip
                         "samples_per_s": f"{samples_per_s:.1f}",
                         "data_wait_s": f"{data_wait:.4f}",
                         "step_s": f"{step_time:.4f}",
