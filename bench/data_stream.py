@@ -6,13 +6,17 @@
         --captions page_title --data runs/demo/data/round1
 
 Reads the training command's data the way one DataLoader worker does (`training.data.ShardStream` in
-this process, 1 thread), three ways, alternating which goes first each round:
+this process, 1 thread), four ways, alternating which goes first each round:
 - `default`: as training reads it now (`--keep-data-mb`, 512 MB: decoded pictures and token rows kept
-  for the next epochs; ToTensor and Normalize on the whole batch);
-- `keep nothing`: `keep_mb=0`, the batch stage kept;
-- `before`: `keep_mb=0` and the transform run whole on each picture (how the reader worked before).
+  for the next epochs; the crop box drawn from the row's random.Random; ToTensor and Normalize on the
+  whole batch);
+- `keep nothing`: `keep_mb=0`, the rest as `default`;
+- `torch crop`: as `default` but torchvision's RandomResizedCrop draws the box through torch's generator,
+  seeded and restored for each picture (how the reader cropped before);
+- `before`: `keep_mb=0` and the transform run whole on each picture, torch's crop (the first reader).
 Each side first reads `--warm` batches (by default 2 epochs, so what is kept is in place), then times
-`--batches` more; the batches timed must be equal on every side (the bench fails otherwise). Prints the
+`--batches` more; the batches timed must be equal on the sides that crop alike (`default` and `keep nothing`;
+`torch crop` and `before`; the bench fails otherwise). Prints the
 milliseconds a batch of each side, per round, and the median ratios to `before` with their spread.
 """
 
@@ -26,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from torchvision.transforms import Compose
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,7 +41,8 @@ from training.config import TrainConfig  # noqa: E402
 from training.data import ShardStream, find_row_groups  # noqa: E402
 from training.train import augmentation, model_image_size  # noqa: E402
 
-SIDES = ("default", "keep nothing", "before")
+SIDES = ("default", "keep nothing", "torch crop", "before")
+SAME = {"keep nothing": "default", "torch crop": "before"}  # sides whose batches must be equal
 
 
 def read(
@@ -47,6 +53,9 @@ def read(
     if side == "before":
         whole = transform
         transform = lambda image: whole(image)  # noqa: E731 - not a Compose: no batch stage
+    elif side == "torch crop":  # the crop hidden from the reader's own: torch's generator draws the box
+        crop, *rest = transform.transforms
+        transform = Compose([lambda image: crop(image), *rest])
     stream = ShardStream(
         refs,
         transform,
@@ -56,7 +65,7 @@ def read(
         image_size=model_image_size(model),
         captions=cfg.captions,
         generic_captions=cfg.generic_captions,
-        keep_mb=cfg.keep_data_mb if side == "default" else 0,
+        keep_mb=cfg.keep_data_mb if side in ("default", "torch crop") else 0,
     )
     it = iter(stream)
     for _ in range(warm):
@@ -96,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             seconds, seen[side] = read(cfg, refs, model_parts, side, warm, ns.batches)
             times[side].append(seconds)
             print(f"round {r} {side}: {1000 * seconds:.1f} ms a batch", flush=True)
-        for side in SIDES[:-1]:
-            for a, b in zip(seen[side], seen["before"]):
+        for side, other in SAME.items():
+            for a, b in zip(seen[side], seen[other]):
                 if not (torch.equal(a.images, b.images) and torch.equal(a.texts, b.texts)):
-                    print(f"round {r}: the {side!r} batches differ from the 'before' ones")
+                    print(f"round {r}: the {side!r} batches differ from the {other!r} ones")
                     return 1
     for side in SIDES[:-1]:
         ratios = [a / b for a, b in zip(times[side], times["before"])]
@@ -108,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}, {len(ratios)} rounds)"
         )
     print(f"before: median {1000 * statistics.median(times['before']):.1f} ms a batch; the batches equal")
+    # (equal where they crop alike: the kept against the not kept, and the two torch crops)
     return 0
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import random
 
 import open_clip
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
+from torchvision.transforms import RandomResizedCrop
 
 import training.data
 from common.atomic import file_sha256
@@ -23,7 +26,9 @@ from training.data import (
     GENERIC_CAPTIONS,
     DatasetError,
     ShardStream,
+    _Crop,
     _Kept,
+    crop_box,
     decode_image,
     find_row_groups,
     train_loader,
@@ -293,14 +298,43 @@ def test_low_res_batches_come_first_with_the_same_rows_and_captions(dataset, tin
             assert (down - b.images).abs().mean() < 0.15
 
 
+def test_crop_boxes_follow_torchvisions_random_resized_crop(tiny):
+    """The reader crops open_clip's training pictures with boxes drawn from the row's own random.Random
+    (not torch's generator, seeded and restored per picture): every box inside the picture with an
+    allowed area and shape, and over 20,000 draws the same mean box and area as torchvision's RandomResizedCrop,
+    on a square picture and on a wide one (where some draws fall back to the central crop)."""
+    assert isinstance(ShardStream([], *tiny, batch_size=2).transform.picture, _Crop)
+    crop = RandomResizedCrop(32, scale=(0.5, 1.0))
+    for width, height in ((64, 64), (96, 40)):
+        ours = torch.tensor(
+            [crop_box(width, height, crop, random.Random(k)) for k in range(20_000)], dtype=torch.float
+        )
+        torch.manual_seed(0)
+        picture = Image.new("RGB", (width, height))
+        theirs = torch.tensor(
+            [crop.get_params(picture, crop.scale, crop.ratio) for _ in range(20_000)], dtype=torch.float
+        )
+        top, left, h, w = ours.T
+        assert (
+            (top >= 0).all() and (left >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
+        )
+        assert (h * w >= 0.5 * width * height - width - height).all()
+        assert ((ours - theirs).mean(0).abs() < 0.6).all(), (ours.mean(0), theirs.mean(0))
+        assert (ours.std(0) - theirs.std(0)).abs().max() < 0.6
+        area, their_area = h * w, theirs[:, 2] * theirs[:, 3]
+        error = ((area.var() + their_area.var()) / len(area)).sqrt()  # of the difference of the means
+        assert (area.mean() - their_area.mean()).abs() < 4 * error, (area.mean(), their_area.mean())
+
+
 def test_kept_pictures_and_tokens_give_the_same_batches(dataset, tiny, monkeypatch):
     """keep_mb: over 3 epochs a reader decodes each picture and tokenises each caption once, and its
     batches equal those of a stream that keeps nothing and runs the transform whole on each picture
-    (not batch-wise); a reader keeps no more than its budget."""
+    (not batch-wise, torchvision's own crop given the same boxes); a reader keeps no more than its budget."""
     preprocess, tokenizer = tiny
     refs = find_row_groups([dataset])
     decoded, tokenised = collections.Counter(), collections.Counter()
-    decode = training.data.decode_image
+    decode, draw = training.data.decode_image, training.data.crop_box
+    boxes = []
 
     def counting_decode(data, draft_size=None):
         decoded[_digest(data)] += 1
@@ -310,7 +344,12 @@ def test_kept_pictures_and_tokens_give_the_same_batches(dataset, tiny, monkeypat
         tokenised.update(texts)
         return tokenizer(texts)
 
+    def recording_draw(*args):
+        boxes.append(draw(*args))
+        return boxes[-1]
+
     monkeypatch.setattr(training.data, "decode_image", counting_decode)
+    monkeypatch.setattr(training.data, "crop_box", recording_draw)
 
     def batches(keep_mb, transform):
         decoded.clear()
@@ -320,8 +359,11 @@ def test_kept_pictures_and_tokens_give_the_same_batches(dataset, tiny, monkeypat
         return [next(it) for _ in range(30)]  # 450 rows: 3 epochs of 150
 
     kept = batches(64, preprocess)
-    assert set(decoded.values()) == {1} and set(tokenised.values()) == {1}
-    plain = batches(0, lambda image: preprocess(image))  # not a Compose: no batch stage either
+    assert set(decoded.values()) == {1} and set(tokenised.values()) == {1} and len(boxes) == 450
+    # not a Compose: no batch stage, and torchvision's RandomResizedCrop draws the box (given the same ones)
+    replay = iter(list(boxes))
+    monkeypatch.setattr(RandomResizedCrop, "get_params", staticmethod(lambda *_: next(replay)))
+    plain = batches(0, lambda image: preprocess(image))
     assert sum(decoded.values()) == 450 and sum(tokenised.values()) == 450
     for a, b in zip(kept, plain):
         assert torch.equal(a.images, b.images) and torch.equal(a.texts, b.texts)

@@ -31,9 +31,11 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from open_clip.transform import MaybeConvertMode
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchvision.transforms import Compose, Normalize, ToTensor
+from torchvision.transforms import Compose, Normalize, RandomResizedCrop, ToTensor
+from torchvision.transforms import functional as TF
 
 from common.errors import UserError
 from curation import versions
@@ -146,16 +148,67 @@ class _SeededTransform:
     def __init__(self, transform: Callable) -> None:
         self.transform = transform
 
-    def __call__(self, image: Image.Image, seed: int) -> torch.Tensor:
+    def __call__(self, image: Image.Image, rng: random.Random) -> torch.Tensor:
         # the CPU generator only: torch.manual_seed also seeds every accelerator's and costs as much as
         # the whole crop (0.2 ms a row, a fifth of the corpus demo's data time)
         generator = torch.default_generator
         state = generator.get_state()
         try:
-            generator.manual_seed(seed)
+            generator.manual_seed(rng.getrandbits(63))
             return self.transform(image)
         finally:
             generator.set_state(state)
+
+
+def crop_box(
+    width: int, height: int, crop: RandomResizedCrop, rng: random.Random
+) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random resized crop: torchvision's `RandomResizedCrop.get_params`
+    (10 tries at a box of the drawn area and aspect that fits, else the central crop) drawn from `rng`."""
+    area = width * height
+    low, high = math.log(crop.ratio[0]), math.log(crop.ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(*crop.scale)
+        aspect = math.exp(rng.uniform(low, high))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    shape = width / height
+    if shape < min(crop.ratio):
+        w, h = width, round(width / min(crop.ratio))
+    elif shape > max(crop.ratio):
+        w, h = round(height * max(crop.ratio)), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class _Crop:
+    """open_clip's training picture stages (RandomResizedCrop, then RGB) with the box drawn from the
+    row's own `random.Random`: the crop torchvision would make of that box, without seeding and restoring
+    torch's generator for each picture and drawing through it (half a reader's crop time)."""
+
+    def __init__(self, crop: RandomResizedCrop, to_rgb: bool) -> None:
+        self.crop, self.to_rgb = crop, to_rgb
+
+    def __call__(self, image: Image.Image, rng: random.Random) -> Image.Image:
+        top, left, h, w = crop_box(image.width, image.height, self.crop, rng)
+        c = self.crop
+        picture = TF.resized_crop(image, top, left, h, w, c.size, c.interpolation, antialias=c.antialias)
+        return picture.convert("RGB") if self.to_rgb and picture.mode != "RGB" else picture
+
+
+def seeded_stage(per_picture: Callable) -> Callable[[Image.Image, random.Random], object]:
+    """`stage(image, rng)`: `_Crop` for open_clip's training stages on a picture, else the stages with
+    torch's generator seeded from `rng` (`_SeededTransform`)."""
+    stages = per_picture.transforms if isinstance(per_picture, Compose) else [per_picture]
+    if (
+        stages
+        and isinstance(stages[0], RandomResizedCrop)
+        and all(isinstance(s, MaybeConvertMode) and s.mode == "RGB" for s in stages[1:])
+    ):
+        return _Crop(stages[0], to_rgb=len(stages) > 1)
+    return _SeededTransform(per_picture)
 
 
 def split_batch_stage(transform: Callable) -> tuple[Callable, Callable[[list], torch.Tensor]]:
@@ -174,11 +227,12 @@ def split_batch_stage(transform: Callable) -> tuple[Callable, Callable[[list], t
 
 
 class _Stages:
-    """A transform as `picture(image, seed)` (its per-picture stages, seeded) and `batch(pictures)`."""
+    """A transform as `picture(image, rng)` (its per-picture stages, drawing from the row's RNG) and
+    `batch(pictures)`."""
 
     def __init__(self, transform: Callable) -> None:
         per_picture, self.batch = split_batch_stage(transform)
-        self.picture = _SeededTransform(per_picture)
+        self.picture = seeded_stage(per_picture)
 
 
 def _to_normalised_batch(pictures: list, to_tensor: ToTensor, normalize: Normalize) -> torch.Tensor:
@@ -348,18 +402,18 @@ class ShardStream(IterableDataset):
     def _rows(self, reader: int) -> Iterator[tuple[int, bytes | None, str]]:
         """(position, jpg, caption) of this reader, epoch after epoch; position counts from the start.
         The caption: one of the row's non-empty caption texts ("" when none), drawn per position."""
+        base = _mix(self.seed, reader, "caption")
         position = 0
         for epoch in itertools.count():
             start = position
             for jpg, texts in self.epoch_rows(reader, epoch):
+                rng = random.Random(base ^ position)
                 joined = (join_texts([texts[i] for i in choice]) for choice in self._choices)
                 found = [t for t in joined if t]
                 if len(found) > 1:
-                    found = [random.Random(_mix(self.seed, reader, position, "caption")).choice(found)]
-                if found and self.generic_captions:
-                    draw = random.Random(_mix(self.seed, reader, position, "generic"))
-                    if draw.random() < self.generic_captions:
-                        found = [draw.choice(GENERIC_CAPTIONS)]
+                    found = [rng.choice(found)]
+                if found and self.generic_captions and rng.random() < self.generic_captions:
+                    found = [rng.choice(GENERIC_CAPTIONS)]
                 yield position, jpg, found[0] if found else ""
                 position += 1
             if position == start:
@@ -373,6 +427,7 @@ class ShardStream(IterableDataset):
         reader, skip = self._reader()
         worker = reader % self.num_workers  # the worker's part: it makes batches w, w + K, w + 2K, ...
         rows = self._rows(reader)
+        crops = _mix(self.seed, reader, "crop")  # a position's crop: drawn from Random(crops ^ position)
         kept = _Kept(self.keep_mb * 2**20)
         for n in itertools.count():
             low_res = worker + n * self.num_workers < self.low_res_batches  # this process's batch number
@@ -387,7 +442,7 @@ class ShardStream(IterableDataset):
                     continue
                 captions.append(caption)
                 if not replaying:
-                    images.append(transform.picture(image, _mix(self.seed, reader, position)))
+                    images.append(transform.picture(image, random.Random(crops ^ position)))
             if replaying:
                 skip -= 1
                 continue
