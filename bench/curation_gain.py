@@ -13,7 +13,7 @@ Everything is made in the run, from one loopback test web (testbed.testweb, the 
   build settings (the [build] table of pipelines/params/demo.toml, demo_corpus.toml for the corpus).
 
 Both are trained as the demo trains (the world's training preset with the [train] table of its params file:
-for the corpus the model, fused AdamW, 1500 steps and the caption columns of demo_corpus.toml; the unfiltered
+for the corpus the model, fused AdamW, steps and the caption columns of demo_corpus.toml; the unfiltered
 side carries those WIT text columns too) for the same --steps, once per seed (--seeds, three by
 default; the two sides alternate which trains first), and evaluated on the same held-out pictures:
 zero-shot top-1 over the 36 classes (single prompt and ensemble) and image-text retrieval R@1 both
@@ -31,7 +31,7 @@ zero-shot over 100 concepts (eval/concepts; single prompt and 80-prompt ensemble
 retrieval against their names (eval/retrieval) and zero-shot over the 9 emoji groups (eval/categories).
 `--small` serves the small corpus slice the tests use (openmoji, Tabler; openmoji line art held out).
 
-    python bench/curation_gain.py --world corpus --out runs/curation_gain_corpus      # 1800 pages, 1500 steps
+    python bench/curation_gain.py --world corpus --out runs/curation_gain_corpus      # 1800 pages, the demo's 2000 steps
     python bench/curation_gain.py --world corpus --pages 40 --steps 20 --seeds 0 --out /tmp/gain_check
 """
 
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "--steps",
         type=int,
         default=None,
-        help="training steps of each run (default: the demo's: 500 shapes, 1500 corpus)",
+        help="training steps of each run (default: the demo's: 500 shapes, 2000 corpus)",
     )
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)"
