@@ -116,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{side}: median {1000 * statistics.median(times[side]):.1f} ms a batch, ratio to before "
             f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}, {len(ratios)} rounds)"
         )
-    print(f"before: median {1000 * statistics.median(times['before']):.1f} ms a batch; the batches equal")
-    # (equal where they crop alike: the kept against the not kept, and the two torch crops)
+    print(
+        f"before: median {1000 * statistics.median(times['before']):.1f} ms a batch; the batches equal "
+        "where the sides crop alike"
+    )
     return 0
 
 

@@ -407,9 +407,10 @@ class ShardStream(IterableDataset):
         for epoch in itertools.count():
             start = position
             for jpg, texts in self.epoch_rows(reader, epoch):
-                rng = random.Random(base ^ position)
                 joined = (join_texts([texts[i] for i in choice]) for choice in self._choices)
                 found = [t for t in joined if t]
+                if len(found) > 1 or (found and self.generic_captions):  # a draw to make: the position's RNG
+                    rng = random.Random(base ^ position)
                 if len(found) > 1:
                     found = [rng.choice(found)]
                 if found and self.generic_captions and rng.random() < self.generic_captions:
